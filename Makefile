@@ -1,0 +1,39 @@
+# rbd-operator — the two commands: `make run` (local sandbox) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help deps run sandbox-up sandbox-down test unit integration bench clean
+
+help:
+	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
+	@echo "make sandbox-up    the same sandbox in the background;  make sandbox-down stops it"
+	@echo "make test          unit and integration tests (real kube-apiserver, etcd, Ceph)"
+	@echo "make bench         benchmarks, figures in .bench/results.json"
+
+deps:
+	hack/install-deps.sh
+
+run: deps
+	hack/sandbox.sh run
+
+sandbox-up: deps
+	hack/sandbox.sh up
+
+sandbox-down:
+	hack/sandbox.sh down
+
+test: deps
+	$(PY) -m pytest -ra tests/unit tests/integration
+
+unit: deps
+	$(PY) -m pytest -ra tests/unit
+
+integration: deps
+	$(PY) -m pytest -ra tests/integration
+
+bench: deps
+	$(PY) bench/images.py
+
+clean: sandbox-down
+	rm -rf .cache/test .bench

@@ -1,0 +1,114 @@
+"""`make bench`: RbdImage throughput, operator vs raw librbd vs the seed's qemu-img.
+
+Starts the same real platform as the integration tests (control plane, Ceph,
+the operator process), then in one run:
+  1. applies N RbdImages at once and times until all are Ready;
+  2. creates N images through librbd in one process;
+  3. runs `qemu-img create -f rbd` N times (VMmanager's command, without its SSH hop).
+Prints images/s for each and the ratios; writes .bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import rados  # noqa: E402
+import rbd  # noqa: E402
+
+from tests.integration.harness import Operator, start_platform, stop_platform, wait_for  # noqa: E402
+from tests.integration.manifests import storage  # noqa: E402
+
+SIZE = 2 * 2**30
+
+
+def ready_count(platform, namespace: str) -> int:
+    out = platform.kubectl("get", "rbdimg", "-n", namespace, "-o", "json").stdout
+    count = 0
+    for item in json.loads(out)["items"]:
+        for cond in (item.get("status") or {}).get("conditions") or []:
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                count += 1
+    return count
+
+
+def bench_operator(platform, pool: str, n: int) -> float:
+    namespace = "bench"
+    platform.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    docs = [f"apiVersion: rbd-operator.io/v1alpha1\nkind: RbdImage\nmetadata: {{name: op-{i}, namespace: {namespace}}}\n"
+            f"spec: {{storage: {pool}, size: 2Gi}}" for i in range(n)]
+    start = time.monotonic()
+    platform.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(docs))
+    wait_for(lambda: ready_count(platform, namespace) == n, timeout=1800, interval=0.5, what=f"{n} images Ready")
+    return n / (time.monotonic() - start)
+
+
+def bench_librbd(cluster: rados.Rados, pool: str, n: int) -> float:
+    with cluster.open_ioctx(pool) as ioctx:
+        start = time.monotonic()
+        for i in range(n):
+            rbd.RBD().create(ioctx, f"lib-{i}", SIZE, old_format=False,
+                             features=rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK |
+                             rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF | rbd.RBD_FEATURE_DEEP_FLATTEN)
+        return n / (time.monotonic() - start)
+
+
+def bench_qemu_img(ceph_conf: Path, pool: str, n: int) -> float:
+    start = time.monotonic()
+    for i in range(n):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "rbd", f"rbd:{pool}/qemu-{i}:id=admin:conf={ceph_conf}", "2G"],
+                       check=True, capture_output=True)
+    return n / (time.monotonic() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "500")))
+    args = parser.parse_args()
+    n = args.n
+
+    platform = start_platform()
+    operator = Operator(platform, resync_seconds=600)
+    cluster = rados.Rados(conffile=str(platform.ceph_conf))
+    try:
+        operator.start()
+        cluster.connect(timeout=15)
+        pool = f"bench{int(time.time())}"
+        platform.apply(storage(platform, pool, pool={"pgNum": 32}, client={"name": pool}))
+        platform.wait_condition("rbds", pool, "True")
+        per_s = {
+            "operator": bench_operator(platform, pool, n),
+            "librbd": bench_librbd(cluster, pool, n),
+            "qemu_img": bench_qemu_img(platform.ceph_conf, pool, n),
+        }
+    finally:
+        cluster.shutdown()
+        operator.stop()
+        stop_platform(platform)
+
+    ratios = {"operator_to_librbd": per_s["operator"] / per_s["librbd"],
+              "operator_to_qemu_img": per_s["operator"] / per_s["qemu_img"]}
+    print(f"images (n={n}, 2 GiB each, thin):")
+    for key, value in per_s.items():
+        print(f"  {key:10s} {value:8.1f} images/s")
+    print(f"  operator/librbd   {ratios['operator_to_librbd']:.2f}  (goal >= 0.5)")
+    print(f"  operator/qemu-img {ratios['operator_to_qemu_img']:.2f}")
+    results_path = ROOT / ".bench" / "results.json"
+    results_path.parent.mkdir(exist_ok=True)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["images"] = {"n": n, "per_s": per_s, "ratios": ratios}
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

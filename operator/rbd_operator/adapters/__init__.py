@@ -1,0 +1,1 @@
+"""Adapters to the systems the operator drives: Ceph, Kubernetes, SSH, libvirt."""

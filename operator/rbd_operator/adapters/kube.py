@@ -1,0 +1,90 @@
+"""Kubernetes objects the operator reads or owns besides its own resources (Secrets)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+_lock = threading.Lock()
+_core: kubernetes.client.CoreV1Api | None = None
+_SECRET_CACHE_SECONDS = 15.0
+_secret_cache: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
+
+
+def operator_namespace() -> str:
+    """Namespace for the Secrets the operator publishes (client keys)."""
+    env = os.environ.get("RBD_OPERATOR_NAMESPACE")
+    if env:
+        return env
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "rbd-operator"
+
+
+def core() -> kubernetes.client.CoreV1Api:
+    global _core
+    with _lock:
+        if _core is None:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            _core = kubernetes.client.CoreV1Api()
+        return _core
+
+
+def read_secret(namespace: str, name: str, *, fresh: bool = False) -> dict[str, str] | None:
+    """Decoded data of a Secret, or None when it does not exist. Cached briefly."""
+    key = (namespace, name)
+    cached = _secret_cache.get(key)
+    if cached and not fresh and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
+        return cached[1]
+    try:
+        secret = core().read_namespaced_secret(name, namespace)
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        data = None
+    _secret_cache[key] = (time.monotonic(), data)
+    return data
+
+
+def forget_secret(namespace: str, name: str) -> None:
+    _secret_cache.pop((namespace, name), None)
+
+
+def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str]) -> str:
+    """Create or correct an owned Secret; return 'created', 'updated' or 'unchanged'."""
+    api = core()
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "data": encoded,
+    }
+    try:
+        current = api.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        api.create_namespaced_secret(namespace, body)
+        return "created"
+    owners = [o.uid for o in (current.metadata.owner_references or [])]
+    if current.data == encoded and owner["uid"] in owners:
+        return "unchanged"
+    refs = [o.to_dict() for o in (current.metadata.owner_references or []) if o.uid != owner["uid"]]
+    refs = [{"apiVersion": r["api_version"], "kind": r["kind"], "name": r["name"], "uid": r["uid"]} for r in refs]
+    api.patch_namespaced_secret(name, namespace, {"metadata": {"ownerReferences": refs + [owner], "labels": labels},
+                                                  "data": encoded})
+    return "updated"

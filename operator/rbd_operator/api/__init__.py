@@ -1,0 +1,1 @@
+"""Typed specs: parsing, validation and defaults for the operator's resources."""

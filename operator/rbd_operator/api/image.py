@@ -1,0 +1,173 @@
+"""RbdImage: an RBD image in the pool of an RbdStorage (contract in crds/rbdimages.yaml)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import SpecError
+from .names import check_image_name, check_pool_name
+from .quantity import parse_quantity
+
+# librbd feature bits (include/rbd/features.h).
+FEATURE_BITS = {
+    "layering": 1 << 0,
+    "striping": 1 << 1,
+    "exclusive-lock": 1 << 2,
+    "object-map": 1 << 3,
+    "fast-diff": 1 << 4,
+    "deep-flatten": 1 << 5,
+    "journaling": 1 << 6,
+    "data-pool": 1 << 7,
+    "operations": 1 << 8,
+    "migrating": 1 << 9,
+    "non-primary": 1 << 10,
+}
+# Features a user may ask for; the others are set by librbd itself.
+USER_FEATURES = ("layering", "striping", "exclusive-lock", "object-map", "fast-diff", "deep-flatten", "journaling")
+# Features librbd can switch on or off on an existing image.
+DYNAMIC_FEATURES = frozenset({"exclusive-lock", "object-map", "fast-diff", "journaling"})
+FEATURE_DEPENDENCIES = {
+    "object-map": "exclusive-lock",
+    "fast-diff": "object-map",
+    "journaling": "exclusive-lock",
+}
+DEFAULT_FEATURES = ("layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten")
+DELETION_POLICIES = ("Delete", "Retain")
+DEFAULT_TRASH_RETENTION = "24h"
+_DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
+
+
+@dataclass(frozen=True)
+class CloneSource:
+    image: str
+    snapshot: str
+    flatten: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    storage: str
+    name: str
+    size: int | None
+    features: tuple[str, ...]
+    object_size: int | None
+    data_pool: str | None
+    source: CloneSource | None
+    allow_shrink: bool
+    deletion_policy: str
+    trash_retention_seconds: int
+
+    @property
+    def feature_bits(self) -> int:
+        return features_to_bits(self.features)
+
+    @property
+    def order(self) -> int | None:
+        return None if self.object_size is None else self.object_size.bit_length() - 1
+
+
+def features_to_bits(names: tuple[str, ...] | list[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= FEATURE_BITS[name]
+    return bits
+
+
+def bits_to_features(bits: int) -> list[str]:
+    return [name for name, bit in FEATURE_BITS.items() if bits & bit]
+
+
+def parse_duration(text: str, path: str) -> int:
+    match = _DURATION.match(text or "")
+    if not text or not match or not any(match.groups()):
+        raise SpecError(path, f"{text!r} is not a duration such as 24h, 90m or 7d")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def check_features(features: Any, path: str = "spec.features") -> tuple[str, ...]:
+    if isinstance(features, str):
+        features = [f.strip() for f in features.split(",") if f.strip()]
+    if not isinstance(features, list):
+        raise SpecError(path, "must be a list of feature names")
+    seen: list[str] = []
+    for feature in features:
+        if feature not in USER_FEATURES:
+            raise SpecError(path, f"unknown feature {feature!r} (known: {', '.join(USER_FEATURES)})",
+                            reason="InvalidFeatures")
+        if feature not in seen:
+            seen.append(feature)
+    for feature in seen:
+        needed = FEATURE_DEPENDENCIES.get(feature)
+        if needed and needed not in seen:
+            raise SpecError(path, f"feature {feature!r} needs {needed!r}", reason="InvalidFeatures")
+    return tuple(seen)
+
+
+def parse_size(value: Any, path: str = "spec.size") -> int:
+    try:
+        size = parse_quantity(value)
+    except ValueError as exc:
+        raise SpecError(path, str(exc), reason="InvalidSize") from None
+    if size <= 0:
+        raise SpecError(path, f"must be greater than zero, got {value!r}", reason="InvalidSize")
+    return size
+
+
+def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
+    """Validate an RbdImage spec and fill in defaults. Raises SpecError."""
+    storage = spec.get("storage")
+    if not isinstance(storage, str) or not storage:
+        raise SpecError("spec.storage", "names the RbdStorage and is required")
+    image_name = check_image_name("spec.name", spec.get("name") or name)
+
+    source = None
+    raw_source = spec.get("source")
+    if raw_source:
+        if not isinstance(raw_source, Mapping):
+            raise SpecError("spec.source", "must be an object with image and snapshot")
+        source = CloneSource(
+            image=check_image_name("spec.source.image", raw_source.get("image")),
+            snapshot=check_image_name("spec.source.snapshot", raw_source.get("snapshot")),
+            flatten=bool(raw_source.get("flatten", False)),
+        )
+
+    raw_size = spec.get("size")
+    if raw_size is None and source is None:
+        raise SpecError("spec.size", "is required unless the image is cloned from spec.source", reason="InvalidSize")
+    size = None if raw_size is None else parse_size(raw_size)
+
+    features = check_features(spec.get("features", list(DEFAULT_FEATURES)))
+
+    object_size = spec.get("objectSize")
+    if object_size is not None:
+        try:
+            object_size = parse_quantity(object_size)
+        except ValueError as exc:
+            raise SpecError("spec.objectSize", str(exc)) from None
+        if object_size < 4096 or object_size > 32 * 2**20 or object_size & (object_size - 1):
+            raise SpecError("spec.objectSize", "must be a power of two from 4Ki to 32Mi")
+
+    data_pool = spec.get("dataPool")
+    if data_pool is not None:
+        data_pool = check_pool_name("spec.dataPool", data_pool)
+
+    policy = spec.get("deletionPolicy") or "Delete"
+    if policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
+    retention = parse_duration(spec.get("trashRetention") or DEFAULT_TRASH_RETENTION, "spec.trashRetention")
+
+    return ImageSpec(
+        storage=storage,
+        name=image_name,
+        size=size,
+        features=features,
+        object_size=object_size,
+        data_pool=data_pool,
+        source=source,
+        allow_shrink=bool(spec.get("allowShrink", False)),
+        deletion_policy=policy,
+        trash_retention_seconds=retention,
+    )

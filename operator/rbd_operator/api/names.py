@@ -1,0 +1,44 @@
+"""Names that reach Ceph (pools, images, cephx clients) and the rules they follow.
+
+The rules are stricter than Ceph's own: these names also end up in shell
+commands on hypervisors, in file names and in libvirt XML.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SpecError
+
+POOL_NAME_MAX = 63
+IMAGE_NAME_MAX = 96
+CLIENT_NAME_MAX = 63
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(field: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(field, "must be a non-empty string", reason="InvalidName")
+    if len(value) > max_length:
+        raise SpecError(field, f"{value[:20]!r}… is longer than {max_length} characters", reason="InvalidName")
+    if not _SAFE.match(value):
+        raise SpecError(
+            field,
+            f"{value!r} may only contain letters, digits, '_', '.', '-' and must start with a letter or digit "
+            "(no '/', '@', whitespace)",
+            reason="InvalidName",
+        )
+    return value
+
+
+def check_pool_name(field: str, value: object) -> str:
+    return check_name(field, value, POOL_NAME_MAX)
+
+
+def check_image_name(field: str, value: object) -> str:
+    return check_name(field, value, IMAGE_NAME_MAX)
+
+
+def check_client_name(field: str, value: object) -> str:
+    return check_name(field, value, CLIENT_NAME_MAX)

@@ -1,0 +1,173 @@
+"""RbdStorage: a Ceph pool plus a cephx client (spec contract in crds/rbdstorages.yaml)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import SpecError
+from .names import check_client_name, check_pool_name
+from .quantity import parse_quantity
+
+CAPS_PROFILES = ("rbd", "legacy")
+DELETION_POLICIES = ("Retain", "Delete")
+CAPS_SERVICES = ("mon", "osd", "mgr")
+
+# Pool settings a user may put in pool.parameters. size, pg_num and pgp_num
+# have fields of their own; anything else is refused before Ceph is touched.
+POOL_PARAMETERS = frozenset({
+    "compression_mode", "compression_algorithm", "compression_required_ratio",
+    "compression_min_blob_size", "compression_max_blob_size",
+    "min_size", "pg_autoscale_mode", "target_size_ratio", "target_size_bytes",
+    "noscrub", "nodeep-scrub", "nodelete", "nopgchange", "nosizechange",
+    "csum_type", "csum_min_block", "csum_max_block", "fast_read",
+    "scrub_min_interval", "scrub_max_interval", "deep_scrub_interval",
+    "recovery_priority", "recovery_op_priority", "pg_num_min", "pg_num_max",
+})
+_PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
+_MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
+_CAP = re.compile(r"^[A-Za-z0-9 _.,=*'\"-]{1,512}$")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    pg_num: int = 128
+    replicas: int | None = None
+    quota_max_bytes: int | None = None
+    quota_max_objects: int | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    application: str = "rbd"
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    name: str = "vmmgr"
+    caps_profile: str = "rbd"
+    caps: Mapping[str, str] | None = None
+    cache_pool: str | None = None
+    secret_name: str = ""
+
+    @property
+    def entity(self) -> str:
+        return f"client.{self.name}"
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    monitors: tuple[str, ...]
+    admin_secret: SecretRef
+    pool: PoolSpec
+    client: ClientSpec
+    node_selector: Mapping[str, Any] = field(default_factory=dict)
+    deletion_policy: str = "Retain"
+
+
+def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = spec.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path}.{key}", "must be an object")
+    return value
+
+
+def _positive_int(value: Any, path: str, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"{value!r} is not an integer")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SpecError(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
+    """Validate an RbdStorage spec and fill in defaults. Raises SpecError."""
+    cluster = _mapping(spec, "cluster", "spec")
+    monitors = cluster.get("monitors") or []
+    if not isinstance(monitors, list) or not monitors:
+        raise SpecError("spec.cluster.monitors", "must list at least one monitor as host:port")
+    for i, mon in enumerate(monitors):
+        if not isinstance(mon, str) or not _MONITOR.match(mon) or not 0 < int(mon.rsplit(":", 1)[1]) < 65536:
+            raise SpecError(f"spec.cluster.monitors[{i}]", f"{mon!r} is not host:port")
+    ref = _mapping(cluster, "adminSecretRef", "spec.cluster")
+    if not ref.get("name") or not ref.get("namespace"):
+        raise SpecError("spec.cluster.adminSecretRef", "needs name and namespace")
+    admin_secret = SecretRef(str(ref["name"]), str(ref["namespace"]))
+
+    pool = _mapping(spec, "pool", "spec")
+    pool_name = check_pool_name("spec.pool.name", pool.get("name") or name)
+    pg_num = _positive_int(pool.get("pgNum", 128), "spec.pool.pgNum")
+    if pg_num > 32768:
+        raise SpecError("spec.pool.pgNum", f"{pg_num} is more than 32768")
+    replicas = pool.get("replicas")
+    if replicas is not None:
+        replicas = _positive_int(replicas, "spec.pool.replicas")
+        if replicas > 10:
+            raise SpecError("spec.pool.replicas", f"{replicas} is more than 10")
+    quota = _mapping(pool, "quota", "spec.pool")
+    max_bytes = quota.get("maxBytes")
+    if max_bytes is not None:
+        try:
+            max_bytes = parse_quantity(max_bytes)
+        except ValueError as exc:
+            raise SpecError("spec.pool.quota.maxBytes", str(exc)) from None
+        if max_bytes < 0:
+            raise SpecError("spec.pool.quota.maxBytes", "must not be negative")
+    max_objects = quota.get("maxObjects")
+    if max_objects is not None:
+        max_objects = _positive_int(max_objects, "spec.pool.quota.maxObjects", allow_zero=True)
+    params = _mapping(pool, "parameters", "spec.pool")
+    parameters: dict[str, str] = {}
+    for key, value in params.items():
+        if key not in POOL_PARAMETERS:
+            raise SpecError(f"spec.pool.parameters.{key}", "is not a pool setting the operator manages "
+                            f"(allowed: {', '.join(sorted(POOL_PARAMETERS))})")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not _PARAM_VALUE.match(text):
+            raise SpecError(f"spec.pool.parameters.{key}", f"{text!r} is not a valid value")
+        parameters[key] = text
+    application = pool.get("application") or "rbd"
+    if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", application):
+        raise SpecError("spec.pool.application", f"{application!r} is not an application name")
+
+    client = _mapping(spec, "client", "spec")
+    client_name = check_client_name("spec.client.name", client.get("name") or "vmmgr")
+    profile = client.get("capsProfile") or "rbd"
+    if profile not in CAPS_PROFILES:
+        raise SpecError("spec.client.capsProfile", f"{profile!r} is not one of {', '.join(CAPS_PROFILES)}")
+    caps = client.get("caps")
+    if caps is not None:
+        if not isinstance(caps, Mapping) or not caps:
+            raise SpecError("spec.client.caps", "must map services (mon, osd, mgr) to caps")
+        for service, cap in caps.items():
+            if service not in CAPS_SERVICES:
+                raise SpecError(f"spec.client.caps.{service}", f"unknown service (allowed: {', '.join(CAPS_SERVICES)})")
+            if not isinstance(cap, str) or not _CAP.match(cap):
+                raise SpecError(f"spec.client.caps.{service}", f"{cap!r} is not a caps string")
+        caps = dict(caps)
+    cache_pool = client.get("cachePool")
+    if cache_pool is not None:
+        cache_pool = check_pool_name("spec.client.cachePool", cache_pool)
+    secret_name = client.get("secretName") or f"{name}-client"
+    if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", secret_name):
+        raise SpecError("spec.client.secretName", f"{secret_name!r} is not a valid Secret name")
+
+    hypervisors = _mapping(spec, "hypervisors", "spec")
+    selector = _mapping(hypervisors, "nodeSelector", "spec.hypervisors")
+    policy = spec.get("deletionPolicy") or "Retain"
+    if policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
+
+    return StorageSpec(
+        monitors=tuple(monitors),
+        admin_secret=admin_secret,
+        pool=PoolSpec(pool_name, pg_num, replicas, max_bytes, max_objects, parameters, application),
+        client=ClientSpec(client_name, profile, caps, cache_pool, secret_name),
+        node_selector=dict(selector),
+        deletion_policy=policy,
+    )

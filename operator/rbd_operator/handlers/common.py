@@ -1,0 +1,82 @@
+"""Shared handler plumbing: status patches, conditions, events, credentials, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Mapping
+
+import kopf
+
+from ..adapters import kube
+from ..adapters.blocking import run_blocking
+from ..adapters.ceph import CephError, Credentials, valid_cephx_key
+from ..api.conditions import Condition, get_condition, merge_conditions
+from ..api.storage import SecretRef
+
+RESYNC_SECONDS = float(os.environ.get("RBD_OPERATOR_RESYNC_SECONDS", "60"))
+CEPH_TIMEOUT = 60.0
+
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def object_lock(uid: str) -> asyncio.Lock:
+    """One reconcile at a time per object (a handler and a timer may overlap)."""
+    lock = _locks.get(uid)
+    if lock is None:
+        lock = _locks[uid] = asyncio.Lock()
+    return lock
+
+
+def release_lock(uid: str) -> None:
+    _locks.pop(uid, None)
+
+
+def backoff(retry: int) -> float:
+    return float(min(300, 5 * 2 ** min(retry, 6)))
+
+
+class StatusUpdate:
+    """Collects status fields and conditions; patches only what differs from the object."""
+
+    def __init__(self, body: Mapping[str, Any], patch: kopf.Patch) -> None:
+        self.body = body
+        self.patch = patch
+        self.status = body.get("status") or {}
+        self.generation = body.get("metadata", {}).get("generation")
+        self.conditions = list(self.status.get("conditions") or [])
+
+    def set(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            if self.status.get(key) != value:
+                self.patch.status[key] = value
+
+    def condition(self, type_: str, ok: bool, reason: str, message: str = "", *, event: bool = True) -> None:
+        old = get_condition(self.conditions, type_)
+        self.conditions = merge_conditions(self.conditions, [Condition(type_, ok, reason, message)], self.generation)
+        changed = not old or (old.get("status"), old.get("reason"), old.get("message")) != (
+            "True" if ok else "False", reason, message)
+        if event and changed and (not ok or type_ == "Ready"):
+            kopf.event(self.body, type="Normal" if ok else "Warning", reason=reason, message=message or type_)
+
+    def drop(self, type_: str) -> None:
+        self.conditions = [c for c in self.conditions if c.get("type") != type_]
+
+    def flush(self) -> None:
+        if self.conditions != list(self.status.get("conditions") or []):
+            self.patch.status["conditions"] = self.conditions
+        if self.status.get("observedGeneration") != self.generation:
+            self.patch.status["observedGeneration"] = self.generation
+
+
+async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:
+    """Credentials from the admin Secret the spec references (keys userID, userKey)."""
+    data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30)
+    if data is None:
+        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} does not exist")
+    key = data.get("userKey")
+    if not key:
+        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} has no userKey")
+    if not valid_cephx_key(key.strip()):
+        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name}: userKey is not a cephx key")
+    return Credentials(monitors, data.get("userID") or "admin", key.strip())

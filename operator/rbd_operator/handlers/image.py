@@ -1,0 +1,186 @@
+"""RbdImage: validate -> find the storage -> converge the image through librbd -> status."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION
+from ..adapters import ceph, kube
+from ..adapters.blocking import run_blocking
+from ..adapters.ceph import CephError, Credentials
+from ..api.errors import SpecError, Waiting
+from ..api.image import ImageSpec, bits_to_features, parse_image
+from ..api.storage import StorageSpec, parse_storage
+from ..reconcile.image_plan import ObservedImage, plan_image
+from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, object_lock, release_lock
+
+PLURAL = "rbdimages"
+ACTION_REASONS = {
+    "create": "Created", "clone": "Cloned", "resize": "Resized", "flatten": "Flattened",
+    "update-features": "FeaturesUpdated", "protect-snapshot": "SnapshotProtected",
+}
+
+
+def owner_id(namespace: str, name: str, uid: str) -> str:
+    return f"{namespace}/{name}/{uid}"
+
+
+async def _storage_for(spec: ImageSpec, storages: kopf.Index) -> tuple[StorageSpec, Credentials]:
+    entries = list(storages.get(spec.storage, []))
+    if not entries or entries[0]["deleting"]:
+        raise Waiting("StorageNotFound", f"RbdStorage {spec.storage!r} does not exist (waiting for it)")
+    entry = entries[0]
+    try:
+        storage = parse_storage(spec.storage, entry["spec"])
+    except SpecError as exc:
+        raise Waiting("StorageNotReady", f"RbdStorage {spec.storage!r} is invalid: {exc.message}") from None
+    if not (entry["status"] or {}).get("poolId") and (entry["status"] or {}).get("poolId") != 0:
+        raise Waiting("StorageNotReady", f"RbdStorage {spec.storage!r} has not created its pool yet")
+    creds = await admin_credentials(storage.monitors, storage.admin_secret)
+    return storage, creds
+
+
+@dataclass
+class ImageOutcome:
+    image: ObservedImage
+    done: list
+
+
+def _converge_image(creds: Credentials, storage: StorageSpec, spec: ImageSpec, owner: str,
+                    logger: logging.Logger) -> ImageOutcome:
+    cluster = ceph.cluster_for(creds)
+    pool = storage.pool.name
+    observed = cluster.observe_image(pool, spec.name)
+    source = None
+    if observed is None and spec.source:
+        source = cluster.observe_source(pool, spec.source.image, spec.source.snapshot)
+    data_pool_exists = True
+    if observed is None and spec.data_pool:
+        data_pool_exists = spec.data_pool in cluster.pools()
+    actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists)
+    for action in actions:
+        logger.info("librbd: %s in pool %s", action.describe(), pool)
+        cluster.apply_image_action(pool, action)
+    if actions:
+        observed = cluster.observe_image(pool, spec.name)
+    if observed is None:
+        raise CephError("ImageNotFound", f"image {pool}/{spec.name} vanished while being converged")
+    return ImageOutcome(observed, actions)
+
+
+def _report_image(status: StatusUpdate, image: ObservedImage) -> None:
+    status.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id,
+               parent=image.parent, watchers=image.watchers)
+
+
+async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
+                   storages: kopf.Index, logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
+    status = StatusUpdate(body, patch)
+
+    def fail(reason: str, message: str, error: Exception) -> None:
+        status.condition("Ready", False, reason, message)
+        status.flush()
+        if not timer:
+            raise error
+
+    try:
+        parsed = parse_image(name, spec)
+        storage, creds = await _storage_for(parsed, storages)
+        outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid), logger,
+                                     timeout=CEPH_TIMEOUT)
+    except SpecError as exc:
+        return fail(exc.reason, exc.message, kopf.PermanentError(exc.message))
+    except Waiting as exc:
+        return fail(exc.reason, exc.message, kopf.TemporaryError(exc.message, delay=min(exc.delay, backoff(retry))))
+    except (CephError, TimeoutError) as exc:
+        message = getattr(exc, "message", "Ceph did not answer in time")
+        reason = getattr(exc, "reason", "CephUnreachable")
+        if "creds" in locals() and reason in ("CephUnreachable", "AuthFailed"):
+            ceph.forget(creds)
+        return fail(reason, message, kopf.TemporaryError(message, delay=backoff(retry)))
+
+    for action in outcome.done:
+        if action.kind in ACTION_REASONS:
+            kopf.event(body, type="Normal", reason=ACTION_REASONS[action.kind], message=action.describe())
+    _report_image(status, outcome.image)
+    status.set(pool=storage.pool.name)
+    status.condition("Ready", True, "Converged", f"{storage.pool.name}/{parsed.name} matches the spec")
+    status.flush()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
+                    retry: int, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+    async with object_lock(uid):
+        await converge(name, namespace, body, spec, patch, uid, storages, logger, retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
+                 meta: kopf.Meta, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+    if meta.get("deletionTimestamp"):
+        return
+    async with object_lock(uid):
+        await converge(name, namespace, body, spec, patch, uid, storages, logger, timer=True)
+
+
+def _delete_image(creds: Credentials, pool: str, spec: ImageSpec, owner: str) -> ObservedImage | None:
+    """Move the image to the trash unless it is in use; return it when it is in use."""
+    cluster = ceph.cluster_for(creds)
+    observed = cluster.observe_image(pool, spec.name)
+    if observed is None or (observed.owner and observed.owner != owner):
+        return None  # gone already, or never ours
+    if observed.watchers:
+        return observed
+    cluster.trash_image(pool, spec.name, spec.trash_retention_seconds)
+    return None
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
+                 retry: int, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+    try:
+        parsed = parse_image(name, spec)
+    except SpecError:
+        release_lock(uid)
+        return  # an invalid spec never reached Ceph
+    if parsed.deletion_policy == "Retain":
+        release_lock(uid)
+        return
+    status = StatusUpdate(body, patch)
+    try:
+        storage, creds = await _storage_for(parsed, storages)
+    except Waiting:
+        logger.warning("RbdStorage %s is gone: leaving image %s in Ceph", parsed.storage, parsed.name)
+        release_lock(uid)
+        return
+    except CephError as exc:
+        status.condition("Ready", False, exc.reason, exc.message)
+        status.flush()
+        raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
+    async with object_lock(uid):
+        try:
+            in_use = await run_blocking(_delete_image, creds, storage.pool.name, parsed, owner_id(namespace, name, uid),
+                                        timeout=CEPH_TIMEOUT)
+        except (CephError, TimeoutError) as exc:
+            message = getattr(exc, "message", "Ceph did not answer in time")
+            status.condition("Ready", False, getattr(exc, "reason", "CephUnreachable"), message)
+            status.flush()
+            raise kopf.TemporaryError(message, delay=backoff(retry)) from None
+    if in_use:
+        message = f"{storage.pool.name}/{parsed.name} has watchers ({', '.join(in_use.watchers)}); not deleting"
+        status.set(watchers=in_use.watchers)
+        status.condition("Ready", False, "InUse", message)
+        status.flush()
+        raise kopf.TemporaryError(message, delay=min(30.0, backoff(retry)))
+    logger.info("librbd: moved %s/%s to the trash for %ss", storage.pool.name, parsed.name,
+                parsed.trash_retention_seconds)
+    kube_note = f"moved to the RBD trash, restorable for {spec.get('trashRetention') or '24h'}"
+    kopf.event(body, type="Normal", reason="Trashed", message=f"{storage.pool.name}/{parsed.name} {kube_note}")
+    release_lock(uid)

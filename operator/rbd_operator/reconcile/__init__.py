@@ -1,0 +1,1 @@
+"""Pure planning: desired state + observed state -> the steps that converge them."""

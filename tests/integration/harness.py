@@ -1,0 +1,196 @@
+"""The real platform for integration tests: control plane, Ceph, the operator process.
+
+Everything is started by the project's own scripts (hack/), once per test
+session. RBD_TEST_USE_EXISTING_CLUSTER=1 targets the cluster in $KUBECONFIG
+instead of starting one (like envtest's USE_EXISTING_CLUSTER); RBD_TEST_CEPH_DIR
+points at a running Ceph (a directory with ceph.conf and the admin keyring).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / ".cache" / "test"
+BRIDGE, CEPH_ADDR = "rbdop1", "10.254.1.1"
+# Ports apart from the sandbox (3300/6789) so both can run at once.
+CEPH_ENV = {"CEPH_ADDR": CEPH_ADDR, "CEPH_MON_PORT_V2": "3310", "CEPH_MON_PORT_V1": "6790"}
+TEST_PORTS = {"KUBE_API_PORT": "26443", "ETCD_CLIENT_PORT": "22379", "ETCD_PEER_PORT": "22380", "KCM_PORT": "30257"}
+OPERATOR_NAMESPACE = "rbd-operator"
+LIVENESS_PORT = 18080
+
+
+def sh(*args: str, env: dict | None = None, input: str | None = None, check: bool = True,
+       timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, env={**os.environ, **(env or {})}, input=input, capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Platform:
+    kubeconfig: Path
+    ceph_dir: Path
+    bin_dir: Path
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def ceph_conf(self) -> Path:
+        return self.ceph_dir / "ceph.conf"
+
+    @property
+    def monitors(self) -> list[str]:
+        conf = self.ceph_conf.read_text()
+        for line in conf.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().replace(" ", "_") == "mon_host":
+                # [v2:ip:3300,v1:ip:6789] -> ["v2:ip:3300"]
+                first = value.strip().strip("[]").split(",")[0]
+                return [first.split()[0]]
+        raise AssertionError("no mon_host in ceph.conf")
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return sh(str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args, input=input, check=check)
+
+    def apply(self, manifest: dict | str, check: bool = True) -> subprocess.CompletedProcess:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.kubectl("apply", "-f", "-", input=text, check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        result = self.kubectl(*args, check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise RuntimeError(result.stderr)
+        return json.loads(result.stdout)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, wait: bool = False) -> None:
+        args = ["delete", kind, name, "--ignore-not-found", f"--wait={'true' if wait else 'false'}"]
+        self.kubectl(*args + (["-n", namespace] if namespace else []))
+
+    def condition(self, kind: str, name: str, type_: str = "Ready", namespace: str | None = None) -> dict | None:
+        obj = self.get(kind, name, namespace) or {}
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return cond
+        return None
+
+    def wait_condition(self, kind: str, name: str, status: str, reason: str | None = None,
+                       namespace: str | None = None, type_: str = "Ready", timeout: float = 90) -> dict:
+        def check() -> dict | None:
+            cond = self.condition(kind, name, type_, namespace)
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+                return cond
+            return None
+        return wait_for(check, timeout, what=f"{kind}/{name} {type_}={status} {reason or ''}")
+
+    def events(self, name: str, namespace: str = "default") -> list[dict]:
+        out = self.kubectl("get", "events", "-n", namespace, "-o", "json",
+                           "--field-selector", f"involvedObject.name={name}")
+        return json.loads(out.stdout)["items"]
+
+
+def start_platform() -> Platform:
+    bin_dir = Path(sh(str(ROOT / "hack" / "build-kube.sh")).stdout.strip())
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = []
+    if os.environ.get("RBD_TEST_USE_EXISTING_CLUSTER") == "1":
+        kubeconfig = Path(os.environ["KUBECONFIG"])
+    else:
+        sh(str(ROOT / "hack" / "kube.sh"), "up", str(WORK / "kube"), env=TEST_PORTS)
+        started.append("kube")
+        kubeconfig = WORK / "kube" / "kubeconfig"
+    if os.environ.get("RBD_TEST_CEPH_DIR"):
+        ceph_dir = Path(os.environ["RBD_TEST_CEPH_DIR"])
+    else:
+        sh(str(ROOT / "hack" / "net.sh"), "up", BRIDGE, f"{CEPH_ADDR}/24")
+        sh(str(ROOT / "hack" / "ceph.sh"), "up", str(WORK / "ceph"), env=CEPH_ENV)
+        started.append("ceph")
+        ceph_dir = WORK / "ceph"
+    platform = Platform(kubeconfig, ceph_dir, bin_dir, started)
+    sh(str(ROOT / "hack" / "bootstrap.sh"), str(kubeconfig), str(ceph_dir), OPERATOR_NAMESPACE,
+       env={"KUBECTL": str(bin_dir / "kubectl")})
+    return platform
+
+
+def stop_platform(platform: Platform) -> None:
+    if "ceph" in platform.started:
+        sh(str(ROOT / "hack" / "ceph.sh"), "down", str(WORK / "ceph"), env=CEPH_ENV, check=False)
+        sh(str(ROOT / "hack" / "net.sh"), "down", BRIDGE, check=False)
+    if "kube" in platform.started:
+        sh(str(ROOT / "hack" / "kube.sh"), "down", str(WORK / "kube"), env=TEST_PORTS, check=False)
+
+
+class Operator:
+    """The operator as a real process, as users run it out of cluster."""
+
+    def __init__(self, platform: Platform, resync_seconds: int = 5) -> None:
+        self.platform = platform
+        self.resync = resync_seconds
+        self.log_path = WORK / "operator.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync)}
+        log = open(self.log_path, "a" if self.starts else "w")  # one log per test session
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "rbd-operator"), "--kubeconfig", str(self.platform.kubeconfig),
+             "--namespace", OPERATOR_NAMESPACE, "--liveness", f"http://127.0.0.1:{LIVENESS_PORT}/healthz",
+             "--log-format", "full", "--verbose"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.starts += 1
+
+        def live() -> bool:
+            assert self.proc and self.proc.poll() is None, f"operator exited:\n{self.log_tail()}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{LIVENESS_PORT}/healthz", timeout=2) as resp:
+                return resp.status == 200
+        wait_for(live, 60, what="operator liveness")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])

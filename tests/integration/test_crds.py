@@ -1,0 +1,69 @@
+"""The API server itself rejects invalid objects, naming the field (CRD schema + CEL)."""
+
+import pytest
+
+from .manifests import image, storage
+
+
+@pytest.mark.parametrize("pool,client,field", [
+    ({"pgNum": -1}, {}, "spec.pool.pgNum"),
+    ({}, {"capsProfile": "superuser"}, "spec.client.capsProfile"),
+    ({"name": "a/b"}, {}, "spec.pool.name"),
+    ({"parameters": {"size": "3"}}, {}, "spec.pool.parameters"),
+])
+def test_invalid_storage_rejected(platform, pool, client, field):
+    result = platform.apply(storage(platform, "invalid-storage", pool=pool, client=client), check=False)
+    assert result.returncode != 0
+    assert field in result.stderr, result.stderr
+    assert platform.get("rbdstorage", "invalid-storage") is None
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"name": "a/b", "size": "1Gi"}, "spec.name"),
+    ({"name": "a b", "size": "1Gi"}, "spec.name"),
+    ({"size": "-1Gi"}, "spec.size"),
+    ({"size": "0"}, "spec.size"),
+    ({"size": "2 lots"}, "spec.size"),
+    ({}, "spec.size"),
+    ({"size": "1Gi", "features": ["layering", "teleport"]}, "spec.features"),
+    ({"size": "1Gi", "features": ["layering", "fast-diff"]}, "spec.features"),
+    ({"size": "1Gi", "deletionPolicy": "Purge"}, "spec.deletionPolicy"),
+])
+def test_invalid_image_rejected(platform, spec, field):
+    result = platform.apply(image("invalid-image", "vmstore", **spec), check=False)
+    assert result.returncode != 0
+    assert field in result.stderr, result.stderr
+
+
+def test_immutable_fields(platform):
+    body = image("immutable-image", "some-storage", size="1Gi")
+    platform.apply(body)
+    try:
+        body["spec"]["storage"] = "other-storage"
+        result = platform.apply(body, check=False)
+        assert result.returncode != 0 and "spec.storage is immutable" in result.stderr
+        body["spec"]["storage"] = "some-storage"
+        body["spec"]["name"] = "renamed"
+        result = platform.apply(body, check=False)
+        assert result.returncode != 0 and "spec.name is immutable" in result.stderr
+    finally:
+        platform.delete("rbdimage", "immutable-image", "default")
+
+
+def test_defaults_and_category(platform):
+    body = storage(platform, "defaults-only", pool={})
+    body["spec"].pop("client")
+    # No operator involvement needed: defaults come from the schema. Retain keeps Ceph untouched on delete.
+    platform.apply(body)
+    try:
+        obj = platform.get("rbds", "defaults-only")
+        assert obj["spec"]["pool"]["pgNum"] == 128
+        assert obj["spec"]["client"] == {"name": "vmmgr", "capsProfile": "rbd"}
+        assert obj["spec"]["deletionPolicy"] == "Retain"
+        listed = platform.kubectl("get", "rbd", "-A").stdout
+        assert "rbdstorage.rbd-operator.io/defaults-only" in listed
+        names = platform.kubectl("api-resources", "--categories=rbd", "-o", "name").stdout.split()
+        assert sorted(names) == ["hypervisornodes.rbd-operator.io", "rbdimages.rbd-operator.io",
+                                 "rbdstorages.rbd-operator.io"]
+    finally:
+        platform.delete("rbds", "defaults-only")

@@ -1,0 +1,165 @@
+"""RbdImage against the real control plane and Ceph."""
+
+import signal
+
+import pytest
+import rbd
+
+from .harness import wait_for
+from .manifests import image, storage
+
+GI = 2**30
+
+
+@pytest.fixture(scope="module")
+def pool(platform, operator, ceph):
+    name = "images"
+    platform.apply(storage(platform, name, pool={"pgNum": 16, "quota": {"maxBytes": "100Gi"}},
+                           client={"name": "images"}))
+    platform.wait_condition("rbds", name, "True")
+    return name
+
+
+def rbd_image(ceph, pool, name):
+    with ceph.open_ioctx(pool) as ioctx:
+        try:
+            with rbd.Image(ioctx, name, read_only=True) as img:
+                return {"size": img.size(), "features": img.features(), "id": img.id(),
+                        "parent": _parent(img)}
+        except rbd.ImageNotFound:
+            return None
+
+
+def _parent(img):
+    try:
+        return img.get_parent_image_spec()["image_name"]
+    except rbd.ImageNotFound:
+        return None
+
+
+def test_create_grow_and_refuse_shrink(platform, ceph, pool, uniq):
+    name = f"disk-{uniq}"
+    platform.apply(image(name, pool, size="1Gi"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    got = rbd_image(ceph, pool, name)
+    assert got["size"] == GI
+    assert got["features"] & rbd.RBD_FEATURE_EXCLUSIVE_LOCK and got["features"] & rbd.RBD_FEATURE_FAST_DIFF
+    status = platform.get("rbdimg", name, "default")["status"]
+    assert status["sizeBytes"] == GI and status["imageId"] == got["id"]
+    assert status["features"] == ["layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten"]
+
+    platform.apply(image(name, pool, size="2Gi"))
+    wait_for(lambda: rbd_image(ceph, pool, name)["size"] == 2 * GI, 30, what="grown")
+
+    platform.apply(image(name, pool, size="1Gi"))
+    cond = platform.wait_condition("rbdimg", name, "False", "ShrinkNotAllowed", namespace="default")
+    assert "allowShrink" in cond["message"]
+    assert rbd_image(ceph, pool, name)["size"] == 2 * GI
+
+    platform.apply(image(name, pool, size="1Gi", allowShrink=True))
+    wait_for(lambda: rbd_image(ceph, pool, name)["size"] == GI, 30, what="shrunk with allowShrink")
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+
+    platform.apply(image(name, pool, size="1Gi", allowShrink=True, features=["layering", "exclusive-lock"]))
+    wait_for(lambda: not rbd_image(ceph, pool, name)["features"] & rbd.RBD_FEATURE_OBJECT_MAP, 30,
+             what="object-map disabled")
+    platform.delete("rbdimg", name, "default", wait=True)
+
+
+def test_bad_input_touches_nothing(platform, ceph, pool, uniq):
+    big, orphan = f"big-{uniq}", f"orphan-{uniq}"
+    platform.apply(image(big, pool, size="200Gi"))
+    cond = platform.wait_condition("rbdimg", big, "False", "SizeExceedsQuota", namespace="default")
+    assert "quota" in cond["message"]
+    assert rbd_image(ceph, pool, big) is None
+    assert any(e["reason"] == "SizeExceedsQuota" for e in platform.events(big))
+
+    platform.apply(image(orphan, f"later-{uniq}", size="1Gi"))
+    platform.wait_condition("rbdimg", orphan, "False", "StorageNotFound", namespace="default")
+    platform.apply(storage(platform, f"later-{uniq}", client={"name": f"later-{uniq}"}, deletionPolicy="Delete"))
+    platform.wait_condition("rbdimg", orphan, "True", namespace="default", timeout=120)
+    assert rbd_image(ceph, f"later-{uniq}", orphan)["size"] == GI
+
+    clone = f"clone-{uniq}"
+    platform.apply(image(clone, pool, source={"image": f"nobase-{uniq}", "snapshot": "s"}))
+    platform.wait_condition("rbdimg", clone, "False", "SourceNotFound", namespace="default")
+    assert rbd_image(ceph, pool, clone) is None
+
+    for name in (big, orphan, clone):
+        platform.delete("rbdimg", name, "default", wait=True)
+    platform.delete("rbds", f"later-{uniq}")
+
+
+def test_clone_from_snapshot_and_flatten(platform, ceph, pool, uniq):
+    base, child = f"base-{uniq}", f"child-{uniq}"
+    with ceph.open_ioctx(pool) as ioctx:
+        rbd.RBD().create(ioctx, base, GI)
+        with rbd.Image(ioctx, base) as img:
+            img.write(b"golden", 0)
+            img.create_snap("gold")
+    platform.apply(image(child, pool, size="2Gi", source={"image": base, "snapshot": "gold"}))
+    platform.wait_condition("rbdimg", child, "True", namespace="default")
+    got = rbd_image(ceph, pool, child)
+    assert got["parent"] == base and got["size"] == 2 * GI
+    status = platform.get("rbdimg", child, "default")["status"]
+    assert status["parent"] == {"pool": pool, "image": base, "snapshot": "gold"}
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, child, read_only=True) as img:
+        assert img.read(0, 6) == b"golden"
+
+    platform.apply(image(child, pool, size="2Gi", source={"image": base, "snapshot": "gold", "flatten": True}))
+    wait_for(lambda: rbd_image(ceph, pool, child)["parent"] is None, 60, what="flattened")
+    wait_for(lambda: "parent" not in platform.get("rbdimg", child, "default")["status"], 30, what="status parent cleared")
+    platform.delete("rbdimg", child, "default", wait=True)
+
+
+def test_in_use_image_is_not_deleted_and_trash_is_restorable(platform, ceph, pool, uniq):
+    name = f"busy-{uniq}"
+    platform.apply(image(name, pool, size="1Gi", trashRetention="1h"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    with ceph.open_ioctx(pool) as ioctx:
+        holder = rbd.Image(ioctx, name)  # a read-write open registers a watcher, like a running VM
+        try:
+            platform.delete("rbdimg", name, "default")
+            cond = platform.wait_condition("rbdimg", name, "False", "InUse", namespace="default")
+            assert "watchers" in cond["message"]
+            assert platform.get("rbdimg", name, "default")["status"]["watchers"]
+            assert rbd_image(ceph, pool, name) is not None
+        finally:
+            holder.close()
+        wait_for(lambda: platform.get("rbdimg", name, "default") is None, 90, what="deleted once unwatched")
+        assert rbd_image(ceph, pool, name) is None
+        trashed = [t for t in rbd.RBD().trash_list(ioctx) if t["name"] == name]
+        assert len(trashed) == 1
+        rbd.RBD().trash_restore(ioctx, trashed[0]["id"], name)
+    assert rbd_image(ceph, pool, name)["size"] == GI
+
+
+def test_retain_policy_keeps_the_image(platform, ceph, pool, uniq):
+    name = f"keep-{uniq}"
+    platform.apply(image(name, pool, size="64Mi", deletionPolicy="Retain"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    platform.delete("rbdimg", name, "default", wait=True)
+    assert rbd_image(ceph, pool, name)["size"] == 64 * 2**20
+
+
+def test_operator_killed_mid_work_converges_without_duplicates(platform, operator, ceph, pool, uniq):
+    names = [f"crash-{uniq}-{i}" for i in range(40)]
+    manifest = "\n---\n".join(
+        f"apiVersion: rbd-operator.io/v1alpha1\nkind: RbdImage\nmetadata: {{name: {n}, namespace: default}}\n"
+        f"spec: {{storage: {pool}, size: 256Mi}}" for n in names)
+    platform.apply(manifest)
+    with ceph.open_ioctx(pool) as ioctx:
+        wait_for(lambda: any(n in rbd.RBD().list(ioctx) for n in names), 60, interval=0.05, what="first image")
+        operator.kill(signal.SIGKILL)
+        created_before_restart = sum(n in rbd.RBD().list(ioctx) for n in names)
+    operator.start()
+    for n in names:
+        platform.wait_condition("rbdimg", n, "True", namespace="default", timeout=180)
+    with ceph.open_ioctx(pool) as ioctx:
+        listed = [n for n in rbd.RBD().list(ioctx) if n.startswith(f"crash-{uniq}-")]
+    assert sorted(listed) == sorted(names), "every image exactly once"
+    print(f"{created_before_restart}/{len(names)} images existed when the operator was killed")
+    for n in names:
+        platform.delete("rbdimg", n, "default")
+    for n in names:
+        wait_for(lambda: platform.get("rbdimg", n, "default") is None, 120, what=f"{n} deleted")

@@ -1,0 +1,91 @@
+import pytest
+
+from rbd_operator.api.errors import SpecError, Waiting
+from rbd_operator.api.image import features_to_bits, parse_image
+from rbd_operator.reconcile.image_plan import ObservedImage, ObservedSource, plan_image
+
+GI = 2**30
+OWNER = "ns/disk/uid-1"
+
+
+def image(**spec):
+    return parse_image("disk", {"storage": "s", **spec})
+
+
+def observed(size=GI, features=("layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten"), **kw):
+    return ObservedImage(size=size, features=features_to_bits(list(features)), id="abc", owner=kw.pop("owner", OWNER), **kw)
+
+
+def kinds(actions):
+    return [a.kind for a in actions]
+
+
+def test_create():
+    actions = plan_image(image(size="1Gi"), None, OWNER)
+    assert kinds(actions) == ["create", "set-owner"]
+    assert actions[0].args["size"] == GI
+
+
+def test_converged():
+    assert plan_image(image(size="1Gi"), observed(), OWNER) == []
+
+
+def test_grow_and_refuse_shrink():
+    assert kinds(plan_image(image(size="2Gi"), observed(), OWNER)) == ["resize"]
+    with pytest.raises(SpecError) as err:
+        plan_image(image(size="512Mi"), observed(), OWNER)
+    assert err.value.reason == "ShrinkNotAllowed"
+    actions = plan_image(image(size="512Mi", allowShrink=True), observed(), OWNER)
+    assert kinds(actions) == ["resize"] and actions[0].args["shrink"]
+
+
+def test_quota():
+    with pytest.raises(SpecError) as err:
+        plan_image(image(size="2Gi"), None, OWNER, quota_max_bytes=GI)
+    assert err.value.reason == "SizeExceedsQuota"
+
+
+def test_adopt_and_conflict():
+    assert kinds(plan_image(image(size="1Gi"), observed(owner=None), OWNER)) == ["set-owner"]
+    with pytest.raises(SpecError) as err:
+        plan_image(image(size="1Gi"), observed(owner="other/x/1"), OWNER)
+    assert err.value.reason == "ImageOwnedElsewhere"
+
+
+def test_features_converge_in_dependency_order():
+    actions = plan_image(image(size="1Gi", features=["layering"]), observed(), OWNER)
+    assert [(a.kind, a.args["features"], a.args["enabled"]) for a in actions] == [
+        ("update-features", ["fast-diff", "object-map", "exclusive-lock"], False)]
+    actions = plan_image(image(size="1Gi"), observed(features=("layering", "deep-flatten")), OWNER)
+    assert actions[0].args == {"features": ["exclusive-lock", "object-map", "fast-diff"], "enabled": True}
+
+
+def test_clone():
+    spec = image(source={"image": "base", "snapshot": "gold", "flatten": True}, size="2Gi")
+    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, False, GI))
+    assert kinds(actions) == ["protect-snapshot", "clone", "set-owner", "resize", "flatten"]
+    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, True, 2 * GI))
+    assert kinds(actions) == ["clone", "set-owner", "flatten"]
+
+
+def test_clone_source_missing_waits():
+    spec = image(source={"image": "base", "snapshot": "gold"})
+    with pytest.raises(Waiting) as err:
+        plan_image(spec, None, OWNER, source=ObservedSource(False, False))
+    assert err.value.reason == "SourceNotFound"
+    with pytest.raises(Waiting) as err:
+        plan_image(spec, None, OWNER, source=ObservedSource(True, False))
+    assert err.value.reason == "SnapshotNotFound"
+
+
+def test_flatten_existing_clone():
+    spec = image(size="1Gi", source={"image": "base", "snapshot": "gold", "flatten": True})
+    parent = {"pool": "p", "image": "base", "snapshot": "gold"}
+    assert kinds(plan_image(spec, observed(parent=parent), OWNER)) == ["flatten"]
+    assert plan_image(spec, observed(parent=None), OWNER) == []
+
+
+def test_missing_data_pool():
+    with pytest.raises(SpecError) as err:
+        plan_image(image(size="1Gi", dataPool="ec"), None, OWNER, data_pool_exists=False)
+    assert err.value.reason == "DataPoolNotFound"
