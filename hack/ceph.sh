@@ -270,6 +270,10 @@ mgr_initial_modules = iostat
 [mon]
 mon_data = $DIR/data/mon.\$id
 keyring = \$mon_data/keyring
+# commit map changes (pool create/set, auth caps) in ~50 ms instead of 1 s:
+# one mon, no quorum to batch for
+paxos_propose_interval = 0.05
+paxos_min_wait = 0.01
 mon_cluster_log_file = $DIR/log/\$cluster.log
 
 [mgr]

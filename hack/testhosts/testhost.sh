@@ -43,7 +43,7 @@ die() { echo "testhost: error: $*" >&2; exit 1; }
 ensure_machine_pkgs() {
   local missing=() p
   for p in "${MACHINE_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing on the machine: ${missing[*]}"
@@ -272,7 +272,7 @@ repo_url() {
   local family=$1 ip=$2
   case "$family" in debian | rpm) ;; *) die "repo family must be debian or rpm, not $family" ;; esac
   [[ "$ip" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "bad IPv4 address $ip"
-  ip -4 -o addr show | grep -q " inet $ip/" || die "$ip is not an address of this machine (create the bridge first)"
+  [[ "$(ip -4 -o addr show)" == *" inet $ip/"* ]] || die "$ip is not an address of this machine (create the bridge first)"
   [ -f "$cache/repo/debian/Release" ] && [ -d "$cache/repo/rpm/repodata" ] || prepare
   mkdir -p "$cache/http"
   (
@@ -478,8 +478,9 @@ host_down() {
     for _ in $(seq 20); do umount "$run/root" 2>/dev/null && break; sleep 0.1; done
     mountpoint -q "$run/root" && umount -l "$run/root"
   fi
+  # Deleting the outer veth end first is synchronous; a netns goes away lazily.
+  if ip link show "rbdh-$name" >/dev/null 2>&1; then ip link del "rbdh-$name" 2>/dev/null || true; fi
   if [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
-  if ip link show "rbdh-$name" >/dev/null 2>&1; then ip link del "rbdh-$name"; fi
   if [ -d "$run" ] && ! mountpoint -q "$run/root" 2>/dev/null; then rm -rf "$run/upper" "$run/work" "$run/root"; fi
   return 0
 }
