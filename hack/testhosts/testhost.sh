@@ -31,7 +31,7 @@ BASE_PKGS=(openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clie
 REPO_DEBS=(qemu-utils qemu-block-extra librbd1 librados2 ceph-common
   libvirt-daemon-driver-storage-rbd)
 # Tools this script needs on the machine.
-MACHINE_PKGS=(debootstrap dpkg-dev rpm dnf createrepo-c iproute2 openssh-client
+MACHINE_PKGS=(debootstrap debian-archive-keyring dpkg-dev rpm dnf createrepo-c iproute2 openssh-client
   util-linux curl python3 procps)
 
 log() { echo "testhost: $*" >&2; }
@@ -352,6 +352,15 @@ host_up() {
     return 0
   fi
   host_down "$name" quiet # leftovers of a failed or crashed start
+  local other
+  for other in "$cache"/run/*/env; do
+    [ -e "$other" ] || continue
+    [ "$(basename "$(dirname "$other")")" != "$name" ] || continue
+    # shellcheck disable=SC1090
+    if [ "$(. "$other"; echo "$ADDR")" = "$addr" ] && host_running "$(. "$other"; echo "$NAME")"; then
+      die "$addr is taken by host $(. "$other"; echo "$NAME")"
+    fi
+  done
 
   prepare
   local url; url=$(repo_url "$family" "$gw")
@@ -420,10 +429,11 @@ EOF
     >"$run/console.log" 2>&1 </dev/null 8>&- &
   echo $! >"$run/pid"
 
-  local i ok=0
+  local i init ok=0
   for i in $(seq 300); do
     if host_running "$name"; then ok=1; break; fi
     host_pid "$name" >/dev/null || [ "$i" -lt 5 ] || break
+    init=$(host_init "$name") && [ -e "/proc/$init/root/run/testhost-failed" ] && break
     sleep 0.1
   done
   if [ $ok = 1 ]; then
@@ -435,7 +445,6 @@ EOF
   fi
   if [ $ok != 1 ]; then
     cat "$run/console.log" >&2 || true
-    local init
     if init=$(host_init "$name"); then tail -20 "/proc/$init/root/var/log/testhost-init.log" >&2 || true; fi
     host_down "$name" quiet
     die "host $name did not come up"
@@ -524,7 +533,11 @@ shift
 case "$cmd" in
   prepare) [ $# -eq 0 ] || usage; prepare ;;
   up) [ $# -ge 3 ] && [ $# -le 4 ] || usage; host_up "$@" ;;
-  down) [ $# -eq 1 ] || usage; host_down "$1" ;;
+  down)
+    [ $# -eq 1 ] || usage
+    check_name "$1"
+    mkdir -p "$cache/run"
+    (flock 8; host_down "$1") 8>"$cache/run/$1.lock" ;;
   repo-url) [ $# -eq 2 ] || usage; repo_url "$1" "$2" ;;
   repo-down) repo_down ;;
   status) status ;;

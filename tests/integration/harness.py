@@ -152,9 +152,10 @@ def stop_platform(platform: Platform) -> None:
 class Operator:
     """The operator as a real process, as users run it out of cluster."""
 
-    def __init__(self, platform: Platform, resync_seconds: int = 5) -> None:
+    def __init__(self, platform: Platform, resync_seconds: int = 5, verbose: bool = True) -> None:
         self.platform = platform
         self.resync = resync_seconds
+        self.verbose = verbose
         self.log_path = WORK / "operator.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -165,7 +166,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "rbd-operator"), "--kubeconfig", str(self.platform.kubeconfig),
              "--namespace", OPERATOR_NAMESPACE, "--liveness", f"http://127.0.0.1:{LIVENESS_PORT}/healthz",
-             "--log-format", "full", "--verbose"],
+             "--log-format", "full"] + (["--verbose"] if self.verbose else []),
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.starts += 1
 

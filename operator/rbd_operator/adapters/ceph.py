@@ -350,11 +350,17 @@ _clusters_lock = threading.Lock()
 
 def cluster_for(creds: Credentials) -> CephCluster:
     """The shared connection for these credentials (created lazily, connected on first use)."""
+    stale = []
     with _clusters_lock:
         cluster = _clusters.get(creds.cache_key)
         if cluster is None:
+            # A rotated key replaces the connection made with the old one.
+            stale = [k for k in _clusters if k[:2] == creds.cache_key[:2]]
+            stale = [_clusters.pop(k) for k in stale]
             cluster = _clusters[creds.cache_key] = CephCluster(creds)
-        return cluster
+    for old in stale:
+        old.close()
+    return cluster
 
 
 def forget(creds: Credentials) -> None:

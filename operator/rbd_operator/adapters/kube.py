@@ -83,8 +83,8 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
     owners = [o.uid for o in (current.metadata.owner_references or [])]
     if current.data == encoded and owner["uid"] in owners:
         return "unchanged"
-    refs = [o.to_dict() for o in (current.metadata.owner_references or []) if o.uid != owner["uid"]]
-    refs = [{"apiVersion": r["api_version"], "kind": r["kind"], "name": r["name"], "uid": r["uid"]} for r in refs]
+    others = [o for o in (current.metadata.owner_references or []) if o.uid != owner["uid"]]
+    refs = api.api_client.sanitize_for_serialization(others)
     api.patch_namespaced_secret(name, namespace, {"metadata": {"ownerReferences": refs + [owner], "labels": labels},
                                                   "data": encoded})
     return "updated"

@@ -29,16 +29,18 @@ def owner_id(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
 
 
-async def _storage_for(spec: ImageSpec, storages: kopf.Index) -> tuple[StorageSpec, Credentials]:
+async def _storage_for(spec: ImageSpec, storages: kopf.Index, *, deleting_ok: bool = False,
+                       ) -> tuple[StorageSpec, Credentials]:
+    """The image's storage and its admin credentials (a storage being deleted only when `deleting_ok`)."""
     entries = list(storages.get(spec.storage, []))
-    if not entries or entries[0]["deleting"]:
+    if not entries or (entries[0]["deleting"] and not deleting_ok):
         raise Waiting("StorageNotFound", f"RbdStorage {spec.storage!r} does not exist (waiting for it)")
     entry = entries[0]
     try:
         storage = parse_storage(spec.storage, entry["spec"])
     except SpecError as exc:
         raise Waiting("StorageNotReady", f"RbdStorage {spec.storage!r} is invalid: {exc.message}") from None
-    if not (entry["status"] or {}).get("poolId") and (entry["status"] or {}).get("poolId") != 0:
+    if (entry["status"] or {}).get("poolId") is None:
         raise Waiting("StorageNotReady", f"RbdStorage {spec.storage!r} has not created its pool yet")
     creds = await admin_credentials(storage.monitors, storage.admin_secret)
     return storage, creds
@@ -62,8 +64,9 @@ def _converge_image(creds: Credentials, storage: StorageSpec, spec: ImageSpec, o
     if observed is None and spec.data_pool:
         data_pool_exists = spec.data_pool in cluster.pools()
     actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists)
+    if actions:
+        logger.info("librbd, pool %s: %s", pool, "; ".join(a.describe() for a in actions))
     for action in actions:
-        logger.info("librbd: %s in pool %s", action.describe(), pool)
         cluster.apply_image_action(pool, action)
     if actions:
         observed = cluster.observe_image(pool, spec.name)
@@ -87,6 +90,7 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
         if not timer:
             raise error
 
+    creds: Credentials | None = None
     try:
         parsed = parse_image(name, spec)
         storage, creds = await _storage_for(parsed, storages)
@@ -99,16 +103,18 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
     except (CephError, TimeoutError) as exc:
         message = getattr(exc, "message", "Ceph did not answer in time")
         reason = getattr(exc, "reason", "CephUnreachable")
-        if "creds" in locals() and reason in ("CephUnreachable", "AuthFailed"):
+        if creds and reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
         return fail(reason, message, kopf.TemporaryError(message, delay=backoff(retry)))
 
-    for action in outcome.done:
-        if action.kind in ACTION_REASONS:
-            kopf.event(body, type="Normal", reason=ACTION_REASONS[action.kind], message=action.describe())
+    visible = [a for a in outcome.done if a.kind in ACTION_REASONS]
+    if visible:  # one event per reconcile that changed something
+        kopf.event(body, type="Normal", reason=ACTION_REASONS[visible[0].kind],
+                   message="; ".join(a.describe() for a in visible))
     _report_image(status, outcome.image)
     status.set(pool=storage.pool.name)
-    status.condition("Ready", True, "Converged", f"{storage.pool.name}/{parsed.name} matches the spec")
+    status.condition("Ready", True, "Converged", f"{storage.pool.name}/{parsed.name} matches the spec",
+                     event=not visible)
     status.flush()
 
 
@@ -155,7 +161,8 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
         return
     status = StatusUpdate(body, patch)
     try:
-        storage, creds = await _storage_for(parsed, storages)
+        # A storage that is being deleted waits for its images: they must still go.
+        storage, creds = await _storage_for(parsed, storages, deleting_ok=True)
     except Waiting:
         logger.warning("RbdStorage %s is gone: leaving image %s in Ceph", parsed.storage, parsed.name)
         release_lock(uid)
@@ -179,8 +186,8 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
         status.condition("Ready", False, "InUse", message)
         status.flush()
         raise kopf.TemporaryError(message, delay=min(30.0, backoff(retry)))
-    logger.info("librbd: moved %s/%s to the trash for %ss", storage.pool.name, parsed.name,
-                parsed.trash_retention_seconds)
-    kube_note = f"moved to the RBD trash, restorable for {spec.get('trashRetention') or '24h'}"
-    kopf.event(body, type="Normal", reason="Trashed", message=f"{storage.pool.name}/{parsed.name} {kube_note}")
+    message = (f"{storage.pool.name}/{parsed.name} moved to the RBD trash, "
+               f"restorable for {parsed.trash_retention_seconds}s")
+    logger.info("librbd: %s", message)
+    kopf.event(body, type="Normal", reason="Trashed", message=message)
     release_lock(uid)

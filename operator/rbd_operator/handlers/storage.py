@@ -115,6 +115,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
             return
         raise kopf.PermanentError(exc.message) from None
 
+    creds: Credentials | None = None
     try:
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
         outcome = await run_blocking(_converge_ceph, creds, name, parsed, storages, logger, timeout=CEPH_TIMEOUT)
@@ -127,7 +128,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     except (CephError, TimeoutError) as exc:
         reason = getattr(exc, "reason", "CephUnreachable")
         message = getattr(exc, "message", "Ceph did not answer in time")
-        if reason in ("CephUnreachable", "AuthFailed") and "creds" in locals():
+        if creds and reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
         kube.forget_secret(parsed.admin_secret.namespace, parsed.admin_secret.name)
         status.condition("Ready", False, reason, message)
