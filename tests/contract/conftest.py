@@ -61,17 +61,22 @@ GROUP, VERSION = "rbd-operator.io", "v1alpha1"
 STORAGES = f"{GROUP}/{VERSION}/rbdstorages"
 IMAGES = f"{GROUP}/{VERSION}/rbdimages"
 STORAGES_URL = f"/apis/{GROUP}/{VERSION}/rbdstorages"
-
-
-def images_url(namespace: str) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/rbdimages"
 ANNOTATION_PREFIX = f"{GROUP}/"
 TEST_CLIENT_AGENT = "kmock/"  # requests made by the tests themselves through kmock's own client
 
 
+def images_url(namespace: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/rbdimages"
+
+
+def crds() -> list[dict]:
+    """The operator's CustomResourceDefinitions, as installed from crds/."""
+    docs = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "crds").glob("*.yaml"))]
+    return [doc for doc in docs if doc and doc.get("kind") == "CustomResourceDefinition"]
+
+
 def crd_schema(plural: str) -> dict:
-    with open(ROOT / "crds" / f"{plural}.yaml") as fh:
-        crd = yaml.safe_load(fh)
+    (crd,) = [crd for crd in crds() if crd["spec"]["names"]["plural"] == plural]
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
     return version["schema"]["openAPIV3Schema"]
 
@@ -254,13 +259,13 @@ def k8s(kmock):
         warnings.simplefilter("ignore", DeprecationWarning)
         kmock.resources.load_bundled()
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
-    for plural in ("rbdstorages", "rbdimages"):
-        crd = yaml.safe_load((ROOT / "crds" / f"{plural}.yaml").read_text())
+    for crd in crds():
         names = crd["spec"]["names"]
-        kmock.resources[f"{GROUP}/{VERSION}/{plural}"] = kmock_lib.ResourceInfo(
-            kind=names["kind"], singular=names["singular"], shortnames=names.get("shortNames", []),
-            categories=names.get("categories", []), namespaced=crd["spec"]["scope"] == "Namespaced",
-            verbs=verbs, subresources={"status"})
+        for version in crd["spec"]["versions"]:
+            kmock.resources[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = kmock_lib.ResourceInfo(
+                kind=names["kind"], singular=names["singular"], shortnames=names.get("shortNames", []),
+                categories=names.get("categories", []), namespaced=crd["spec"]["scope"] == "Namespaced",
+                verbs=verbs, subresources=set(version.get("subresources") or {}))
     return kmock
 
 
@@ -338,6 +343,12 @@ class Operator:
         return [r for r in self.records
                 if getattr(r, "k8s_ref", {}).get("name") == name and r.getMessage().startswith(prefix)]
 
+    def namespace_of(self, plural: str, name: str) -> str | None:
+        for resource, namespace, obj_name in self.k8s.objects:
+            if resource.plural == plural and obj_name == name:
+                return namespace
+        raise LookupError(f"no {plural} {name!r} in the emulator")
+
     def progress(self, plural: str, name: str, handler: str = "reconcile") -> list[dict]:
         """kopf's per-handler progress records (retries, delays) as written to the annotations."""
         key = f"{ANNOTATION_PREFIX}{handler}"
@@ -371,9 +382,10 @@ async def operator(k8s, kubeconfig, warm_kube_client):
     await asyncio.to_thread(runner.__enter__)
     op = Operator(k8s, runner, records.records)
     try:
+        plurals = {crd["spec"]["names"]["plural"] for crd in crds()}
         await wait_for(lambda: {r.resource.plural for r in op.requests()
-                                if r.action == kmock_lib.action.WATCH and r.resource is not None}
-                       >= {"rbdstorages", "rbdimages"}, timeout=10, what="kopf to watch the resources")
+                                if r.action == kmock_lib.action.WATCH and r.resource is not None} >= plurals,
+                       timeout=10, what=f"kopf to watch {sorted(plurals)}")
         yield op
     finally:
         await asyncio.to_thread(runner.__exit__, None, None, None)
@@ -441,10 +453,33 @@ def undeclared_status_fields(status: dict, schema: dict, path: str = "status") -
     return found
 
 
+def check_bookkeeping(op: Operator, plural: str, name: str) -> None:
+    """Status goes through /status with schema fields only; kopf's own state goes to our annotations."""
+    status_schema = crd_schema(plural)["properties"]["status"]
+    for request in op.patches(plural, name, status=True):
+        assert set(request.data) == {"status"}, request.data
+        assert undeclared_status_fields(request.data["status"], status_schema) == []
+    for request in op.patches(plural, name, status=False):
+        if isinstance(request.data, dict):  # merge patch: kopf's annotations
+            assert "status" not in request.data, request.data
+            annotations = request.data.get("metadata", {}).get("annotations", {})
+            assert all(key.startswith(ANNOTATION_PREFIX) for key in annotations), annotations
+        else:  # JSON patch: kopf's finalizer
+            assert not any(op_["path"].startswith("/status") for op_ in request.data), request.data
+            for op_ in request.data:
+                if op_["path"].startswith("/metadata/finalizers"):
+                    assert op_["value"] in ([f"{GROUP}/finalizer"], f"{GROUP}/finalizer"), request.data
+    stored = op.k8s.objects[f"{GROUP}/{VERSION}/{plural}", op.namespace_of(plural, name), name]
+    assert undeclared_status_fields(dict(stored.get("status") or {}), status_schema) == []
+    assert not (set(stored.get("status") or {}) - set(status_schema["properties"]))
+
+
 def leaked(secret_values: Iterable[str], requests: Iterable[kmock_lib.Request]) -> list[str]:
+    """Requests whose body, URL or headers contain any of `secret_values`."""
     hits = []
     for request in requests:
-        blob = request.body + request.url.raw_path_qs.encode()
+        headers = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+        blob = request.body + request.url.raw_path_qs.encode() + headers.encode()
         for value in secret_values:
             if value.encode() in blob:
                 hits.append(f"{request.method.value} {request.url.path}: contains {value!r}")

@@ -1,7 +1,8 @@
 """Idle objects cost nothing: once the status says what the operator knows, resyncs write nothing."""
 from __future__ import annotations
 
-from .conftest import ANNOTATION_PREFIX, RESYNC_SECONDS, STORAGES_URL, create, image_body, images_url, storage_body, wait_for
+from .conftest import (ANNOTATION_PREFIX, RESYNC_SECONDS, STORAGES_URL, check_bookkeeping, create, image_body,
+                       images_url, storage_body, wait_for)
 
 
 async def test_resync_of_unchanged_objects_writes_nothing(k8s, operator):
@@ -28,3 +29,4 @@ async def test_resync_of_unchanged_objects_writes_nothing(k8s, operator):
     for plural, name in objects:
         assert len(operator.patches(plural, name, status=True)) == 1
         assert len(operator.events(reason="InvalidSpec", name=name)) == 1
+        check_bookkeeping(operator, plural, name)

@@ -7,26 +7,11 @@ import re
 
 import kmock
 
-from .conftest import (ANNOTATION_PREFIX, GROUP, IMAGES, VERSION, create, crd_schema, image_body, images_url,
-                       undeclared_status_fields, wait_for)
+from .conftest import (ANNOTATION_PREFIX, GROUP, IMAGES, VERSION, check_bookkeeping, create, crd_schema, image_body,
+                       images_url, wait_for)
 
 SCHEMA = crd_schema("rbdimages")
-STATUS_SCHEMA = SCHEMA["properties"]["status"]
-CONDITION_KEYS = set(STATUS_SCHEMA["properties"]["conditions"]["items"]["properties"])
-
-
-def check_bookkeeping(op, name: str) -> None:
-    """Status carries only schema fields and goes through /status; kopf's state is in our annotations."""
-    for request in op.patches("rbdimages", name, status=True):
-        assert set(request.data) == {"status"}, request.data
-        assert undeclared_status_fields(request.data["status"], STATUS_SCHEMA) == []
-    for request in op.patches("rbdimages", name, status=False):
-        if isinstance(request.data, dict):
-            assert "status" not in request.data, request.data
-            annotations = request.data.get("metadata", {}).get("annotations", {})
-            assert all(key.startswith(ANNOTATION_PREFIX) for key in annotations), annotations
-        else:
-            assert not any(op_["path"].startswith("/status") for op_ in request.data), request.data
+CONDITION_KEYS = set(SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]["properties"])
 
 
 def the_ready_condition(request) -> dict:
@@ -71,7 +56,7 @@ async def test_missing_storage_is_reported_and_retried(k8s, operator):
     assert len(operator.patches("rbdimages", "disk-a", status=True)) == 1
     assert len(operator.events(reason="StorageNotFound", name="disk-a")) == 1
     assert k8s.objects[IMAGES, "vms", "disk-a"]["status"]["conditions"] == [cond]
-    check_bookkeeping(operator, "disk-a")
+    check_bookkeeping(operator, "rbdimages", "disk-a")
 
 
 async def test_object_size_not_a_power_of_two_is_permanent(k8s, operator):
@@ -95,4 +80,4 @@ async def test_object_size_not_a_power_of_two_is_permanent(k8s, operator):
     assert operator.progress("rbdimages", "disk-b") == []
     assert operator.log("disk-b", "Handler 'reconcile' failed permanently")
     assert not operator.log("disk-b", "Handler 'reconcile' failed temporarily")
-    check_bookkeeping(operator, "disk-b")
+    check_bookkeeping(operator, "rbdimages", "disk-b")

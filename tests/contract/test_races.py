@@ -38,7 +38,7 @@ async def test_forbidden_admin_secret_is_reported(k8s, operator):
                                                           message='secrets "ceph-admin" is forbidden')
     await create(k8s, STORAGES_URL, storage_body("forbidden"))
     await wait_for(lambda: [r for r in operator.requests() if r.url.path == SECRET_URL], what="the Secret GET")
-    (patch,) = await wait_for(lambda: operator.patches("rbdstorages", "forbidden", status=True), timeout=3,
+    (patch,) = await wait_for(lambda: operator.patches("rbdstorages", "forbidden", status=True), timeout=2,
                               what="the status PATCH")
     (cond,) = patch.data["status"]["conditions"]
     assert cond["status"] == "False" and "ceph/ceph-admin" in cond["message"]

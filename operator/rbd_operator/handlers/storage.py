@@ -17,6 +17,7 @@ from ..adapters.ceph import CephError, Credentials
 from ..api.errors import SpecError
 from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
+from ..reconcile.selector import matches
 from ..reconcile.storage_plan import plan_client, plan_pool
 from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, object_lock, release_lock
 
@@ -103,8 +104,21 @@ def _converge_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: k
                        cluster.pool_stats(spec.pool.name), done)
 
 
+def hosts_summary(spec: StorageSpec, secret_uuid: str, name: str, hypervisors: kopf.Index) -> dict:
+    """How many HypervisorNodes this storage selects, and how many hold its current secret."""
+    selected, current = [], 0
+    for host, entries in hypervisors.items():
+        for entry in entries:
+            if matches(spec.node_selector, entry["labels"]):
+                selected.append(host)
+                current += any(s.get("name") == name and s.get("secretUUID") == secret_uuid and s.get("current")
+                               for s in entry["storages"])
+    return {"selected": len(selected), "current": current, "names": sorted(selected)}
+
+
 async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                   storages: kopf.Index, logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
+                   storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, retry: int = 0,
+                   timer: bool = False) -> None:
     status = StatusUpdate(body, patch)
     try:
         parsed = parse_storage(name, spec)
@@ -170,6 +184,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
                   "quotaMaxBytes": pool.quota_max_bytes or 0},
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
         libvirtSecretUUID=libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name),
+        hosts=hosts_summary(parsed, libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name), name,
+                            hypervisors),
     )
     status.condition("PoolReady", True, "PoolConverged", f"pool {pool.name} (id {outcome.pool_id}) pg_num {pool.pg_num}")
     status.condition("ClientReady", True, "ClientConverged",
@@ -188,19 +204,19 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
-                    storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                    storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, body, spec, patch, uid, storages, logger, retry)
+        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
-                 storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     """Drift detection: caps or pool settings changed by hand are restored; monitors refreshed."""
     if meta.get("deletionTimestamp"):
         return
     async with object_lock(uid):
-        await converge(name, body, spec, patch, uid, storages, logger, timer=True)
+        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
 
 
 def _delete_in_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: kopf.Index,

@@ -1,0 +1,214 @@
+"""Operations on a hypervisor over an SshSession: facts, packages, files, libvirt secrets.
+
+libvirt is driven with virsh on the host, over the same verified SSH session
+(one session per reconcile); secret values reach virsh through 0600 files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .ssh import SshError, SshSession, tail
+
+WORK_DIR = "/run/rbd-operator"
+VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
+
+FACTS_SCRIPT = r"""
+set +e
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+echo "osId=${ID:-}"
+echo "osVersion=${VERSION_ID:-}"
+echo "osLike=${ID_LIKE:-}"
+echo "kernel=$(uname -r)"
+echo "qemuVersion=$(qemu-img --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9.]*\).*/\1/p')"
+rbd=false
+if qemu-img --help 2>/dev/null | grep -qw rbd; then
+  # Modular builds (Debian, recent RHEL) list rbd even without the module.
+  found=; modular=
+  for d in /usr/lib/*/qemu /usr/lib64/qemu /usr/lib64/qemu-kvm /usr/lib/qemu; do
+    [ -e "$d/block-rbd.so" ] && found=1
+    ls "$d"/block-*.so >/dev/null 2>&1 && modular=1
+  done
+  if [ -n "$found" ] || [ -z "$modular" ]; then rbd=true; fi
+fi
+echo "qemuRbd=$rbd"
+lib=
+if command -v dpkg-query >/dev/null 2>&1 && [ -d /var/lib/dpkg/info ]; then
+  lib=$(dpkg-query -W -f '${Version}' librbd1 2>/dev/null)
+fi
+if [ -z "$lib" ] && command -v rpm >/dev/null 2>&1; then
+  lib=$(rpm -q --qf '%{VERSION}' librbd1 2>/dev/null | grep -v 'not installed')
+fi
+echo "librbdVersion=$lib"
+echo "libvirtVersion=$(virsh --version 2>/dev/null)"
+if modinfo rbd >/dev/null 2>&1 || [ -d /sys/module/rbd ]; then echo krbd=true; else echo krbd=false; fi
+echo "runningDomains=$(virsh -q -c qemu:///system list --state-running --name 2>/dev/null | grep -c .)"
+command -v rbd >/dev/null 2>&1 && echo rbdCli=true || echo rbdCli=false
+"""
+
+INSTALLED_SCRIPT = r"""
+if command -v dpkg-query >/dev/null 2>&1 && [ -d /var/lib/dpkg/info ]; then
+  dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' "$@" 2>/dev/null | awk '$2 == "ii" {print $1}'
+else
+  rpm -q --qf '%{NAME}\n' "$@" 2>/dev/null | grep -v ' '
+fi
+exit 0
+"""
+
+
+@dataclass
+class Facts:
+    os_id: str
+    os_version: str
+    os_like: str
+    kernel: str
+    qemu_version: str
+    qemu_rbd: bool
+    librbd_version: str
+    libvirt_version: str
+    krbd: bool
+    running_domains: int
+    rbd_cli: bool
+
+    def as_status(self, family: str | None) -> dict:
+        return {"osId": self.os_id, "osVersion": self.os_version, "osFamily": family or "unknown",
+                "kernel": self.kernel, "qemuVersion": self.qemu_version, "qemuRbd": self.qemu_rbd,
+                "librbdVersion": self.librbd_version, "libvirtVersion": self.libvirt_version,
+                "krbd": self.krbd, "runningDomains": self.running_domains}
+
+
+class PackageError(SshError):
+    pass
+
+
+def classify_package_failure(output: str) -> str:
+    if re.search(r"Unable to locate package|has no installation candidate|No match for argument|"
+                 r"Unable to find a match", output):
+        return "PackageNotFound"
+    if re.search(r"Failed to fetch|Failed to download metadata|Cannot download repomd|Could not resolve|"
+                 r"Connection refused|Could not connect|Cannot retrieve repository", output):
+        return "RepositoryUnreachable"
+    return "PackageCommandFailed"
+
+
+class Host:
+    def __init__(self, session: SshSession) -> None:
+        self.ssh = session
+
+    def facts(self) -> Facts:
+        result = self.ssh.script(FACTS_SCRIPT)
+        values = dict(line.split("=", 1) for line in result.out.splitlines() if "=" in line)
+        running = values.get("runningDomains", "0")
+        return Facts(
+            os_id=values.get("osId", ""), os_version=values.get("osVersion", ""), os_like=values.get("osLike", ""),
+            kernel=values.get("kernel", ""), qemu_version=values.get("qemuVersion", ""),
+            qemu_rbd=values.get("qemuRbd") == "true", librbd_version=values.get("librbdVersion", ""),
+            libvirt_version=values.get("libvirtVersion", ""), krbd=values.get("krbd") == "true",
+            running_domains=int(running) if running.isdigit() else 0, rbd_cli=values.get("rbdCli") == "true",
+        )
+
+    # -- packages -----------------------------------------------------------
+    def installed(self, packages: list[str]) -> set[str]:
+        if not packages:
+            return set()
+        return set(self.ssh.script(INSTALLED_SCRIPT, *packages).out.split())
+
+    def _package_command(self, argv: list[str], what: str, timeout: float = 900) -> None:
+        result = self.ssh.run(argv, env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout)
+        if result.rc != 0:
+            output = result.err + "\n" + result.out
+            raise PackageError(classify_package_failure(output), f"{what} failed: {tail(result.err or result.out)}")
+
+    def refresh_indexes(self, family: str) -> None:
+        if family == "debian":
+            self._package_command(["apt-get", "update", "--error-on=any"], "apt-get update")
+        else:
+            self._package_command(["dnf", "-y", "clean", "all"], "dnf clean all")
+
+    def install(self, family: str, packages: list[str]) -> None:
+        if family == "debian":
+            self._package_command(["apt-get", "install", "-y", "--no-install-recommends",
+                                   "-o", "Dpkg::Options::=--force-confold", *packages],
+                                  f"installing {' '.join(packages)}")
+        else:
+            self._package_command(["dnf", "-y", "install", *packages], f"installing {' '.join(packages)}")
+
+    def remove(self, family: str, packages: list[str]) -> None:
+        if family == "debian":
+            self._package_command(["apt-get", "remove", "-y", *packages], f"removing {' '.join(packages)}")
+        else:
+            self._package_command(["dnf", "-y", "remove", *packages], f"removing {' '.join(packages)}")
+
+    def restore_rpmsave(self, path: str) -> bool:
+        """After a package removal saved `path` as .rpmsave: put it back (once), as the seed does by hand."""
+        saved = f"{path}.rpmsave"
+        if self.ssh.read(saved) is None:
+            return False
+        self.ssh.run(["cp", "-p", saved, path], check=True)
+        self.ssh.run(["mv", "-f", saved, f"{saved}.restored"], check=True)
+        return True
+
+    def restart_libvirtd(self) -> None:
+        result = self.ssh.run(["systemctl", "restart", "libvirtd"], timeout=120)
+        if result.rc != 0:
+            self.ssh.run(["service", "libvirtd", "restart"], timeout=120, check=True)
+
+    # -- files --------------------------------------------------------------
+    def ensure_file(self, path: str, content: str, mode: int) -> bool:
+        """Write the file if its content differs; return whether it changed."""
+        data = content.encode()
+        if self.ssh.read(path) == data:
+            return False
+        directory = path.rsplit("/", 1)[0]
+        self.ssh.makedirs(directory)
+        self.ssh.write(path, data, mode)
+        return True
+
+    # -- libvirt secrets ----------------------------------------------------
+    def secrets(self) -> set[str]:
+        result = self.ssh.run(VIRSH + ["secret-list"], timeout=60)
+        if result.rc != 0:
+            raise SshError("LibvirtUnavailable", f"virsh secret-list failed: {tail(result.err)}")
+        return {line.split()[0] for line in result.out.splitlines() if line.strip() and "-" in line.split()[0]}
+
+    def _scratch(self) -> None:
+        self.ssh.run(["mkdir", "-p", "-m", "700", WORK_DIR], check=True)
+
+    def define_secret(self, uuid: str, xml: str) -> None:
+        self._scratch()
+        path = f"{WORK_DIR}/{uuid}.xml"
+        self.ssh.write(path, xml.encode(), 0o600)
+        try:
+            self.ssh.run(VIRSH + ["secret-define", path], check=True, timeout=60)
+        finally:
+            self.ssh.remove(path)
+
+    def secret_value(self, uuid: str) -> str | None:
+        """The secret's value (base64) as libvirt holds it, or None when it cannot be read back."""
+        result = self.ssh.run(VIRSH + ["secret-get-value", uuid], timeout=60)
+        if result.rc == 0:
+            return result.out.strip()
+        # Private secrets are not readable through the API; root can read libvirt's own store.
+        stored = self.ssh.read(f"/etc/libvirt/secrets/{uuid}.base64")
+        return stored.decode().strip() if stored is not None else None
+
+    def set_secret_value(self, uuid: str, key: str) -> None:
+        self._scratch()
+        path = f"{WORK_DIR}/{uuid}.value"
+        self.ssh.write(path, key.encode(), 0o600)
+        try:
+            self.ssh.run(VIRSH + ["secret-set-value", "--secret", uuid, "--file", path], check=True, timeout=60)
+        finally:
+            self.ssh.remove(path)
+
+    def undefine_secret(self, uuid: str) -> None:
+        self.ssh.run(VIRSH + ["secret-undefine", uuid], timeout=60)
+
+    # -- probe --------------------------------------------------------------
+    def probe(self, client: str, keyring_path: str, pool: str) -> str:
+        result = self.ssh.run(["timeout", "30", "rbd", "--conf", "/etc/ceph/ceph.conf", "--id", client,
+                               "--keyring", keyring_path, "ls", pool], timeout=60)
+        if result.rc == 0:
+            return f"ok: {len(result.out.split())} image(s) visible in {pool} as client.{client}"
+        return f"failed: {tail(result.err or result.out, 200)}"

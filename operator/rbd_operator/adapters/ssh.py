@@ -1,0 +1,204 @@
+"""SSH to hypervisors with paramiko: host keys verified before anything runs.
+
+Commands are argv lists, quoted here and nowhere else; secrets travel on
+stdin or through SFTP into files created with mode 0600, never in argv.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+import paramiko
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 15.0
+
+
+class SshError(Exception):
+    """reason: HostUnreachable, AuthenticationFailed, HostKeyMismatch, CommandFailed, CommandTimedOut."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+def fingerprint(key_type: str, blob: bytes) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key."""
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError, IndexError):
+            continue
+    raise SshError("AuthenticationFailed", "ssh-privatekey is not an unencrypted ed25519, ecdsa or rsa private key")
+
+
+class SshSession:
+    """One SSH connection to a host, used for a whole reconcile, then closed."""
+
+    def __init__(self, address: str, port: int, user: str, private_key: str, pinned: tuple[str, bytes] | None,
+                 timeout: float = CONNECT_TIMEOUT) -> None:
+        self.address, self.port, self.user = address, port, user
+        self._key = load_private_key(private_key)
+        self._pinned = pinned
+        self._timeout = timeout
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self.seen_key: tuple[str, bytes] | None = None
+        self.commands = 0
+
+    def __enter__(self) -> "SshSession":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        where = f"{self.address}:{self.port}"
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=self._timeout)
+        except OSError as exc:
+            raise SshError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}") from None
+        transport = paramiko.Transport(sock)
+        transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = self._timeout
+        try:
+            transport.start_client(timeout=self._timeout)
+            key = transport.get_remote_server_key()
+            self.seen_key = (key.get_name(), key.asbytes())
+            if self._pinned is not None and self.seen_key != self._pinned:
+                raise SshError("HostKeyMismatch",
+                               f"{where} presented {key.get_name()} {fingerprint(*self.seen_key)}, "
+                               f"pinned is {self._pinned[0]} {fingerprint(*self._pinned)}; nothing was executed")
+            transport.auth_publickey(self.user, self._key)
+        except SshError:
+            transport.close()
+            raise
+        except paramiko.AuthenticationException:
+            transport.close()
+            raise SshError("AuthenticationFailed", f"{where} refused the key for user {self.user}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+        self._transport = transport
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # -- commands -----------------------------------------------------------
+    def run(self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 300, check: bool = False,
+            env: dict[str, str] | None = None) -> Result:
+        """Run argv (each element quoted) on the host; stdin is sent over the channel."""
+        assert self._transport is not None, "not connected"
+        prefix = ["env"] + [f"{k}={v}" for k, v in (env or {}).items()] if env else []
+        command = " ".join(shlex.quote(part) for part in prefix + argv)
+        self.commands += 1
+        chan = self._transport.open_session(timeout=self._timeout)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s")
+                time.sleep(0.01)
+            rc = chan.recv_exit_status()
+        except socket.timeout:
+            raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s") from None
+        finally:
+            chan.close()
+        result = Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and rc != 0:
+            raise SshError("CommandFailed", f"{argv[0]} exited {rc}: {tail(result.err or result.out)}")
+        return result
+
+    def script(self, text: str, *args: str, timeout: float = 120) -> Result:
+        """Run one of our own constant shell scripts (`sh -s`), values passed as quoted arguments."""
+        return self.run(["sh", "-s", "--", *args], stdin=text.encode(), timeout=timeout)
+
+    # -- files --------------------------------------------------------------
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            assert self._transport is not None, "not connected"
+            self._sftp = paramiko.SFTPClient.from_transport(self._transport)
+        return self._sftp
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with self.sftp.open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return None
+            raise
+
+    def write(self, path: str, data: bytes, mode: int) -> None:
+        """Write atomically: a temporary file made with `mode` before any byte is written, then renamed."""
+        tmp = f"{path}.rbd-operator.tmp"
+        with self.sftp.open(tmp, "wb") as fh:
+            fh.chmod(mode)
+            fh.write(data)
+        self.sftp.chmod(tmp, mode)
+        self.sftp.posix_rename(tmp, path)
+
+    def remove(self, path: str) -> bool:
+        try:
+            self.sftp.remove(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return False
+            raise
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return self.sftp.listdir(path)
+        except (FileNotFoundError, OSError):
+            return []
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        self.run(["mkdir", "-p", "-m", oct(mode)[2:], path], check=True)
+
+
+def tail(text: str, limit: int = 400) -> str:
+    text = " ".join(text.strip().splitlines()[-4:])
+    return text[-limit:]

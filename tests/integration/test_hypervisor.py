@@ -1,0 +1,209 @@
+"""HypervisorNode on real test hosts: netns + overlay rootfs + real sshd/libvirtd (hack/testhosts)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import cephcheck
+from .harness import BRIDGE, CEPH_ADDR, OPERATOR_NAMESPACE, ROOT, sh, wait_for
+from .manifests import API, storage
+
+TESTHOST = str(ROOT / "hack" / "testhosts" / "testhost.sh")
+LABEL = "rbd-operator.io/test-storage"
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    family: str
+
+    @property
+    def run_dir(self) -> Path:
+        return ROOT / ".cache" / "testhosts" / "run" / self.name
+
+    @property
+    def host_key(self) -> str:
+        return (self.run_dir / "host_ed25519.pub").read_text().strip()
+
+    def exec(self, command: str, check: bool = True) -> str:
+        return sh(TESTHOST, "exec", self.name, "sh", "-c", command, check=check).stdout
+
+    def ok(self, command: str) -> bool:
+        return sh(TESTHOST, "exec", self.name, "sh", "-c", command, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def hosts(platform):
+    sh(TESTHOST, "prepare", timeout=1800)
+    wanted = {
+        "t-h1": LabHost("t-h1", "10.254.1.11", "debian"),
+        "t-h2": LabHost("t-h2", "10.254.1.12", "debian"),
+        # The seed's starting point: stock qemu-kvm/qemu-img (and with them libvirt) installed.
+        "t-r1": LabHost("t-r1", "10.254.1.21", "rpm"),
+    }
+    try:
+        for host in wanted.values():
+            env = {"TESTHOST_NO_REPO": "1"} if host.family == "debian" else {"TESTHOST_PREINSTALL": "qemu-kvm qemu-img"}
+            sh(TESTHOST, "up", host.name, BRIDGE, f"{host.address}/24", host.family, env=env, timeout=900)
+            key = (host.run_dir / "id_ed25519").read_text()
+            platform.apply({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": f"ssh-{host.name}", "namespace": OPERATOR_NAMESPACE},
+                            "stringData": {"ssh-privatekey": key}})
+        yield wanted
+    finally:
+        for host in wanted.values():
+            platform.delete("hvn", host.name)
+            sh(TESTHOST, "down", host.name, check=False)
+        sh(TESTHOST, "repo-down", check=False)
+
+
+def repo_url(family: str) -> str:
+    return sh(TESTHOST, "repo-url", family, CEPH_ADDR).stdout.strip()
+
+
+def hypervisor(host: LabHost, labels: dict | None = None, name: str | None = None, **spec) -> dict:
+    body = {"address": host.address, "sshKeySecretRef": {"name": f"ssh-{host.name}", "namespace": OPERATOR_NAMESPACE},
+            "hostKey": host.host_key}
+    body.update(spec)
+    return {"apiVersion": API, "kind": "HypervisorNode",
+            "metadata": {"name": name or host.name, "labels": labels or {}}, "spec": body}
+
+
+def debian_packages(**extra) -> dict:
+    return {"repositories": [{"name": "local", "baseURL": repo_url("debian"), "trusted": True}], **extra}
+
+
+def client_key(platform, storage_name: str) -> str:
+    secret = platform.get("secret", f"{storage_name}-client", OPERATOR_NAMESPACE)
+    return base64.b64decode(secret["data"]["userKey"]).decode()
+
+
+def host_secret_value(host: LabHost, uuid: str) -> str:
+    return host.exec(f"cat /etc/libvirt/secrets/{uuid}.base64 2>/dev/null || "
+                     f"virsh -q -c qemu:///system secret-get-value {uuid}", check=False).strip()
+
+
+def test_storage_reaches_two_debian_hosts_and_follows_key_rotation(platform, operator, ceph, hosts, uniq):
+    h1, h2 = hosts["t-h1"], hosts["t-h2"]
+    name = f"hv-{uniq}"
+    platform.apply(storage(platform, name, client={"name": f"hv-{uniq}"}, deletionPolicy="Delete",
+                           hypervisors={"nodeSelector": {"matchLabels": {LABEL: name}}}))
+    platform.wait_condition("rbds", name, "True")
+    for host in (h1, h2):
+        platform.apply(hypervisor(host, {LABEL: name}, packages=debian_packages()))
+    for host in (h1, h2):
+        platform.wait_condition("hvn", host.name, "True", timeout=600)
+
+    uuid = platform.get("rbds", name)["status"]["libvirtSecretUUID"]
+    key = client_key(platform, name)
+    for host in (h1, h2):
+        status = platform.get("hvn", host.name)["status"]
+        assert status["facts"]["osFamily"] == "debian" and status["facts"]["qemuRbd"] is True
+        assert status["facts"]["librbdVersion"]
+        assert status["hostKeyFingerprint"].startswith("ssh-ed25519 SHA256:")
+        [entry] = status["storages"]
+        assert entry["secretUUID"] == uuid and entry["probe"].startswith("ok"), entry
+        assert host_secret_value(host, uuid) == key, "libvirt secret holds the client key"
+        assert host.exec(f"stat -c %a {entry['keyringPath']}").strip() == "600"
+        assert key in host.exec(f"cat {entry['keyringPath']}")
+        assert "mon_host" in host.exec("cat /etc/ceph/ceph.conf")
+        assert host.ok("test -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so"), "qemu-block-extra installed"
+        assert host.ok("grep -q trusted=yes /etc/apt/sources.list.d/rbd-operator-local.list")
+    wait_for(lambda: platform.get("rbds", name)["status"].get("hosts", {}).get("current") == 2, 60,
+             what="storage status counts two current hosts")
+
+    # Rotate the key: the client is recreated with a new key; every host follows.
+    cephcheck.mon(ceph, "auth del", entity=f"client.hv-{uniq}")
+    wait_for(lambda: client_key(platform, name) != key, 60, what="new key published")
+    new_key = client_key(platform, name)
+    for host in (h1, h2):
+        wait_for(lambda: host_secret_value(host, uuid) == new_key, 90, what=f"new key on {host.name}")
+    assert key not in operator.log_text() and new_key not in operator.log_text()
+
+    # A host that is no longer selected loses the keyring and the secret.
+    platform.kubectl("label", "hvn", h2.name, f"{LABEL}-")
+    wait_for(lambda: not h2.ok(f"test -e /etc/ceph/ceph.client.hv-{uniq}.keyring"), 90, what="keyring removed")
+    assert uuid not in h2.exec("virsh -q -c qemu:///system secret-list")
+    platform.delete("rbds", name)
+
+
+def test_host_key_mismatch_executes_nothing(platform, operator, hosts):
+    h1, h2 = hosts["t-h1"], hosts["t-h2"]
+    body = hypervisor(h1, name="t-mismatch", hostKey=h2.host_key,
+                      packages={"repositories": [{"name": "mismatch", "baseURL": repo_url("debian"), "trusted": True}]})
+    platform.apply(body)
+    try:
+        cond = platform.wait_condition("hvn", "t-mismatch", "False", "HostKeyMismatch")
+        assert "nothing was executed" in cond["message"]
+        assert platform.condition("hvn", "t-mismatch", "HostKeyVerified")["status"] == "False"
+        assert not h1.ok("test -e /etc/apt/sources.list.d/rbd-operator-mismatch.list")
+        assert any(e["reason"] == "HostKeyMismatch" for e in platform.events("t-mismatch"))
+    finally:
+        platform.delete("hvn", "t-mismatch", wait=True)
+
+
+def test_running_domain_blocks_disruptive_removal(platform, operator, hosts):
+    h2 = hosts["t-h2"]
+    h2.exec("virsh -q -c qemu:///system define /dev/stdin >/dev/null <<'EOF'\n"
+            + (ROOT / "hack" / "testhosts" / "tiny-domain.xml").read_text() + "\nEOF\n"
+            "virsh -q -c qemu:///system start tiny >/dev/null")
+    try:
+        platform.apply(hypervisor(h2, packages=debian_packages(remove=["qemu-system-x86"])))
+        cond = platform.wait_condition("hvn", h2.name, "True", "RunningDomains", type_="DisruptionBlocked",
+                                       timeout=180)
+        assert "allowDisruption" in cond["message"]
+        assert platform.condition("hvn", h2.name)["status"] == "False"
+        assert h2.ok("dpkg -s qemu-system-x86 >/dev/null"), "qemu must stay while a VM runs"
+        assert "tiny" in h2.exec("virsh -q -c qemu:///system list --state-running --name")
+    finally:
+        platform.apply(hypervisor(h2, packages=debian_packages()))
+        h2.exec("virsh -q -c qemu:///system destroy tiny; virsh -q -c qemu:///system undefine tiny", check=False)
+
+
+def test_rpm_host_converges_through_dnf_and_restores_rpmsave(platform, operator, hosts):
+    r1 = hosts["t-r1"]
+    r1.exec("echo '# site setting kept across the qemu swap' >> /etc/libvirt/libvirtd.conf")
+    body = hypervisor(r1, hostKeyPolicy="TrustOnFirstUse", packages={
+        "profile": "none",
+        "repositories": [{"name": "ceph-qemu", "baseURL": repo_url("rpm"), "trusted": True, "priority": 2}],
+        "remove": ["qemu-kvm", "qemu-img"],
+        "install": ["qemu-kvm-rhev", "qemu-img-rhev"],
+    })
+    del body["spec"]["hostKey"]
+    platform.apply(body)
+    platform.wait_condition("hvn", r1.name, "True", timeout=600)
+    status = platform.get("hvn", r1.name)["status"]
+    assert status["facts"]["osFamily"] == "rhel"
+    assert status["pinnedHostKey"] == r1.host_key, "TrustOnFirstUse pins the first key seen"
+    assert platform.condition("hvn", r1.name, "HostKeyVerified")["reason"] == "TrustedOnFirstUse"
+    assert r1.ok("rpm -q qemu-kvm-rhev qemu-img-rhev libvirt")
+    assert not r1.ok("rpm -q qemu-kvm") and not r1.ok("rpm -q qemu-img")
+    assert "site setting kept" in r1.exec("cat /etc/libvirt/libvirtd.conf"), "libvirtd.conf restored from .rpmsave"
+    assert r1.ok("test -e /etc/libvirt/libvirtd.conf.rpmsave.restored")
+    assert "priority=2" in r1.exec("cat /etc/yum.repos.d/rbd-operator-ceph-qemu.repo")
+    assert "enabled = 1" in r1.exec("cat /etc/yum/pluginconf.d/priorities.conf")
+    reasons = {e["reason"] for e in platform.events(r1.name)}
+    assert {"PackagesRemoved", "PackagesInstalled", "ConfigRestored", "HostKeyPinned"} <= reasons
+
+
+def test_shell_injection_is_rejected_or_inert(platform, operator, hosts):
+    h1 = hosts["t-h1"]
+    for bad in ({"packages": {"install": ["qemu;touch /tmp/pwned"]}},
+                {"packages": {"repositories": [{"name": "x;touch /tmp/pwned", "baseURL": "http://a/"}]}},
+                {"address": "10.254.1.11;touch /tmp/pwned"}, {"user": "root$(touch /tmp/pwned)"}):
+        result = platform.apply(hypervisor(h1, name="t-inject", **bad), check=False)
+        assert result.returncode != 0 and "spec." in result.stderr, result.stderr
+    # A URL the schema allows but a shell would expand: it lands only in a file, never in a command.
+    url = repo_url("debian") + "/$(touch$IFS/tmp/pwned)"
+    platform.apply(hypervisor(h1, {}, packages={"repositories": [{"name": "local", "baseURL": url, "trusted": True}]}))
+    try:
+        platform.wait_condition("hvn", h1.name, "False", "RepositoryUnreachable", type_="PackagesReady", timeout=180)
+        assert not h1.ok("test -e /tmp/pwned") and not Path("/tmp/pwned").exists()
+    finally:
+        platform.apply(hypervisor(h1, {}, packages=debian_packages()))

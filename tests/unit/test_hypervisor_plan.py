@@ -1,0 +1,113 @@
+import base64
+
+import pytest
+
+from rbd_operator.api.errors import SpecError
+from rbd_operator.api.hypervisor import parse_host, parse_host_key
+from rbd_operator.reconcile import host_plan
+from rbd_operator.reconcile.host_plan import HostStorage
+from rbd_operator.reconcile.selector import matches
+
+
+def ed25519_line():
+    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + b"k" * 32
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
+BASE = {"address": "10.254.1.11", "sshKeySecretRef": {"name": "k", "namespace": "n"}, "hostKey": ed25519_line()}
+
+
+def test_defaults():
+    spec = parse_host("h1", BASE)
+    assert (spec.port, spec.user, spec.profile, spec.host_key_policy) == (22, "root", "qemu-rbd", "Pinned")
+    assert not spec.allow_disruption and not spec.paused
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"address": "h;rm -rf /"}, "spec.address"),
+    ({"address": "$(id)"}, "spec.address"),
+    ({"user": "root;id"}, "spec.user"),
+    ({"hostKey": None}, "spec.hostKey"),
+    ({"hostKey": "ssh-ed25519 not-base64!"}, "spec.hostKey"),
+    ({"hostKey": "ssh-rsa " + ed25519_line().split()[1]}, "spec.hostKey"),
+    ({"packages": {"install": ["qemu;reboot"]}}, "spec.packages.install[0]"),
+    ({"packages": {"remove": ["$(reboot)"]}}, "spec.packages.remove[0]"),
+    ({"packages": {"install": ["a"], "remove": ["a"]}}, "spec.packages.remove"),
+    ({"packages": {"repositories": [{"name": "x;y", "baseURL": "http://a/", "trusted": True}]}},
+     "spec.packages.repositories[0].name"),
+    ({"packages": {"repositories": [{"name": "x", "baseURL": "http://a/'\nevil", "trusted": True}]}},
+     "spec.packages.repositories[0].baseURL"),
+    ({"packages": {"repositories": [{"name": "x", "baseURL": "http://a/"}]}}, "spec.packages.repositories[0].gpgKey"),
+    ({"packages": {"repositories": [{"name": "x", "baseURL": "http://a/", "trusted": True,
+                                     "distribution": "../../etc"}]}}, "spec.packages.repositories[0].distribution"),
+])
+def test_invalid(patch, field):
+    spec = {**BASE, **patch}
+    with pytest.raises(SpecError) as err:
+        parse_host("h1", spec)
+    assert err.value.field == field
+
+
+def test_tofu_needs_no_key():
+    spec = parse_host("h1", {**BASE, "hostKey": None, "hostKeyPolicy": "TrustOnFirstUse"})
+    assert spec.host_key is None
+
+
+def test_host_key_parse():
+    kind, blob = parse_host_key(ed25519_line() + " comment")
+    assert kind == "ssh-ed25519" and blob.startswith(b"\x00\x00\x00\x0bssh-ed25519")
+
+
+def test_packages_per_family():
+    spec = parse_host("h", {**BASE, "packages": {"install": ["htop"], "remove": ["ceph-common"]}})
+    assert host_plan.desired_packages(spec, "debian") == ["qemu-utils", "qemu-block-extra", "librbd1", "htop"]
+    none = parse_host("h", {**BASE, "packages": {"profile": "none", "install": ["qemu-kvm-rhev"]}})
+    assert host_plan.desired_packages(none, "rhel") == ["qemu-kvm-rhev"]
+    assert host_plan.disruptive(["qemu-kvm", "libvirt", "htop", "kvm"]) == ["qemu-kvm", "libvirt", "kvm"]
+
+
+def test_family():
+    assert host_plan.family_of("debian", "") == "debian"
+    assert host_plan.family_of("centos", "rhel fedora") == "rhel"
+    assert host_plan.family_of("ubuntu", "debian") == "debian"
+    assert host_plan.family_of("arch", "") is None
+
+
+def test_repository_files():
+    spec = parse_host("h", {**BASE, "packages": {"repositories": [
+        {"name": "ceph-qemu", "baseURL": "http://repo.example/rpm", "priority": 2, "trusted": True}]}})
+    rhel = {f.path: f.content for f in host_plan.repository_plan(spec, "rhel")}
+    assert "priority=2" in rhel["/etc/yum.repos.d/rbd-operator-ceph-qemu.repo"]
+    assert "gpgcheck=0" in rhel["/etc/yum.repos.d/rbd-operator-ceph-qemu.repo"]
+    assert rhel["/etc/yum/pluginconf.d/priorities.conf"] == "[main]\nenabled = 1\n"
+    deb = {f.path: f.content for f in host_plan.repository_plan(spec, "debian")}
+    assert deb["/etc/apt/sources.list.d/rbd-operator-ceph-qemu.list"] == "deb [trusted=yes] http://repo.example/rpm ./\n"
+    assert 'Pin: origin "repo.example"' in deb["/etc/apt/preferences.d/rbd-operator-ceph-qemu"]
+
+
+def test_stale_files_only_ours():
+    desired = [host_plan.RemoteFile("/etc/yum.repos.d/rbd-operator-a.repo", "")]
+    existing = {"/etc/yum.repos.d": ["rbd-operator-a.repo", "rbd-operator-b.repo", "CentOS-Base.repo"]}
+    assert host_plan.stale_files(existing, desired) == ["/etc/yum.repos.d/rbd-operator-b.repo"]
+
+
+def test_ceph_files_and_secret():
+    storage = HostStorage("vmstore", "fsid-1", ("[v2:10.0.0.1:3300,v1:10.0.0.1:6789]",), "vmmgr", "vmstore",
+                          "uuid-1", "AQkey==")
+    assert "mon_host = [v2:10.0.0.1:3300,v1:10.0.0.1:6789]" in host_plan.ceph_conf([storage])
+    assert host_plan.keyring(storage) == "[client.vmmgr]\n\tkey = AQkey==\n"
+    xml = host_plan.secret_xml(storage)
+    assert "private='yes'" in xml and "<uuid>uuid-1</uuid>" in xml and "AQkey" not in xml
+    assert storage.keyring_path == "/etc/ceph/ceph.client.vmmgr.keyring"
+    assert host_plan.monitor_hosts([{"name": "a", "v1": "1.2.3.4:6789", "v2": "1.2.3.4:3300"}]) == (
+        "[v2:1.2.3.4:3300,v1:1.2.3.4:6789]",)
+
+
+def test_selector():
+    labels = {"rbd": "yes", "zone": "a"}
+    assert matches({"matchLabels": {"rbd": "yes"}}, labels)
+    assert not matches({"matchLabels": {"rbd": "no"}}, labels)
+    assert matches({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}, labels)
+    assert not matches({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, labels)
+    assert matches({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, labels)
+    assert not matches({}, labels) and not matches(None, labels)
