@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help deps run sandbox-up sandbox-down test unit integration bench clean
+.PHONY: help deps run sandbox-up sandbox-down test unit contract integration bench clean
 
 help:
 	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
@@ -24,7 +24,10 @@ sandbox-down:
 	hack/sandbox.sh down
 
 test: deps
-	$(PY) -m pytest -ra tests/unit tests/integration
+	$(PY) -m pytest -ra tests/unit tests/contract tests/integration
+
+contract: deps
+	$(PY) -m pytest -ra tests/contract
 
 unit: deps
 	$(PY) -m pytest -ra tests/unit
@@ -34,6 +37,7 @@ integration: deps
 
 bench: deps
 	$(PY) bench/images.py
+	$(PY) bench/hosts.py
 
 clean: sandbox-down
 	rm -rf .cache/test .bench

@@ -24,6 +24,16 @@ up() {
   ln -sf kube/kubeconfig $sandbox/kubeconfig
   CEPH_ADDR=$ceph_addr hack/ceph.sh up $sandbox/ceph
   hack/bootstrap.sh $sandbox/kubeconfig $sandbox/ceph
+  # Two test hypervisors (network namespaces with sshd + libvirtd) for examples/hypervisornodes.yaml.
+  hack/testhosts/testhost.sh prepare
+  for i in 1 2; do
+    TESTHOST_NO_REPO=1 hack/testhosts/testhost.sh up sb-h$i $bridge 10.254.0.1$i/24 debian
+    hack/testhosts/testhost.sh repo-url debian $ceph_addr >/dev/null
+    # The key goes to kubectl on stdin, never on a command line.
+    { printf 'apiVersion: v1\nkind: Secret\nmetadata: {name: sandbox-h%s-ssh, namespace: rbd-operator}\n' $i
+      printf 'stringData:\n  ssh-privatekey: |\n'
+      sed 's/^/    /' .cache/testhosts/run/sb-h$i/id_ed25519; } | kubectl --kubeconfig $sandbox/kubeconfig apply -f - >/dev/null
+  done
   if ! operator_pid >/dev/null; then
     echo "sandbox: starting the operator (log: $sandbox/operator.log)" >&2
     RBD_OPERATOR_RESYNC_SECONDS=${RBD_OPERATOR_RESYNC_SECONDS:-30} setsid nohup .venv/bin/rbd-operator \
@@ -43,6 +53,10 @@ up() {
     echo "sandbox: the example storage did not become Ready" >&2
     exit 1
   fi
+  if ! kubectl --kubeconfig $sandbox/kubeconfig wait hvn --all --for=condition=Ready --timeout=600s >/dev/null; then
+    kubectl --kubeconfig $sandbox/kubeconfig get hvn >&2 || true
+    echo "sandbox: the example hypervisors are not Ready yet (see kubectl describe hvn)" >&2
+  fi
   cat <<MSG
 
 The sandbox is up. From the repository root:
@@ -50,6 +64,8 @@ The sandbox is up. From the repository root:
   kubectl --kubeconfig $sandbox/kubeconfig get rbd
   kubectl --kubeconfig $sandbox/kubeconfig describe rbds vmstore
   kubectl --kubeconfig $sandbox/kubeconfig get rbdimg -A
+  kubectl --kubeconfig $sandbox/kubeconfig get hvn -o wide
+  hack/testhosts/testhost.sh ssh sb-h1 virsh -c qemu:///system secret-list
   ceph -c $sandbox/ceph/ceph.conf -s
   ceph -c $sandbox/ceph/ceph.conf osd pool ls detail
   rbd -c $sandbox/ceph/ceph.conf ls -l vmstore
@@ -64,6 +80,8 @@ down() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f $sandbox/operator.pid
+  for i in 1 2; do hack/testhosts/testhost.sh down sb-h$i || true; done
+  hack/testhosts/testhost.sh repo-down || true
   hack/ceph.sh down $sandbox/ceph || true
   hack/kube.sh down $sandbox/kube || true
   hack/net.sh down $bridge || true

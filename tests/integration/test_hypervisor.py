@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from . import cephcheck
-from .harness import BRIDGE, CEPH_ADDR, OPERATOR_NAMESPACE, ROOT, sh, wait_for
-from .manifests import API, storage
-
-TESTHOST = str(ROOT / "hack" / "testhosts" / "testhost.sh")
-LABEL = "rbd-operator.io/test-storage"
-
-
-@dataclass
-class LabHost:
-    name: str
-    address: str
-    family: str
-
-    @property
-    def run_dir(self) -> Path:
-        return ROOT / ".cache" / "testhosts" / "run" / self.name
-
-    @property
-    def host_key(self) -> str:
-        return (self.run_dir / "host_ed25519.pub").read_text().strip()
-
-    def exec(self, command: str, check: bool = True) -> str:
-        return sh(TESTHOST, "exec", self.name, "sh", "-c", command, check=check).stdout
-
-    def ok(self, command: str) -> bool:
-        return sh(TESTHOST, "exec", self.name, "sh", "-c", command, check=False).returncode == 0
-
+from .harness import BRIDGE, OPERATOR_NAMESPACE, ROOT, sh, wait_for
+from .labhosts import LABEL, TESTHOST, LabHost, debian_packages, hypervisor, repo_url, ssh_secret
+from .manifests import storage
 
 @pytest.fixture(scope="module")
 def hosts(platform):
@@ -51,32 +25,13 @@ def hosts(platform):
         for host in wanted.values():
             env = {"TESTHOST_NO_REPO": "1"} if host.family == "debian" else {"TESTHOST_PREINSTALL": "qemu-kvm qemu-img"}
             sh(TESTHOST, "up", host.name, BRIDGE, f"{host.address}/24", host.family, env=env, timeout=900)
-            key = (host.run_dir / "id_ed25519").read_text()
-            platform.apply({"apiVersion": "v1", "kind": "Secret",
-                            "metadata": {"name": f"ssh-{host.name}", "namespace": OPERATOR_NAMESPACE},
-                            "stringData": {"ssh-privatekey": key}})
+            platform.apply(ssh_secret(host))
         yield wanted
     finally:
         for host in wanted.values():
             platform.delete("hvn", host.name)
             sh(TESTHOST, "down", host.name, check=False)
         sh(TESTHOST, "repo-down", check=False)
-
-
-def repo_url(family: str) -> str:
-    return sh(TESTHOST, "repo-url", family, CEPH_ADDR).stdout.strip()
-
-
-def hypervisor(host: LabHost, labels: dict | None = None, name: str | None = None, **spec) -> dict:
-    body = {"address": host.address, "sshKeySecretRef": {"name": f"ssh-{host.name}", "namespace": OPERATOR_NAMESPACE},
-            "hostKey": host.host_key}
-    body.update(spec)
-    return {"apiVersion": API, "kind": "HypervisorNode",
-            "metadata": {"name": name or host.name, "labels": labels or {}}, "spec": body}
-
-
-def debian_packages(**extra) -> dict:
-    return {"repositories": [{"name": "local", "baseURL": repo_url("debian"), "trusted": True}], **extra}
 
 
 def client_key(platform, storage_name: str) -> str:
@@ -205,5 +160,29 @@ def test_shell_injection_is_rejected_or_inert(platform, operator, hosts):
     try:
         platform.wait_condition("hvn", h1.name, "False", "RepositoryUnreachable", type_="PackagesReady", timeout=180)
         assert not h1.ok("test -e /tmp/pwned") and not Path("/tmp/pwned").exists()
+    finally:
+        platform.apply(hypervisor(h1, {}, packages=debian_packages()))
+
+
+def test_unreachable_host_and_missing_package_are_reported(platform, operator, hosts):
+    h1 = hosts["t-h1"]
+    ghost = LabHost("t-ghost", "10.254.1.99", "debian")  # nothing listens there
+    body = hypervisor(h1, name="t-ghost")
+    body["spec"]["address"] = ghost.address
+    platform.apply(body)
+    try:
+        cond = platform.wait_condition("hvn", "t-ghost", "False", "HostUnreachable", timeout=120)
+        assert "10.254.1.99" in cond["message"]
+        assert platform.condition("hvn", "t-ghost", "Reachable")["status"] == "False"
+    finally:
+        platform.delete("hvn", "t-ghost")
+
+    platform.apply(hypervisor(h1, {}, packages=debian_packages(install=["no-such-package-rbdop"])))
+    try:
+        cond = platform.wait_condition("hvn", h1.name, "False", "PackageNotFound", type_="PackagesReady",
+                                       timeout=180)
+        assert "no-such-package-rbdop" in cond["message"]
+        assert platform.condition("hvn", h1.name)["status"] == "False"
+        assert any(e["reason"] == "PackageNotFound" and e["type"] == "Warning" for e in platform.events(h1.name))
     finally:
         platform.apply(hypervisor(h1, {}, packages=debian_packages()))

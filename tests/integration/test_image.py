@@ -134,6 +134,18 @@ def test_in_use_image_is_not_deleted_and_trash_is_restorable(platform, ceph, poo
     assert rbd_image(ceph, pool, name)["size"] == GI
 
 
+def test_trash_is_purged_after_retention(platform, ceph, pool, uniq):
+    name = f"short-{uniq}"
+    platform.apply(image(name, pool, size="64Mi", trashRetention="3s"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    platform.delete("rbdimg", name, "default", wait=True)
+    with ceph.open_ioctx(pool) as ioctx:
+        assert [t for t in rbd.RBD().trash_list(ioctx) if t["name"] == name], "trashed first"
+        # The storage's resync purges trash whose retention has ended.
+        wait_for(lambda: not [t for t in rbd.RBD().trash_list(ioctx) if t["name"] == name], 60,
+                 what="trash purged after retention")
+
+
 def test_retain_policy_keeps_the_image(platform, ceph, pool, uniq):
     name = f"keep-{uniq}"
     platform.apply(image(name, pool, size="64Mi", deletionPolicy="Retain"))

@@ -89,6 +89,7 @@ def test_spec_change_converges_pool_and_legacy_caps_are_weak(platform, operator,
         "mon": "allow r", "osd": f"allow class-read object_prefix rbd_children, allow rwx pool={name}"}
     pool = cephcheck.pool(ceph, name)
     assert pool["pg_num_target"] == 16 and pool["quota_max_objects"] == 1000
+    assert any(e["reason"] == "CannotBlocklist" and e["type"] == "Warning" for e in platform.events(name, "default"))
     platform.delete("rbds", name, wait=True)
 
 

@@ -7,6 +7,7 @@ import os
 from typing import Any, Mapping
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from ..adapters import kube
 from ..adapters.blocking import run_blocking
@@ -26,6 +27,12 @@ def object_lock(uid: str) -> asyncio.Lock:
     if lock is None:
         lock = _locks[uid] = asyncio.Lock()
     return lock
+
+
+def busy(uid: str) -> bool:
+    """A handler is converging this object right now: a timer tick holds an older body, so it skips."""
+    lock = _locks.get(uid)
+    return lock is not None and lock.locked()
 
 
 def release_lock(uid: str) -> None:
@@ -51,13 +58,16 @@ class StatusUpdate:
             if self.status.get(key) != value:
                 self.patch.status[key] = value
 
-    def condition(self, type_: str, ok: bool, reason: str, message: str = "", *, event: bool = True) -> None:
+    def condition(self, type_: str, ok: bool, reason: str, message: str = "", *, event: bool = True,
+                  bad: bool | None = None) -> None:
+        """Set a condition; post an event when it changes to a bad state (`bad`, default: status False) or Ready."""
         old = get_condition(self.conditions, type_)
         self.conditions = merge_conditions(self.conditions, [Condition(type_, ok, reason, message)], self.generation)
         changed = not old or (old.get("status"), old.get("reason"), old.get("message")) != (
             "True" if ok else "False", reason, message)
-        if event and changed and (not ok or type_ == "Ready"):
-            kopf.event(self.body, type="Normal" if ok else "Warning", reason=reason, message=message or type_)
+        bad = (not ok) if bad is None else bad
+        if event and changed and (bad or type_ == "Ready"):
+            kopf.event(self.body, type="Warning" if bad else "Normal", reason=reason, message=message or type_)
 
     def drop(self, type_: str) -> None:
         self.conditions = [c for c in self.conditions if c.get("type") != type_]
@@ -71,7 +81,11 @@ class StatusUpdate:
 
 async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:
     """Credentials from the admin Secret the spec references (keys userID, userKey)."""
-    data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30)
+    try:
+        data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30)
+    except ApiException as exc:
+        raise CephError("AuthFailed", f"cannot read admin Secret {ref.namespace}/{ref.name}: "
+                        f"HTTP {exc.status} {exc.reason}") from None
     if data is None:
         raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} does not exist")
     key = data.get("userKey")

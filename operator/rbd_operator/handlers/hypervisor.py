@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import kube
@@ -20,7 +21,7 @@ from ..api.hypervisor import HostSpec, parse_host, parse_host_key
 from ..reconcile import host_plan
 from ..reconcile.host_plan import HostStorage
 from ..reconcile.selector import matches
-from .common import RESYNC_SECONDS, StatusUpdate, backoff, object_lock, release_lock
+from .common import RESYNC_SECONDS, StatusUpdate, backoff, busy, object_lock, release_lock
 
 PLURAL = "hypervisornodes"
 HOST_TIMEOUT = 1800.0
@@ -47,8 +48,8 @@ class HostOutcome:
     def cond(self, type_: str, ok: bool, reason: str, message: str = "") -> None:
         self.conditions.append((type_, ok, reason, message))
 
-    def note(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(("Warning" if warning else "Normal", reason, message))
+    def note(self, reason: str, message: str) -> None:
+        self.events.append(("Normal", reason, message))
 
 
 def _selected(labels: dict, storages: kopf.Index) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -206,9 +207,8 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes] |
             try:
                 if _converge_packages(host, spec, out):
                     out.facts = host.facts()
-            except PackageError as exc:
+            except PackageError as exc:  # the condition's change posts the Warning event
                 out.cond("PackagesReady", False, exc.reason, exc.message)
-                out.note(exc.reason, exc.message, warning=True)
         facts = out.facts
         if spec.profile == "qemu-rbd":
             out.cond("RbdCapable", facts.qemu_rbd, "QemuRbd" if facts.qemu_rbd else "NoQemuRbd",
@@ -224,7 +224,11 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes] |
 
 
 def _ssh_material(spec: HostSpec, status: dict) -> tuple[str, tuple[str, bytes] | None]:
-    data = kube.read_secret(spec.ssh_key.namespace, spec.ssh_key.name)
+    try:
+        data = kube.read_secret(spec.ssh_key.namespace, spec.ssh_key.name)
+    except ApiException as exc:
+        raise SshError("AuthenticationFailed", f"cannot read Secret {spec.ssh_key.namespace}/{spec.ssh_key.name}: "
+                       f"HTTP {exc.status} {exc.reason}") from None
     if not data or not data.get("ssh-privatekey"):
         raise SshError("AuthenticationFailed",
                        f"Secret {spec.ssh_key.namespace}/{spec.ssh_key.name} has no ssh-privatekey")
@@ -286,7 +290,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
         update.set(facts=out.facts.as_status(out.family))
     update.set(storages=out.storages)
     for type_, ok, reason, message in out.conditions:
-        update.condition(type_, ok, reason, message, event=type_ != "DisruptionBlocked" or ok)
+        update.condition(type_, ok, reason, message, bad=ok if type_ == "DisruptionBlocked" else None)
     pending = waiting + missing
     required = ("PackagesReady", "RbdCapable", "CephConfigured", "SecretsReady")
     failing = [(t, r, m) for t, ok, r, m in out.conditions if t in required and not ok]
@@ -317,7 +321,7 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Statu
                  patch: kopf.Patch, uid: str, meta: kopf.Meta, storages: kopf.Index, logger: logging.Logger,
                  **_: Any) -> None:
     """Drift, key rotation and storages that start or stop selecting this host."""
-    if meta.get("deletionTimestamp"):
+    if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
         await converge(name, body, spec, status, labels, patch, storages, logger, timer=True)

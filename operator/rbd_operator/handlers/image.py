@@ -16,7 +16,7 @@ from ..api.errors import SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.image_plan import ObservedImage, plan_image
-from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, object_lock, release_lock
+from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock
 
 PLURAL = "rbdimages"
 ACTION_REASONS = {
@@ -130,7 +130,7 @@ async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec,
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def resync(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                  meta: kopf.Meta, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
-    if meta.get("deletionTimestamp"):
+    if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
         await converge(name, namespace, body, spec, patch, uid, storages, logger, timer=True)

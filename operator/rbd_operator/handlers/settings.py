@@ -15,7 +15,7 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    # Handlers post their own events (kopf.event); log lines become events only from WARNING up.
+    # Handlers post their own events (kopf.event); kopf's own events (handler failures) from WARNING up.
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 300

@@ -19,7 +19,7 @@ from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.selector import matches
 from ..reconcile.storage_plan import plan_client, plan_pool
-from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, object_lock, release_lock
+from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock
 
 PLURAL = "rbdstorages"
 # UUIDv5 namespace for libvirt secrets: the same storage gets the same UUID on every host.
@@ -193,7 +193,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     if caps_weak(outcome.caps):
         status.condition("CapsWeak", True, "CannotBlocklist",
                          f"{parsed.client.entity} cannot blocklist a dead client (mon caps lack 'profile rbd'); "
-                         "exclusive-lock takeover after a crash will hang")
+                         "exclusive-lock takeover after a crash will hang", bad=True)
     else:
         status.condition("CapsWeak", False, "CanBlocklist", "", event=False)
     status.condition("Ready", True, "Converged", f"pool {pool.name} and {parsed.client.entity} match the spec")
@@ -213,7 +213,7 @@ async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Pat
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
                  storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     """Drift detection: caps or pool settings changed by hand are restored; monitors refreshed."""
-    if meta.get("deletionTimestamp"):
+    if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
