@@ -46,9 +46,10 @@ def backoff(retry: int) -> float:
 class StatusUpdate:
     """Collects status fields and conditions; patches only what differs from the object."""
 
-    def __init__(self, body: Mapping[str, Any], patch: kopf.Patch) -> None:
+    def __init__(self, body: Mapping[str, Any], patch: kopf.Patch, *, timer: bool = False) -> None:
         self.body = body
         self.patch = patch
+        self.timer = timer
         self.status = body.get("status") or {}
         self.generation = body.get("metadata", {}).get("generation")
         self.conditions = list(self.status.get("conditions") or [])
@@ -69,8 +70,18 @@ class StatusUpdate:
         if event and changed and (bad or type_ == "Ready"):
             kopf.event(self.body, type="Warning" if bad else "Normal", reason=reason, message=message or type_)
 
-    def drop(self, type_: str) -> None:
-        self.conditions = [c for c in self.conditions if c.get("type") != type_]
+    def fail(self, reason: str, message: str, retry_in: float | None = None) -> None:
+        """Report Ready=False and end the handler: kopf retries after `retry_in` seconds, never when None.
+
+        A timer tick only reports: the next tick is its retry.
+        """
+        self.condition("Ready", False, reason, message)
+        self.flush()
+        if self.timer:
+            return
+        if retry_in is None:
+            raise kopf.PermanentError(message) from None
+        raise kopf.TemporaryError(message, delay=retry_in) from None
 
     def flush(self) -> None:
         if self.conditions != list(self.status.get("conditions") or []):

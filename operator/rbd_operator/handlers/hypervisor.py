@@ -244,18 +244,11 @@ def _ssh_material(spec: HostSpec, status: dict) -> tuple[str, tuple[str, bytes] 
 async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
                    patch: kopf.Patch, storages: kopf.Index, logger: logging.Logger, retry: int = 0,
                    timer: bool = False) -> None:
-    update = StatusUpdate(body, patch)
-
-    def fail(reason: str, message: str, error: Exception) -> None:
-        update.condition("Ready", False, reason, message)
-        update.flush()
-        if not timer:
-            raise error
-
+    update = StatusUpdate(body, patch, timer=timer)
     try:
         parsed = parse_host(name, spec)
     except SpecError as exc:
-        return fail(exc.reason, exc.message, kopf.PermanentError(exc.message))
+        return update.fail(exc.reason, exc.message)
     if parsed.paused:
         update.condition("Ready", False, "Paused", "spec.paused is true: the host is left alone", event=False)
         update.flush()
@@ -272,10 +265,10 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
                          "" if reached else exc.message, event=False)
         if exc.reason == "HostKeyMismatch":
             update.condition("HostKeyVerified", False, exc.reason, exc.message)
-        return fail(exc.reason, exc.message, kopf.TemporaryError(exc.message, delay=backoff(retry)))
+        return update.fail(exc.reason, exc.message, backoff(retry))
     except TimeoutError:
-        message = f"converging {parsed.address} took longer than {HOST_TIMEOUT:.0f}s"
-        return fail("Timeout", message, kopf.TemporaryError(message, delay=backoff(retry)))
+        return update.fail("Timeout", f"converging {parsed.address} took longer than {HOST_TIMEOUT:.0f}s",
+                           backoff(retry))
 
     for kind, reason, message in out.events:
         kopf.event(body, type=kind, reason=reason, message=message)

@@ -82,14 +82,7 @@ def _report_image(status: StatusUpdate, image: ObservedImage) -> None:
 
 async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                    storages: kopf.Index, logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
-    status = StatusUpdate(body, patch)
-
-    def fail(reason: str, message: str, error: Exception) -> None:
-        status.condition("Ready", False, reason, message)
-        status.flush()
-        if not timer:
-            raise error
-
+    status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     try:
         parsed = parse_image(name, spec)
@@ -97,15 +90,14 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
         outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid), logger,
                                      timeout=CEPH_TIMEOUT)
     except SpecError as exc:
-        return fail(exc.reason, exc.message, kopf.PermanentError(exc.message))
+        return status.fail(exc.reason, exc.message)
     except Waiting as exc:
-        return fail(exc.reason, exc.message, kopf.TemporaryError(exc.message, delay=min(exc.delay, backoff(retry))))
+        return status.fail(exc.reason, exc.message, min(exc.delay, backoff(retry)))
     except (CephError, TimeoutError) as exc:
-        message = getattr(exc, "message", "Ceph did not answer in time")
         reason = getattr(exc, "reason", "CephUnreachable")
         if creds and reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
-        return fail(reason, message, kopf.TemporaryError(message, delay=backoff(retry)))
+        return status.fail(reason, getattr(exc, "message", "Ceph did not answer in time"), backoff(retry))
 
     visible = [a for a in outcome.done if a.kind in ACTION_REASONS]
     if visible:  # one event per reconcile that changed something
@@ -168,24 +160,18 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
         release_lock(uid)
         return
     except CephError as exc:
-        status.condition("Ready", False, exc.reason, exc.message)
-        status.flush()
-        raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
+        return status.fail(exc.reason, exc.message, backoff(retry))
     async with object_lock(uid):
         try:
             in_use = await run_blocking(_delete_image, creds, storage.pool.name, parsed, owner_id(namespace, name, uid),
                                         timeout=CEPH_TIMEOUT)
         except (CephError, TimeoutError) as exc:
-            message = getattr(exc, "message", "Ceph did not answer in time")
-            status.condition("Ready", False, getattr(exc, "reason", "CephUnreachable"), message)
-            status.flush()
-            raise kopf.TemporaryError(message, delay=backoff(retry)) from None
+            return status.fail(getattr(exc, "reason", "CephUnreachable"),
+                               getattr(exc, "message", "Ceph did not answer in time"), backoff(retry))
     if in_use:
-        message = f"{storage.pool.name}/{parsed.name} has watchers ({', '.join(in_use.watchers)}); not deleting"
         status.set(watchers=in_use.watchers)
-        status.condition("Ready", False, "InUse", message)
-        status.flush()
-        raise kopf.TemporaryError(message, delay=min(30.0, backoff(retry)))
+        return status.fail("InUse", f"{storage.pool.name}/{parsed.name} has watchers "
+                           f"({', '.join(in_use.watchers)}); not deleting", min(30.0, backoff(retry)))
     message = (f"{storage.pool.name}/{parsed.name} moved to the RBD trash, "
                f"restorable for {parsed.trash_retention_seconds}s")
     logger.info("librbd: %s", message)

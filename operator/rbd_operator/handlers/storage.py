@@ -119,37 +119,21 @@ def hosts_summary(spec: StorageSpec, secret_uuid: str, name: str, hypervisors: k
 async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                    storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, retry: int = 0,
                    timer: bool = False) -> None:
-    status = StatusUpdate(body, patch)
-    try:
-        parsed = parse_storage(name, spec)
-    except SpecError as exc:
-        status.condition("Ready", False, exc.reason, exc.message)
-        status.flush()
-        if timer:
-            return
-        raise kopf.PermanentError(exc.message) from None
-
+    status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     try:
+        parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
         outcome = await run_blocking(_converge_ceph, creds, name, parsed, storages, logger, timeout=CEPH_TIMEOUT)
     except SpecError as exc:
-        status.condition("Ready", False, exc.reason, exc.message)
-        status.flush()
-        if timer:
-            return
-        raise kopf.PermanentError(exc.message) from None
+        return status.fail(exc.reason, exc.message)
     except (CephError, TimeoutError) as exc:
         reason = getattr(exc, "reason", "CephUnreachable")
         message = getattr(exc, "message", "Ceph did not answer in time")
         if creds and reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
         kube.forget_secret(parsed.admin_secret.namespace, parsed.admin_secret.name)
-        status.condition("Ready", False, reason, message)
-        status.flush()
-        if timer:
-            return
-        raise kopf.TemporaryError(message, delay=backoff(retry)) from None
+        return status.fail(reason, message, backoff(retry))
 
     for action in outcome.done:
         kopf.event(body, type="Normal", reason=ACTION_REASONS.get(action.kind, "Converged"), message=action.describe())
@@ -165,11 +149,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
                                     timeout=30)
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried
         message = f"could not write Secret {namespace}/{parsed.client.secret_name}: {type(exc).__name__}"
-        status.condition("Ready", False, "SecretWriteFailed", message)
-        status.flush()
-        if timer:
-            return
-        raise kopf.TemporaryError(message, delay=backoff(retry)) from None
+        return status.fail("SecretWriteFailed", message, backoff(retry))
     if change != "unchanged":
         kopf.event(body, type="Normal", reason="ClientSecretUpdated", message=f"Secret {namespace}/{parsed.client.secret_name} {change}")
 
@@ -261,15 +241,11 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
             creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
             blocking = await run_blocking(_delete_in_ceph, creds, name, parsed, storages, logger, timeout=CEPH_TIMEOUT)
         except (CephError, TimeoutError) as exc:
-            message = getattr(exc, "message", "Ceph did not answer in time")
-            status.condition("Ready", False, getattr(exc, "reason", "CephUnreachable"), message)
-            status.flush()
-            raise kopf.TemporaryError(message, delay=backoff(retry)) from None
+            return status.fail(getattr(exc, "reason", "CephUnreachable"),
+                               getattr(exc, "message", "Ceph did not answer in time"), backoff(retry))
     if blocking:
         message = (f"pool {parsed.pool.name} still holds {blocking['images']} image(s), {blocking['trash']} trashed "
                    f"image(s) and {blocking['objects']} other object(s); empty it or set deletionPolicy: Retain")
-        status.condition("Ready", False, "PoolNotEmpty", message)
-        status.flush()
-        raise kopf.TemporaryError(message, delay=min(60.0, backoff(retry)))
+        return status.fail("PoolNotEmpty", message, min(60.0, backoff(retry)))
     kopf.event(body, type="Normal", reason="Deleted", message=f"pool {parsed.pool.name} deleted")
     release_lock(uid)
