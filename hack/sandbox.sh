@@ -93,7 +93,9 @@ case "${1:-}" in
   down) down ;;
   run)
     tail_pid=
-    trap '[ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null; echo; down; exit 0' INT TERM
+    # On Ctrl-C, tear down even if our output pipe is gone (e.g. `make run | tee`): a copy goes to down.log.
+    trap '[ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null; trap "" PIPE INT TERM
+          { down 2>&1 | tee -p -a $sandbox/down.log >&2; } || true; exit 0' INT TERM
     up
     echo "Following the operator's log; Ctrl-C stops the sandbox." >&2
     tail -n +1 -f $sandbox/operator.log &
