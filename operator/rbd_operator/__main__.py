@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    if not args.debug:  # paramiko narrates every channel at INFO
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=True,
         standalone=True,

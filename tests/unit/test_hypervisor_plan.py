@@ -111,3 +111,17 @@ def test_selector():
     assert not matches({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, labels)
     assert matches({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, labels)
     assert not matches({}, labels) and not matches(None, labels)
+
+
+def test_storage_hosts_summary():
+    from rbd_operator.api.storage import parse_storage
+    from rbd_operator.handlers.storage import hosts_summary
+
+    spec = parse_storage("vmstore", {"cluster": {"monitors": ["h:3300"], "adminSecretRef": {"name": "a", "namespace": "b"}},
+                                     "hypervisors": {"nodeSelector": {"matchLabels": {"rbd": "yes"}}}})
+    index = {
+        "h1": [{"labels": {"rbd": "yes"}, "storages": [{"name": "vmstore", "secretUUID": "u1", "current": True}]}],
+        "h2": [{"labels": {"rbd": "yes"}, "storages": [{"name": "vmstore", "secretUUID": "old", "current": True}]}],
+        "h3": [{"labels": {"rbd": "no"}, "storages": []}],
+    }
+    assert hosts_summary(spec, "u1", "vmstore", index) == {"selected": 2, "current": 1, "names": ["h1", "h2"]}
