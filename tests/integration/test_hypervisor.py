@@ -79,6 +79,12 @@ def test_storage_reaches_two_debian_hosts_and_follows_key_rotation(platform, ope
     new_key = client_key(platform, name)
     for host in (h1, h2):
         wait_for(lambda: host_secret_value(host, uuid) == new_key, 90, what=f"new key on {host.name}")
+    version = platform.get("secret", f"{name}-client", OPERATOR_NAMESPACE)["metadata"]["resourceVersion"]
+    for host in (h1, h2):
+        wait_for(lambda: platform.get("hvn", host.name)["status"]["storages"][0]["keyVersion"] == version, 90,
+                 what=f"{host.name} reports the rotated key")
+    wait_for(lambda: platform.get("rbds", name)["status"]["hosts"]["current"] == 2, 60,
+             what="storage status counts both hosts current again")
     assert key not in operator.log_text() and new_key not in operator.log_text()
 
     # A host that is no longer selected loses the keyring and the secret.

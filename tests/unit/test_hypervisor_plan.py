@@ -120,8 +120,13 @@ def test_storage_hosts_summary():
     spec = parse_storage("vmstore", {"cluster": {"monitors": ["h:3300"], "adminSecretRef": {"name": "a", "namespace": "b"}},
                                      "hypervisors": {"nodeSelector": {"matchLabels": {"rbd": "yes"}}}})
     index = {
-        "h1": [{"labels": {"rbd": "yes"}, "storages": [{"name": "vmstore", "secretUUID": "u1", "current": True}]}],
-        "h2": [{"labels": {"rbd": "yes"}, "storages": [{"name": "vmstore", "secretUUID": "old", "current": True}]}],
+        "h1": [{"labels": {"rbd": "yes"},
+                "storages": [{"name": "vmstore", "secretUUID": "u1", "keyVersion": "7", "current": True}]}],
+        "h2": [{"labels": {"rbd": "yes"},
+                "storages": [{"name": "vmstore", "secretUUID": "old", "keyVersion": "7", "current": True}]}],
         "h3": [{"labels": {"rbd": "no"}, "storages": []}],
+        "h4": [{"labels": {"rbd": "yes"},  # still holds the key from before a rotation
+                "storages": [{"name": "vmstore", "secretUUID": "u1", "keyVersion": "5", "current": True}]}],
     }
-    assert hosts_summary(spec, "u1", "vmstore", index) == {"selected": 2, "current": 1, "names": ["h1", "h2"]}
+    assert hosts_summary(spec, "u1", "7", "vmstore", index) == {"selected": 3, "current": 1,
+                                                                "names": ["h1", "h2", "h4"]}

@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 _lock = threading.Lock()
 _core: kubernetes.client.CoreV1Api | None = None
 _SECRET_CACHE_SECONDS = 15.0
-_secret_cache: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
+_secret_cache: dict[tuple[str, str], tuple[float, dict[str, str] | None, str | None]] = {}
 
 
 def operator_namespace() -> str:
@@ -43,27 +43,35 @@ def core() -> kubernetes.client.CoreV1Api:
 
 def read_secret(namespace: str, name: str, *, fresh: bool = False) -> dict[str, str] | None:
     """Decoded data of a Secret, or None when it does not exist. Cached briefly."""
+    return read_secret_versioned(namespace, name, fresh=fresh)[0]
+
+
+def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
+                          ) -> tuple[dict[str, str] | None, str | None]:
+    """(decoded data, resourceVersion) of a Secret; (None, None) when it does not exist."""
     key = (namespace, name)
     cached = _secret_cache.get(key)
     if cached and not fresh and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
-        return cached[1]
+        return cached[1], cached[2]
     try:
         secret = core().read_namespaced_secret(name, namespace)
         data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        version = secret.metadata.resource_version
     except ApiException as exc:
         if exc.status != 404:
             raise
-        data = None
-    _secret_cache[key] = (time.monotonic(), data)
-    return data
+        data, version = None, None
+    _secret_cache[key] = (time.monotonic(), data, version)
+    return data, version
 
 
 def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 
 
-def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str]) -> str:
-    """Create or correct an owned Secret; return 'created', 'updated' or 'unchanged'."""
+def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str],
+                  ) -> tuple[str, str]:
+    """Create or correct an owned Secret; return ('created'|'updated'|'unchanged', resourceVersion)."""
     api = core()
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     body = {
@@ -78,13 +86,13 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
     except ApiException as exc:
         if exc.status != 404:
             raise
-        api.create_namespaced_secret(namespace, body)
-        return "created"
+        created = api.create_namespaced_secret(namespace, body)
+        return "created", created.metadata.resource_version
     owners = [o.uid for o in (current.metadata.owner_references or [])]
     if current.data == encoded and owner["uid"] in owners:
-        return "unchanged"
+        return "unchanged", current.metadata.resource_version
     others = [o for o in (current.metadata.owner_references or []) if o.uid != owner["uid"]]
     refs = api.api_client.sanitize_for_serialization(others)
-    api.patch_namespaced_secret(name, namespace, {"metadata": {"ownerReferences": refs + [owner], "labels": labels},
-                                                  "data": encoded})
-    return "updated"
+    patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"ownerReferences": refs + [owner],
+                                                                          "labels": labels}, "data": encoded})
+    return "updated", patched.metadata.resource_version

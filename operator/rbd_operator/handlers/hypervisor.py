@@ -73,14 +73,15 @@ async def _host_storages(selected: list[tuple[str, dict]]) -> tuple[list[HostSto
     for name, entry in selected:
         status = entry["status"]
         ref = status["clientSecretRef"]
-        data = await run_blocking(kube.read_secret, ref["namespace"], ref["name"], timeout=30)
+        data, version = await run_blocking(kube.read_secret_versioned, ref["namespace"], ref["name"], timeout=30)
         if not data or not data.get("userKey"):
             missing.append(name)
             continue
         out.append(HostStorage(
             name=name, fsid=status["fsid"], monitors=host_plan.monitor_hosts(status["monitors"]),
             client=data.get("userID") or (entry["spec"].get("client") or {}).get("name", "vmmgr"),
-            pool=status.get("pool") or name, secret_uuid=status["libvirtSecretUUID"], key=data["userKey"]))
+            pool=status.get("pool") or name, secret_uuid=status["libvirtSecretUUID"], key=data["userKey"],
+            key_version=version or ""))
     return out, missing
 
 
@@ -164,7 +165,7 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: list[d
             out.note("SecretUpdated", f"libvirt secret {storage.secret_uuid} now holds the key of {storage.entity}")
         probe = (host.probe(storage.client, storage.keyring_path, storage.pool) if out.facts and out.facts.rbd_cli
                  else "skipped: the rbd CLI (ceph-common) is not installed")
-        out.storages.append({"name": storage.name, "secretUUID": storage.secret_uuid,
+        out.storages.append({"name": storage.name, "secretUUID": storage.secret_uuid, "keyVersion": storage.key_version,
                              "keyringPath": storage.keyring_path, "current": True, "probe": probe})
     keep_uuids = {s.secret_uuid for s in storages}
     keep_paths = {s.keyring_path for s in storages}

@@ -104,15 +104,19 @@ def _converge_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: k
                        cluster.pool_stats(spec.pool.name), done)
 
 
-def hosts_summary(spec: StorageSpec, secret_uuid: str, name: str, hypervisors: kopf.Index) -> dict:
-    """How many HypervisorNodes this storage selects, and how many hold its current secret."""
+def hosts_summary(spec: StorageSpec, secret_uuid: str, key_version: str, name: str, hypervisors: kopf.Index) -> dict:
+    """How many HypervisorNodes this storage selects, and how many hold its current key.
+
+    A host is current when it reports this storage's secret UUID with the key of the client
+    Secret's current resourceVersion (a rotated key makes every host stale until it catches up).
+    """
     selected, current = [], 0
     for host, entries in hypervisors.items():
         for entry in entries:
             if matches(spec.node_selector, entry["labels"]):
                 selected.append(host)
                 current += any(s.get("name") == name and s.get("secretUUID") == secret_uuid and s.get("current")
-                               for s in entry["storages"])
+                               and s.get("keyVersion") == key_version for s in entry["storages"])
     return {"selected": len(selected), "current": current, "names": sorted(selected)}
 
 
@@ -145,8 +149,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
               "keyring": keyring_text(parsed.client.entity, outcome.key)}
     labels = {f"{GROUP}/storage": name}
     try:
-        change = await run_blocking(kube.ensure_secret, namespace, parsed.client.secret_name, secret, owner, labels,
-                                    timeout=30)
+        change, key_version = await run_blocking(kube.ensure_secret, namespace, parsed.client.secret_name, secret,
+                                                 owner, labels, timeout=30)
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried
         message = f"could not write Secret {namespace}/{parsed.client.secret_name}: {type(exc).__name__}"
         return status.fail("SecretWriteFailed", message, backoff(retry))
@@ -164,8 +168,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
                   "quotaMaxBytes": pool.quota_max_bytes or 0},
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
         libvirtSecretUUID=libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name),
-        hosts=hosts_summary(parsed, libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name), name,
-                            hypervisors),
+        hosts=hosts_summary(parsed, libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name), key_version,
+                            name, hypervisors),
     )
     status.condition("PoolReady", True, "PoolConverged", f"pool {pool.name} (id {outcome.pool_id}) pg_num {pool.pg_num}")
     status.condition("ClientReady", True, "ClientConverged",

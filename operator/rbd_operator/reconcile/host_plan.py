@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..api.hypervisor import HostSpec, Repository
 
@@ -113,7 +113,8 @@ class HostStorage:
     client: str            # the cephx user name (without "client.")
     pool: str
     secret_uuid: str
-    key: str
+    key: str = field(repr=False)
+    key_version: str = ""  # resourceVersion of the client Secret the key came from
 
     @property
     def entity(self) -> str:
