@@ -64,7 +64,6 @@ class SshSession:
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.seen_key: tuple[str, bytes] | None = None
-        self.commands = 0
 
     def __enter__(self) -> "SshSession":
         self.connect()
@@ -116,7 +115,6 @@ class SshSession:
         assert self._transport is not None, "not connected"
         prefix = ["env"] + [f"{k}={v}" for k, v in (env or {}).items()] if env else []
         command = " ".join(shlex.quote(part) for part in prefix + argv)
-        self.commands += 1
         chan = self._transport.open_session(timeout=self._timeout)
         try:
             chan.settimeout(timeout)

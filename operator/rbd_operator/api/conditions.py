@@ -51,11 +51,6 @@ def merge_conditions(
     return [by_type[t] for t in order]
 
 
-def drop_conditions(current: Iterable[dict] | None, types: Iterable[str]) -> list[dict]:
-    dropped = set(types)
-    return [c for c in (current or []) if c.get("type") not in dropped]
-
-
 def get_condition(conditions: Iterable[dict] | None, type_: str) -> dict | None:
     for cond in conditions or []:
         if cond.get("type") == type_:

@@ -43,7 +43,6 @@ class HostOutcome:
     conditions: list[tuple[str, bool, str, str]] = field(default_factory=list)
     storages: list[dict] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    sessions: int = 0
 
     def cond(self, type_: str, ok: bool, reason: str, message: str = "") -> None:
         self.conditions.append((type_, ok, reason, message))
@@ -192,7 +191,6 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes] |
     """Runs in a worker thread: one SSH session for the whole reconcile."""
     out = HostOutcome()
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
-        out.sessions = 1
         out.seen_key = ssh.seen_key
         out.cond("Reachable", True, "Connected", f"{spec.user}@{spec.address}:{spec.port}")
         out.cond("HostKeyVerified", True, "Pinned" if pinned else "TrustedOnFirstUse",
