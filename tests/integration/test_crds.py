@@ -67,3 +67,12 @@ def test_defaults_and_category(platform):
                                  "rbdstorages.rbd-operator.io"]
     finally:
         platform.delete("rbds", "defaults-only")
+
+
+def test_deploy_base_is_accepted_by_the_api_server(platform):
+    """deploy/ (namespace, CRDs, least-privilege RBAC, Deployment) passes server-side validation."""
+    result = platform.kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-k", "deploy/")
+    applied = result.stdout
+    for kind in ("clusterrole.rbac.authorization.k8s.io/rbd-operator", "role.rbac.authorization.k8s.io/rbd-operator-secrets",
+                 "deployment.apps/rbd-operator", "serviceaccount/rbd-operator"):
+        assert kind in applied, applied
