@@ -160,12 +160,8 @@ class SshSession:
         try:
             with self.sftp.open(path, "rb") as fh:
                 return fh.read()
-        except FileNotFoundError:
+        except FileNotFoundError:  # paramiko's IOError(ENOENT, ...) is one
             return None
-        except OSError as exc:
-            if getattr(exc, "errno", None) == 2:
-                return None
-            raise
 
     def write(self, path: str, data: bytes, mode: int) -> None:
         """Write atomically: a temporary file made with `mode` before any byte is written, then renamed."""
@@ -182,10 +178,6 @@ class SshSession:
             return True
         except FileNotFoundError:
             return False
-        except OSError as exc:
-            if getattr(exc, "errno", None) == 2:
-                return False
-            raise
 
     def listdir(self, path: str) -> list[str]:
         try:
