@@ -57,6 +57,14 @@ exit 0
 """
 
 
+PACKAGE_COMMANDS = {
+    "debian": {"install": ["apt-get", "install", "-y", "--no-install-recommends",
+                           "-o", "Dpkg::Options::=--force-confold"],
+               "remove": ["apt-get", "remove", "-y"]},
+    "rhel": {"install": ["dnf", "-y", "install"], "remove": ["dnf", "-y", "remove"]},
+}
+
+
 @dataclass
 class Facts:
     os_id: str
@@ -127,18 +135,10 @@ class Host:
             self._package_command(["dnf", "-y", "clean", "all"], "dnf clean all")
 
     def install(self, family: str, packages: list[str]) -> None:
-        if family == "debian":
-            self._package_command(["apt-get", "install", "-y", "--no-install-recommends",
-                                   "-o", "Dpkg::Options::=--force-confold", *packages],
-                                  f"installing {' '.join(packages)}")
-        else:
-            self._package_command(["dnf", "-y", "install", *packages], f"installing {' '.join(packages)}")
+        self._package_command(PACKAGE_COMMANDS[family]["install"] + packages, f"installing {' '.join(packages)}")
 
     def remove(self, family: str, packages: list[str]) -> None:
-        if family == "debian":
-            self._package_command(["apt-get", "remove", "-y", *packages], f"removing {' '.join(packages)}")
-        else:
-            self._package_command(["dnf", "-y", "remove", *packages], f"removing {' '.join(packages)}")
+        self._package_command(PACKAGE_COMMANDS[family]["remove"] + packages, f"removing {' '.join(packages)}")
 
     def restore_rpmsave(self, path: str) -> bool:
         """After a package removal saved `path` as .rpmsave: put it back (once), as the seed does by hand."""
@@ -186,12 +186,13 @@ class Host:
 
     def secret_value(self, uuid: str) -> str | None:
         """The secret's value (base64) as libvirt holds it, or None when it cannot be read back."""
-        result = self.ssh.run(VIRSH + ["secret-get-value", uuid], timeout=60)
-        if result.rc == 0:
-            return result.out.strip()
-        # Private secrets are not readable through the API; root can read libvirt's own store.
+        # Our secrets are private, so the API refuses to return them: root reads libvirt's own store,
+        # and the API is asked only when that store is not plain (e.g. encrypted at rest).
         stored = self.ssh.read(f"/etc/libvirt/secrets/{uuid}.base64")
-        return stored.decode().strip() if stored is not None else None
+        if stored is not None:
+            return stored.decode().strip()
+        result = self.ssh.run(VIRSH + ["secret-get-value", uuid], timeout=60)
+        return result.out.strip() if result.rc == 0 else None
 
     def set_secret_value(self, uuid: str, key: str) -> None:
         self._scratch()

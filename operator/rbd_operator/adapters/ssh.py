@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import logging
 import shlex
 import socket
 import time
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 
 import paramiko
 
-log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 15.0
 
 

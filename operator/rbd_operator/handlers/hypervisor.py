@@ -166,10 +166,11 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: list[d
                  else "skipped: the rbd CLI (ceph-common) is not installed")
         out.storages.append({"name": storage.name, "secretUUID": storage.secret_uuid, "keyVersion": storage.key_version,
                              "keyringPath": storage.keyring_path, "current": True, "probe": probe})
+    keep_names = {s.name for s in storages}
     keep_uuids = {s.secret_uuid for s in storages}
     keep_paths = {s.keyring_path for s in storages}
     for old in previous:
-        if old.get("name") in {s.name for s in storages}:
+        if old.get("name") in keep_names:
             continue
         if old.get("keyringPath") and old["keyringPath"] not in keep_paths \
                 and old["keyringPath"].startswith(f"{host_plan.CEPH_DIR}/ceph.client."):
