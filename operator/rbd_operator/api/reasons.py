@@ -1,0 +1,136 @@
+"""Every condition reason the operator reports, documented, with what it means for a person.
+
+`Health` says how GitOps tools (Argo CD's health checks in deploy/argocd) should read a
+`Ready=False` condition with that reason:
+
+- PROGRESSING: transient; the operator retries by itself (unreachable Ceph or host, waiting for
+  a storage, a deletion waiting for watchers, ...).
+- DEGRADED: a person has to act (invalid spec, refused shrink, host key mismatch, ownership
+  conflicts, ...). It never clears by waiting.
+- SUSPENDED: the object asks the operator to leave it alone.
+- HEALTHY: the reason of a True condition.
+
+Reasons of conditions other than Ready (PoolReady, SecretsReady, ...) are listed too: a failing
+sub-condition's reason becomes Ready's reason. A unit test keeps this table and the code in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Health(str, Enum):
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+
+
+STORAGE, IMAGE, HOST = "RbdStorage", "RbdImage", "HypervisorNode"
+ALL = (STORAGE, IMAGE, HOST)
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    kinds: tuple[str, ...]
+    health: Health
+    doc: str
+
+
+_P, _D, _H, _S = Health.PROGRESSING, Health.DEGRADED, Health.HEALTHY, Health.SUSPENDED
+
+REASONS: tuple[Reason, ...] = (
+    # -- healthy --------------------------------------------------------------------------------
+    Reason("Converged", ALL, _H, "Ceph (or the host) matches the spec."),
+    Reason("PoolConverged", (STORAGE,), _H, "PoolReady: the pool matches the spec."),
+    Reason("ClientConverged", (STORAGE,), _H, "ClientReady: the cephx client has the wanted caps."),
+    Reason("CanBlocklist", (STORAGE,), _H, "CapsWeak=False: the client may blocklist dead peers."),
+    Reason("Connected", (HOST,), _H, "Reachable: SSH connected and authenticated."),
+    Reason("Pinned", (HOST,), _H, "HostKeyVerified: the host presented the pinned key."),
+    Reason("TrustedOnFirstUse", (HOST,), _H, "HostKeyVerified: first contact; the key is now pinned."),
+    Reason("Installed", (HOST,), _H, "PackagesReady: the wanted packages are installed."),
+    Reason("QemuRbd", (HOST,), _H, "RbdCapable: QEMU has its rbd block driver."),
+    Reason("KernelRbd", (HOST,), _H, "RbdCapable: the kernel has the rbd module."),
+    Reason("ProfileNone", (HOST,), _H, "RbdCapable: profile none, capabilities only reported."),
+    Reason("Configured", (HOST,), _H, "CephConfigured: /etc/ceph holds the selected storages."),
+    Reason("NoStoragesSelected", (HOST,), _H, "CephConfigured: no RbdStorage selects this host."),
+    Reason("SecretsInSync", (HOST,), _H, "SecretsReady: libvirt secrets hold the current keys."),
+    Reason("NotBlocked", (HOST,), _H, "DisruptionBlocked=False."),
+    # -- transient: the operator retries -----------------------------------------------------
+    Reason("CephUnreachable", (STORAGE, IMAGE), _P, "No answer from the monitors in time; retried."),
+    Reason("SecretWriteFailed", (STORAGE,), _P, "The client Secret could not be written; retried."),
+    Reason("PoolNotEmpty", (STORAGE,), _P,
+           "Deletion with deletionPolicy Delete waits until the pool (all namespaces) holds no image, "
+           "trashed image or object."),
+    Reason("StorageNotFound", (IMAGE,), _P, "The RbdStorage named in spec.storage does not exist (yet)."),
+    Reason("StorageNotReady", (IMAGE,), _P, "The RbdStorage has not created its pool yet, or is invalid."),
+    Reason("SourceNotFound", (IMAGE,), _P, "The clone source image does not exist (yet)."),
+    Reason("SnapshotNotFound", (IMAGE,), _P, "The clone source snapshot does not exist (yet)."),
+    Reason("ImageNotFound", (IMAGE,), _P, "The image vanished while being converged; retried."),
+    Reason("InUse", (IMAGE,), _P, "Deletion waits until the image has no watchers (no VM uses it)."),
+    Reason("HostUnreachable", (HOST,), _P, "No TCP connection or SSH handshake with the host; retried."),
+    Reason("CommandTimedOut", (HOST,), _P, "A command on the host did not finish in time; retried."),
+    Reason("Timeout", (HOST,), _P, "Converging the host took too long; retried."),
+    Reason("RepositoryUnreachable", (HOST,), _P, "A package repository could not be reached; retried."),
+    Reason("LibvirtUnavailable", (HOST,), _P, "libvirtd did not answer on the host; retried."),
+    Reason("AnotherHostInMaintenance", (HOST,), _P,
+           "A disruptive package change waits while another host is being changed (one at a time)."),
+    Reason("StoragesPending", (HOST,), _P, "A selected RbdStorage has not published its key yet."),
+    Reason("HostKeyPinned", (HOST,), _P,
+           "TrustOnFirstUse: the key seen at first contact was pinned; nothing was sent in that pass."),
+    # -- a person has to act -----------------------------------------------------------------
+    Reason("InvalidSpec", ALL, _D, "The spec cannot work as written; the message names the field."),
+    Reason("InvalidName", (STORAGE, IMAGE), _D, "A pool, image or client name breaks the naming rules."),
+    Reason("InvalidSize", (IMAGE,), _D, "spec.size is not a positive quantity."),
+    Reason("InvalidFeatures", (IMAGE,), _D, "Unknown image features or a missing dependency."),
+    Reason("InvalidPackage", (HOST,), _D, "A package name is not valid."),
+    Reason("AuthFailed", (STORAGE, IMAGE), _D,
+           "The admin Secret is missing, unreadable or holds a key Ceph refuses."),
+    Reason("CephCommandFailed", (STORAGE, IMAGE), _D, "Ceph refused a command; the message says why."),
+    Reason("PoolNotFound", (STORAGE, IMAGE), _D, "The storage's pool is gone from Ceph."),
+    Reason("CachePoolNotFound", (STORAGE,), _D, "spec.client.cachePool names a pool that does not exist."),
+    Reason("DataPoolNotFound", (IMAGE,), _D, "spec.dataPool names a pool that does not exist."),
+    Reason("SizeExceedsQuota", (IMAGE,), _D, "spec.size is larger than the pool's quota."),
+    Reason("ShrinkNotAllowed", (IMAGE,), _D, "Shrinking loses data; needs spec.allowShrink."),
+    Reason("NotOwned", (STORAGE, IMAGE), _D,
+           "The pool, client or image exists in Ceph and was not made by the operator: set the adopt "
+           "field to take it over; nothing was changed."),
+    Reason("OwnedByOther", (STORAGE, IMAGE), _D,
+           "The pool, client or image belongs to another object of the operator; nothing was changed."),
+    Reason("SecretOutsideNamespace", (STORAGE, HOST), _D,
+           "A Secret reference names a namespace other than the operator's; nothing was read."),
+    Reason("SecretConflict", (STORAGE,), _D,
+           "spec.client.secretName names an existing Secret the storage does not own; it is not written."),
+    Reason("NamespaceNotAllowed", (IMAGE,), _D,
+           "The storage's spec.imageNamespaces does not admit the image's namespace."),
+    Reason("SourceNotAllowed", (IMAGE,), _D,
+           "A clone source must be an image owned by an RbdImage in the same namespace."),
+    Reason("AuthenticationFailed", (HOST,), _D, "The SSH key Secret is missing or the host refused the key."),
+    Reason("HostKeyMismatch", (HOST,), _D, "The host presented a key other than the pinned one; nothing ran."),
+    Reason("CommandFailed", (HOST,), _D, "A command on the host failed; the message says why."),
+    Reason("PackageNotFound", (HOST,), _D, "A wanted package is in no configured repository."),
+    Reason("PackageCommandFailed", (HOST,), _D, "apt/dnf failed; the message holds its last lines."),
+    Reason("UnsupportedOS", (HOST,), _D, "The host is neither Debian- nor RHEL-like."),
+    Reason("NoQemuRbd", (HOST,), _D, "QEMU lacks the rbd block driver after the package step."),
+    Reason("NoKernelRbd", (HOST,), _D, "The kernel lacks the rbd module (profile kernel-rbd)."),
+    Reason("MultipleClusters", (HOST,), _D, "Storages of several Ceph clusters select one host."),
+    Reason("ProbeFailed", (HOST,), _D, "`rbd ls` as the storage's client failed on the host."),
+    Reason("RunningDomains", (HOST,), _D,
+           "Removing qemu/libvirt packages would stop running domains: needs "
+           "spec.maintenance.allowDisruption."),
+    # -- suspended -----------------------------------------------------------------------------
+    Reason("Paused", (HOST,), _S, "spec.paused: the operator leaves the host alone."),
+    # -- other conditions' reasons (not Ready's) ---------------------------------------------
+    Reason("CannotBlocklist", (STORAGE,), _D,
+           "CapsWeak=True: the client's mon caps cannot blocklist a dead client (a warning; Ready stays True)."),
+)
+
+BY_NAME = {r.name: r for r in REASONS}
+
+
+def health_of(reason: str) -> Health:
+    """How a Ready=False condition with this reason should be read; unknown reasons are DEGRADED (fail closed)."""
+    entry = BY_NAME.get(reason)
+    return entry.health if entry else Health.DEGRADED
