@@ -62,7 +62,8 @@ STORAGES = f"{GROUP}/{VERSION}/rbdstorages"
 IMAGES = f"{GROUP}/{VERSION}/rbdimages"
 STORAGES_URL = f"/apis/{GROUP}/{VERSION}/rbdstorages"
 ANNOTATION_PREFIX = f"{GROUP}/"
-TEST_CLIENT_AGENT = "kmock/"  # requests made by the tests themselves through kmock's own client
+TEST_CLIENT_AGENT = "kmock/"
+OPERATOR_NAMESPACE = "ceph"  # the operator reads Secrets only in its own namespace  # requests made by the tests themselves through kmock's own client
 
 
 def images_url(namespace: str) -> str:
@@ -283,6 +284,7 @@ def kubeconfig(k8s, tmp_path, monkeypatch):
     # kubernetes.config reads $KUBECONFIG once, when it is first imported (here: at collection time).
     monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the in-cluster config
+    monkeypatch.setenv("RBD_OPERATOR_NAMESPACE", OPERATOR_NAMESPACE)  # where the admin Secret lives
     # Per-process caches of the operator: a fresh API client, Secret cache and locks per test.
     monkeypatch.setattr(kube, "_core", None)
     monkeypatch.setattr(kube, "_secret_cache", {})
@@ -417,8 +419,8 @@ def storage_body(name: str, spec: dict | None = None) -> dict:
     """An RbdStorage as the API server stores it after defaulting (see crds/rbdstorages.yaml)."""
     defaults = {
         "cluster": {"monitors": ["10.0.0.1:6789"], "adminSecretRef": {"name": "ceph-admin", "namespace": "ceph"}},
-        "pool": {"pgNum": 128, "application": "rbd"},
-        "client": {"name": "vmmgr", "capsProfile": "rbd"},
+        "pool": {"application": "rbd", "adopt": False},
+        "client": {"name": "vmmgr", "adopt": False},
         "deletionPolicy": "Retain",
     }
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RbdStorage", "metadata": {"name": name},

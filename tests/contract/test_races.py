@@ -39,3 +39,15 @@ async def test_forbidden_admin_secret_is_reported(k8s, operator):
                               what="the status PATCH")
     (cond,) = patch.data["status"]["conditions"]
     assert cond["status"] == "False" and "ceph/ceph-admin" in cond["message"]
+
+
+async def test_secret_outside_the_operator_namespace_is_never_read(k8s, operator):
+    body = storage_body("tenant", {"cluster": {"monitors": ["10.0.0.1:6789"],
+                                               "adminSecretRef": {"name": "ceph-admin", "namespace": "tenant-a"}}})
+    await create(k8s, STORAGES_URL, body)
+    (patch,) = await wait_for(lambda: operator.patches("rbdstorages", "tenant", status=True), timeout=4,
+                              what="the status PATCH")
+    (cond,) = patch.data["status"]["conditions"]
+    assert (cond["status"], cond["reason"]) == ("False", "SecretOutsideNamespace")
+    assert "tenant-a/ceph-admin" in cond["message"]
+    assert not [r for r in operator.requests() if "/secrets" in r.url.path], "nothing was read"

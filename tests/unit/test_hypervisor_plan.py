@@ -2,7 +2,7 @@ import base64
 
 import pytest
 
-from rbd_operator.api.errors import SpecError
+from rbd_operator.api.errors import Refused, SpecError
 from rbd_operator.api.hypervisor import parse_host, parse_host_key
 from rbd_operator.reconcile import host_plan
 from rbd_operator.reconcile.host_plan import HostStorage
@@ -13,6 +13,10 @@ def ed25519_line():
     blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + b"k" * 32
     return "ssh-ed25519 " + base64.b64encode(blob).decode()
 
+
+FSID = "7c9d8d1e-5a0b-4f5e-9c3d-2b1a0f9e8d7c"
+UUID = "2f0e4c1a-9b8d-5e7f-8a6b-1c2d3e4f5a6b"
+KEY = base64.b64encode(b"\x01\x00" + b"\x00" * 8 + (16).to_bytes(2, "little") + b"k" * 16).decode()
 
 BASE = {"address": "10.254.1.11", "sshKeySecretRef": {"name": "k", "namespace": "n"}, "hostKey": ed25519_line()}
 
@@ -92,12 +96,12 @@ def test_stale_files_only_ours():
 
 
 def test_ceph_files_and_secret():
-    storage = HostStorage("vmstore", "fsid-1", ("[v2:10.0.0.1:3300,v1:10.0.0.1:6789]",), "vmmgr", "vmstore",
-                          "uuid-1", "AQkey==")
+    storage = HostStorage("vmstore", FSID, ("[v2:10.0.0.1:3300,v1:10.0.0.1:6789]",), "vmmgr", "vmstore",
+                          UUID, KEY)
     assert "mon_host = [v2:10.0.0.1:3300,v1:10.0.0.1:6789]" in host_plan.ceph_conf([storage])
-    assert host_plan.keyring(storage) == "[client.vmmgr]\n\tkey = AQkey==\n"
+    assert host_plan.keyring(storage) == f"[client.vmmgr]\n\tkey = {KEY}\n"
     xml = host_plan.secret_xml(storage)
-    assert "private='yes'" in xml and "<uuid>uuid-1</uuid>" in xml and "AQkey" not in xml
+    assert "private='yes'" in xml and f"<uuid>{UUID}</uuid>" in xml and KEY[:10] not in xml
     assert storage.keyring_path == "/etc/ceph/ceph.client.vmmgr.keyring"
     assert host_plan.monitor_hosts([{"name": "a", "v1": "1.2.3.4:6789", "v2": "1.2.3.4:3300"}]) == (
         "[v2:1.2.3.4:3300,v1:1.2.3.4:6789]",)
@@ -130,3 +134,52 @@ def test_storage_hosts_summary():
     }
     assert hosts_summary(spec, "u1", "7", "vmstore", index) == {"selected": 3, "current": 1,
                                                                 "names": ["h1", "h2", "h4"]}
+
+
+STATUS = {"fsid": FSID, "pool": "vmstore", "libvirtSecretUUID": UUID,
+          "monitors": [{"name": "a", "v1": "10.0.0.1:6789", "v2": "10.0.0.1:3300"}]}
+
+
+def test_host_storage_validates_every_value_at_the_point_of_use():
+    good = host_plan.host_storage("vmstore", STATUS, {"userID": "vmmgr", "userKey": KEY}, "7", None)
+    assert good.keyring_path == "/etc/ceph/ceph.client.vmmgr.keyring" and good.key_version == "7"
+    bad_cases = [
+        ({**STATUS, "pool": "-rf"}, {"userID": "vmmgr", "userKey": KEY}),
+        ({**STATUS, "monitors": [{"v1": "10.0.0.1:6789\nmon_host = evil:1"}]}, {"userID": "vmmgr", "userKey": KEY}),
+        ({**STATUS, "libvirtSecretUUID": "../../x"}, {"userID": "vmmgr", "userKey": KEY}),
+        ({**STATUS, "fsid": "x\n[global]"}, {"userID": "vmmgr", "userKey": KEY}),
+        (STATUS, {"userID": "x/../..", "userKey": KEY}),
+        (STATUS, {"userID": "admin", "userKey": KEY}),
+        (STATUS, {"userID": "vmmgr", "userKey": KEY + "\n[client.admin]"}),
+        (STATUS, {"userID": "vmmgr", "userKey": "not a key"}),
+    ]
+    for status, secret in bad_cases:
+        with pytest.raises(Refused) as err:
+            host_plan.host_storage("vmstore", status, secret, "7", None)
+        assert err.value.reason == "UnsafeValue"
+        assert KEY not in err.value.message
+
+
+def test_managed_paths_only():
+    for path in ("/etc/ceph/ceph.client.vmmgr.keyring", "/etc/ceph/ceph.conf",
+                 "/etc/apt/sources.list.d/rbd-operator-local.list", "/etc/yum.repos.d/rbd-operator-x.repo"):
+        assert host_plan.check_managed_path(path) == path
+    for path in ("/etc/ceph/ceph.client.x/../../shadow.keyring", "/etc/ceph/ceph.client.x/../..",
+                 "/etc/passwd", "/etc/apt/sources.list.d/other.list", "/etc/ceph/ceph.client..keyring"):
+        with pytest.raises(Refused):
+            host_plan.check_managed_path(path)
+    # A host's own directory listing is untrusted too.
+    assert host_plan.stale_files({"/etc/apt/sources.list.d": ["rbd-operator-x;rm -rf .list", "rbd-operator-a.list"]},
+                                 []) == ["/etc/apt/sources.list.d/rbd-operator-a.list"]
+
+
+def test_keys_leave_a_host_only_when_the_storage_stops_selecting_it_or_is_really_gone():
+    previous = [{"name": n, "keyringPath": f"/etc/ceph/ceph.client.{n}.keyring", "deletionPolicy": p}
+                for n, p in (("fresh", "Retain"), ("pending", "Delete"), ("deselected", "Retain"),
+                             ("deleted", "Delete"), ("retained", "Retain"), ("legacy", None))]
+    plan = host_plan.plan_previous_storages(previous, converging={"fresh"},
+                                            selecting={"fresh", "pending"},
+                                            existing={"fresh", "pending", "deselected"})
+    assert [e["name"] for e in plan.remove] == ["deselected", "deleted"]
+    assert [(e["name"], e.get("retained", False), e["current"]) for e in plan.carry] == [
+        ("pending", False, False), ("retained", True, False), ("legacy", True, False)]

@@ -1,11 +1,13 @@
 import pytest
 
-from rbd_operator.api.errors import SpecError, Waiting
+from rbd_operator.api.errors import Refused, SpecError, Waiting
 from rbd_operator.api.image import features_to_bits, parse_image
 from rbd_operator.reconcile.image_plan import ObservedImage, ObservedSource, plan_image
+from rbd_operator.reconcile.ownership import staging_name
 
 GI = 2**30
 OWNER = "ns/disk/uid-1"
+SOURCE = "ns/base/uid-0"
 
 
 def image(**spec):
@@ -20,10 +22,12 @@ def kinds(actions):
     return [a.kind for a in actions]
 
 
-def test_create():
+def test_create_is_staged_under_an_owner_derived_name():
     actions = plan_image(image(size="1Gi"), None, OWNER)
-    assert kinds(actions) == ["create", "set-owner"]
+    assert kinds(actions) == ["create"]
     assert actions[0].args["size"] == GI
+    assert actions[0].args["owner"] == OWNER and actions[0].args["staging"] == staging_name(OWNER)
+    assert staging_name(OWNER) != staging_name("ns/disk/uid-2")
 
 
 def test_converged():
@@ -45,11 +49,32 @@ def test_quota():
     assert err.value.reason == "SizeExceedsQuota"
 
 
-def test_adopt_and_conflict():
-    assert kinds(plan_image(image(size="1Gi"), observed(owner=None), OWNER)) == ["set-owner"]
-    with pytest.raises(SpecError) as err:
-        plan_image(image(size="1Gi"), observed(owner="other/x/1"), OWNER)
-    assert err.value.reason == "ImageOwnedElsewhere"
+def test_unowned_image_needs_adopt():
+    with pytest.raises(Refused) as err:
+        plan_image(image(size="2Gi"), observed(owner=None), OWNER)
+    assert err.value.reason == "NotOwned" and "spec.adopt" in err.value.message
+    assert kinds(plan_image(image(size="1Gi", adopt=True), observed(owner=None), OWNER)) == ["set-owner"]
+
+
+def test_image_of_another_object_is_never_taken():
+    with pytest.raises(Refused) as err:
+        plan_image(image(size="1Gi", adopt=True), observed(owner="other/x/1"), OWNER)
+    assert err.value.reason == "OwnedByOther", "another namespace's image, even if its object is gone"
+    with pytest.raises(Refused) as err:
+        plan_image(image(size="1Gi", adopt=True), observed(owner="ns/x/2"), OWNER, live=lambda uid: True)
+    assert err.value.reason == "OwnedByOther", "a live RbdImage's image"
+    # Left by a deleted RbdImage of this namespace (deletionPolicy Retain): adoptable.
+    assert kinds(plan_image(image(size="1Gi", adopt=True), observed(owner="ns/x/2"), OWNER,
+                            live=lambda uid: uid == "uid-1")) == ["set-owner"]
+
+
+def test_clone_source_must_be_owned_in_the_same_namespace():
+    spec = image(source={"image": "base", "snapshot": "gold"})
+    for owner in (None, "other/base/9", "ns/base/gone"):
+        with pytest.raises(Refused) as err:
+            plan_image(spec, None, OWNER, source=ObservedSource(True, True, True, GI, owner=owner),
+                       live=lambda uid: uid != "gone")
+        assert err.value.reason == "SourceNotAllowed"
 
 
 def test_features_converge_in_dependency_order():
@@ -62,10 +87,10 @@ def test_features_converge_in_dependency_order():
 
 def test_clone():
     spec = image(source={"image": "base", "snapshot": "gold", "flatten": True}, size="2Gi")
-    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, False, GI))
-    assert kinds(actions) == ["protect-snapshot", "clone", "set-owner", "resize", "flatten"]
-    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, True, 2 * GI))
-    assert kinds(actions) == ["clone", "set-owner", "flatten"]
+    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, False, GI, owner=SOURCE))
+    assert kinds(actions) == ["protect-snapshot", "clone", "resize", "flatten"]
+    actions = plan_image(spec, None, OWNER, source=ObservedSource(True, True, True, 2 * GI, owner=SOURCE))
+    assert kinds(actions) == ["clone", "flatten"]
 
 
 def test_clone_source_missing_waits():
@@ -74,7 +99,7 @@ def test_clone_source_missing_waits():
         plan_image(spec, None, OWNER, source=ObservedSource(False, False))
     assert err.value.reason == "SourceNotFound"
     with pytest.raises(Waiting) as err:
-        plan_image(spec, None, OWNER, source=ObservedSource(True, False))
+        plan_image(spec, None, OWNER, source=ObservedSource(True, False, owner=SOURCE))
     assert err.value.reason == "SnapshotNotFound"
 
 

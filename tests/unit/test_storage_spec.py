@@ -15,11 +15,13 @@ def spec(**parts):
 def test_defaults():
     s = parse_storage("vmstore", BASE)
     assert s.pool.name == "vmstore"
-    assert s.pool.pg_num == 128
+    assert s.pool.pg_num is None and s.pool.pg_num_or_default == 128, "stated only when given"
     assert s.pool.replicas is None
     assert s.pool.application == "rbd"
+    assert s.pool.adopt is False and s.client.adopt is False
     assert s.client.entity == "client.vmmgr"
-    assert s.client.caps_profile == "rbd"
+    assert s.client.caps_profile is None and not s.client.caps_stated
+    assert s.image_namespaces is None
     assert s.client.secret_name == "vmstore-client"
     assert s.deletion_policy == "Retain"
 
@@ -56,7 +58,16 @@ def test_full_spec():
     ({"cluster": {"monitors": [], "adminSecretRef": {"name": "a", "namespace": "b"}}}, "spec.cluster.monitors", "InvalidSpec"),
     ({"cluster": {"monitors": ["host"], "adminSecretRef": {"name": "a", "namespace": "b"}}}, "spec.cluster.monitors[0]", "InvalidSpec"),
     ({"cluster": {"monitors": ["h:99999"], "adminSecretRef": {"name": "a", "namespace": "b"}}}, "spec.cluster.monitors[0]", "InvalidSpec"),
-    ({"cluster": {"monitors": ["h:1"], "adminSecretRef": {"name": "a"}}}, "spec.cluster.adminSecretRef", "InvalidSpec"),
+    ({"cluster": {"monitors": ["h:1"], "adminSecretRef": {"namespace": "a"}}}, "spec.cluster.adminSecretRef", "InvalidSpec"),
+    ({"client": {"name": "admin"}}, "spec.client.name", "InvalidName"),
+    ({"client": {"name": "bootstrap-osd"}}, "spec.client.name", "InvalidName"),
+    ({"client": {"name": "client.admin"}}, "spec.client.name", "InvalidName"),
+    ({"client": {"name": "osd.0"}}, "spec.client.name", "InvalidName"),
+    ({"client": {"caps": {"mon": "allow *"}}}, "spec.client.caps", "InvalidSpec"),
+    ({"client": {"caps": {"mon": "profile rbd", "osd": "allow rwx"}}}, "spec.client.caps", "InvalidSpec"),
+    ({"pool": {"adopt": "yes"}}, "spec.pool.adopt", "InvalidSpec"),
+    ({"imageNamespaces": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+     "spec.imageNamespaces.matchExpressions[0]", "InvalidSpec"),
 ])
 def test_invalid(parts, field, reason):
     with pytest.raises(SpecError) as err:

@@ -6,11 +6,8 @@ exception messages.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import hashlib
-import struct
 import json
 import logging
 import threading
@@ -21,14 +18,21 @@ from typing import Any, Iterable
 import rados
 import rbd
 
+from ..api.cephx import valid_cephx_key  # noqa: F401 - re-exported
+from ..api.errors import OperatorError
 from ..api.image import features_to_bits
 from ..reconcile.actions import Action
 from ..reconcile.image_plan import ObservedImage, ObservedSource
-from ..reconcile.storage_plan import ObservedPool
+from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
 
 log = logging.getLogger(__name__)
 
+# Image metadata: the owning RbdImage (namespace/name/uid), and the same value once this operator
+# moved the image to the trash (only such trash entries are purged).
 OWNER_KEY = "rbd-operator.io/owner"
+TRASHED_KEY = "rbd-operator.io/trashed-by"
+# mon config-key (+ entity): the RbdStorage uids owning a cephx user, JSON {"owners": [...]}.
+CLIENT_OWNERS_KEY = "rbd-operator.io/clients/"
 # Objects rbd keeps in a pool even when it holds no image.
 RBD_POOL_METADATA = frozenset({
     "rbd_directory", "rbd_info", "rbd_trash", "rbd_children", "rbd_mirroring",
@@ -38,13 +42,11 @@ CONNECT_TIMEOUT = 10
 OP_TIMEOUT = 20
 
 
-class CephError(Exception):
+class CephError(OperatorError):
     """A Ceph failure with a condition reason: CephUnreachable, AuthFailed, CephCommandFailed, ..."""
 
     def __init__(self, reason: str, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(reason, message)
         self.code = code
 
 
@@ -57,22 +59,6 @@ class Credentials:
     @property
     def cache_key(self) -> tuple:
         return self.monitors, self.user, hashlib.sha256(self.key.encode()).hexdigest()
-
-
-def valid_cephx_key(key: str) -> bool:
-    """Whether `key` decodes as a cephx secret (type, created, length, bytes).
-
-    librados prints an undecodable key to stderr, whatever its log settings:
-    such a key must never reach it.
-    """
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    if len(raw) < 12:
-        return False
-    kind, length = struct.unpack_from("<H", raw, 0)[0], struct.unpack_from("<H", raw, 10)[0]
-    return kind == 1 and length == len(raw) - 12 and length > 0
 
 
 def _errno_of(exc: Exception) -> int | None:
@@ -199,11 +185,50 @@ class CephCluster:
         reply = self.mon("auth get", entity=entity, ok=(errno.ENOENT,))
         return reply[0]["key"] if reply else None
 
+    # -- ownership records ---------------------------------------------------
+    def client_owners(self, entity: str) -> list[str]:
+        """RbdStorage uids recorded as owners of a cephx user (mon config-key; [] when none)."""
+        try:
+            ret, out, _ = self.rados.mon_command(json.dumps({"prefix": "config-key get",
+                                                             "key": CLIENT_OWNERS_KEY + entity}), b"",
+                                                 timeout=OP_TIMEOUT)
+        except rados.Error as exc:
+            raise _classify(exc, "config-key get") from None
+        if ret == -errno.ENOENT:
+            return []
+        if ret < 0:
+            raise CephError("CephCommandFailed", f"config-key get {CLIENT_OWNERS_KEY}{entity}: errno {-ret}", -ret)
+        try:
+            owners = json.loads(out).get("owners", [])
+        except (ValueError, AttributeError):
+            # Unreadable: someone else wrote it. Fail closed: nobody we know owns it.
+            return ["(unreadable owner record)"]
+        return [o for o in owners if isinstance(o, str)]
+
+    def set_client_owners(self, entity: str, owners: list[str]) -> None:
+        if owners:
+            self.mon("config-key set", key=CLIENT_OWNERS_KEY + entity, val=json.dumps({"owners": sorted(owners)}))
+        else:
+            self.mon("config-key rm", key=CLIENT_OWNERS_KEY + entity, ok=(errno.ENOENT,))
+
     # -- storage steps ------------------------------------------------------
+    def _mark_pool(self, pool: str, app: str, owner: str) -> None:
+        self.mon("osd pool application enable", pool=pool, app=app, yes_i_really_mean_it=True)
+        self.mon("osd pool application set", pool=pool, app=app, key=POOL_OWNER_KEY, value=owner)
+
     def apply_storage_action(self, action: Action) -> None:
         kind, target, a = action.kind, action.target, action.args
         if kind == "create-pool":
-            self.mon("osd pool create", pool=target, pg_num=a["pg_num"], pgp_num=a["pg_num"], pool_type="replicated")
+            # Made under the staging name, marked as ours, then renamed: a crash anywhere in
+            # between leaves a pool a re-run recognises as its own.
+            staging = a["staging"]
+            if not a.get("staged"):
+                self.mon("osd pool create", pool=staging, pg_num=a["pg_num"], pgp_num=a["pg_num"],
+                         pool_type="replicated")
+            self._mark_pool(staging, a["app"], a["owner"])
+            self.mon("osd pool rename", srcpool=staging, destpool=target)
+        elif kind == "set-pool-owner":
+            self._mark_pool(target, a["app"], a["owner"])
         elif kind == "set-pool":
             extra = {"yes_i_really_mean_it": True} if a["var"] == "size" and a["val"] == "1" else {}
             self.mon("osd pool set", pool=target, var=a["var"], val=a["val"], **extra)
@@ -214,6 +239,8 @@ class CephCluster:
         elif kind == "rbd-pool-init":
             with self.ioctx(target) as ioctx:
                 self._rbd_call(f"rbd pool init {target}", rbd.RBD().pool_init, ioctx, False)
+        elif kind == "set-client-owners":
+            self.set_client_owners(target, a["owners"])
         elif kind == "create-client":
             self.mon("auth get-or-create", entity=target, caps=_caps_list(a["caps"]))
         elif kind == "set-caps":
@@ -223,37 +250,58 @@ class CephCluster:
 
     def delete_client(self, entity: str) -> None:
         self.mon("auth del", entity=entity, ok=(errno.ENOENT,))
+        self.set_client_owners(entity, [])
 
     def pool_contents(self, pool: str) -> dict[str, int]:
-        """Images, trashed images and foreign objects: a pool is empty when all are 0."""
+        """Images and trashed images in every RBD namespace, and RADOS objects in every namespace:
+        a pool is empty when all are 0."""
         with self.ioctx(pool) as ioctx:
-            images = self._rbd_call("rbd ls", rbd.RBD().list, ioctx)
-            trash = list(self._rbd_call("rbd trash ls", rbd.RBD().trash_list, ioctx))
+            namespaces = [""] + list(self._rbd_call("rbd namespace ls", rbd.RBD().namespace_list, ioctx))
+            images = trash = 0
+            for ns in namespaces:
+                ioctx.set_namespace(ns)
+                images += len(self._rbd_call("rbd ls", rbd.RBD().list, ioctx))
+                trash += len(list(self._rbd_call("rbd trash ls", rbd.RBD().trash_list, ioctx)))
+            ioctx.set_namespace(rados.LIBRADOS_ALL_NSPACES)
             objects = 0
-            for obj in ioctx.list_objects():
-                if obj.key not in RBD_POOL_METADATA:
-                    objects += 1
-                    if objects > 1000:
-                        break
-        return {"images": len(images), "trash": len(trash), "objects": objects}
+            try:
+                for obj in ioctx.list_objects():
+                    if obj.key not in RBD_POOL_METADATA:
+                        objects += 1
+                        if objects > 1000:
+                            break
+            except rados.Error as exc:
+                raise _classify(exc, f"listing objects of {pool}") from None
+        return {"images": images, "trash": trash, "objects": objects, "namespaces": len(namespaces) - 1}
 
     def delete_pool(self, pool: str) -> None:
         self.mon("osd pool delete", pool=pool, pool2=pool, yes_i_really_really_mean_it=True, ok=(errno.ENOENT,))
 
     def purge_expired_trash(self, pool: str) -> int:
-        """Remove trashed images whose retention has ended; return how many."""
+        """Remove trashed images whose retention has ended and that this operator trashed; return how many."""
         now = time.time()
         removed = 0
         with self.ioctx(pool) as ioctx:
             for entry in list(self._rbd_call("rbd trash ls", rbd.RBD().trash_list, ioctx)):
                 end = entry.get("deferment_end_time")
-                if end is not None and end.timestamp() <= now:
-                    try:
-                        rbd.RBD().trash_remove(ioctx, entry["id"])
-                        removed += 1
-                    except rbd.Error as exc:
-                        log.warning("could not purge trashed image %s: %s", entry.get("name"), type(exc).__name__)
+                if end is None or end.timestamp() > now or not self._trashed_by_us(ioctx, entry["id"]):
+                    continue
+                try:
+                    rbd.RBD().trash_remove(ioctx, entry["id"])
+                    removed += 1
+                except rbd.Error as exc:
+                    log.warning("could not purge trashed image %s: %s", entry.get("name"), type(exc).__name__)
         return removed
+
+    @staticmethod
+    def _trashed_by_us(ioctx: rados.Ioctx, image_id: str) -> bool:
+        """An image this operator moved to the trash: it carries our owner tag and the same value as trash mark."""
+        try:
+            with rbd.Image(ioctx, image_id=image_id, read_only=True) as image:
+                owner = image.metadata_get(OWNER_KEY)
+                return bool(owner) and image.metadata_get(TRASHED_KEY) == owner
+        except (KeyError, rbd.Error, rados.Error):
+            return False
 
     # -- images -------------------------------------------------------------
     def _rbd_call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -278,13 +326,9 @@ class CephCluster:
                     parent = {"pool": parent["pool_name"], "image": parent["image_name"], "snapshot": parent["snap_name"]}
                 except rbd.ImageNotFound:
                     parent = None
-                try:
-                    owner = image.metadata_get(OWNER_KEY)
-                except KeyError:
-                    owner = None
                 watchers = sorted({w["addr"] for w in image.watchers_list()})
                 return ObservedImage(size=image.size(), features=image.features(), id=image.id(),
-                                     parent=parent, watchers=watchers, owner=owner)
+                                     parent=parent, watchers=watchers, owner=_metadata(image, OWNER_KEY))
 
     def observe_source(self, pool: str, name: str, snapshot: str) -> ObservedSource:
         with self.ioctx(pool) as ioctx:
@@ -293,24 +337,53 @@ class CephCluster:
             except rbd.ImageNotFound:
                 return ObservedSource(False, False)
             with image:
+                owner = _metadata(image, OWNER_KEY)
                 snaps = {s["name"] for s in image.list_snaps()}
                 if snapshot not in snaps:
-                    return ObservedSource(True, False, size=image.size())
-                return ObservedSource(True, True, image.is_protected_snap(snapshot), image.size())
+                    return ObservedSource(True, False, size=image.size(), owner=owner)
+                return ObservedSource(True, True, image.is_protected_snap(snapshot), image.size(), owner=owner)
+
+    def _create_staged(self, ioctx: rados.Ioctx, pool: str, name: str, a: dict, make: Any) -> None:
+        """Make the image under its staging name (unless a crashed run did), tag it, rename it into place."""
+        staging, owner = a["staging"], a["owner"]
+        what = f"creating {pool}/{name}"
+        try:
+            make(staging)
+        except rbd.ImageExists:
+            pass  # left by a crash: ours by its name; the tag below makes sure
+        except (rbd.Error, rados.Error) as exc:
+            raise _classify(exc, what) from None
+        with self._rbd_call(what, rbd.Image, ioctx, staging) as image:
+            tag = _metadata(image, OWNER_KEY)
+            if tag not in (None, owner):
+                raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
+            if tag is None:
+                self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
+        try:
+            rbd.RBD().rename(ioctx, staging, name)
+        except rbd.ImageExists:
+            # Someone made the final name in the meantime: not ours to touch; drop our staged image.
+            self._rbd_call(what, rbd.RBD().remove, ioctx, staging)
+            raise CephError("NotOwned", f"image {name!r} appeared in {pool} while it was being created; "
+                            "nothing of it was changed") from None
+        except (rbd.Error, rados.Error) as exc:
+            raise _classify(exc, what) from None
 
     def apply_image_action(self, pool: str, action: Action) -> None:
         kind, name, a = action.kind, action.target, action.args
         what = f"{kind} {pool}/{name}"
         with self.ioctx(pool) as ioctx:
             if kind == "create":
-                self._rbd_call(what, rbd.RBD().create, ioctx, name, a["size"], order=a["order"],
-                               old_format=False, features=a["features"], data_pool=a["data_pool"])
+                self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().create(
+                    ioctx, staging, a["size"], order=a["order"], old_format=False, features=a["features"],
+                    data_pool=a["data_pool"]))
             elif kind == "clone":
-                self._rbd_call(what, rbd.RBD().clone, ioctx, a["parent"], a["snapshot"], ioctx, name,
-                               features=a["features"], order=a["order"], data_pool=a["data_pool"])
+                self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().clone(
+                    ioctx, a["parent"], a["snapshot"], ioctx, staging, features=a["features"], order=a["order"],
+                    data_pool=a["data_pool"]))
             elif kind == "protect-snapshot":
                 image_name, snap = name.split("@", 1)
-                with rbd.Image(ioctx, image_name) as image:
+                with self._rbd_call(what, rbd.Image, ioctx, image_name) as image:
                     if not image.is_protected_snap(snap):
                         self._rbd_call(what, image.protect_snap, snap)
             else:
@@ -327,14 +400,41 @@ class CephCluster:
                     else:  # pragma: no cover
                         raise ValueError(f"unknown image action {kind}")
 
-    def trash_image(self, pool: str, name: str, delay: int) -> None:
+    def remove_staged_image(self, pool: str, staging: str, owner: str) -> bool:
+        """Remove an image a crashed creation left under its staging name (only if it carries our tag or none)."""
         with self.ioctx(pool) as ioctx:
             try:
+                with rbd.Image(ioctx, staging, read_only=True) as image:
+                    if _metadata(image, OWNER_KEY) not in (None, owner):
+                        return False
+            except rbd.ImageNotFound:
+                return False
+            except (rbd.Error, rados.Error) as exc:
+                raise _classify(exc, f"opening {pool}/{staging}") from None
+            self._rbd_call(f"removing {pool}/{staging}", rbd.RBD().remove, ioctx, staging)
+            return True
+
+    def trash_image(self, pool: str, name: str, delay: int, owner: str) -> None:
+        """Move the image to the trash if it is still ours; mark it as trashed by us first (for the purge)."""
+        what = f"moving {pool}/{name} to the trash"
+        with self.ioctx(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, name) as image:
+                    if _metadata(image, OWNER_KEY) != owner:
+                        raise CephError("NotOwned", f"{pool}/{name} is no longer ours; left as it is")
+                    image.metadata_set(TRASHED_KEY, owner)
                 rbd.RBD().trash_move(ioctx, name, delay=delay)
             except rbd.ImageNotFound:
                 return
             except (rbd.Error, rados.Error) as exc:
-                raise _classify(exc, f"moving {pool}/{name} to the trash") from None
+                raise _classify(exc, what) from None
+
+
+def _metadata(image: rbd.Image, key: str) -> str | None:
+    try:
+        return image.metadata_get(key)
+    except KeyError:
+        return None
 
 
 def _caps_list(caps: dict[str, str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..reconcile.host_plan import check_managed_path, check_uuid
 from .ssh import SshError, SshSession, tail
 
 WORK_DIR = "/run/rbd-operator"
@@ -156,7 +157,8 @@ class Host:
 
     # -- files --------------------------------------------------------------
     def ensure_file(self, path: str, content: str, mode: int) -> bool:
-        """Write the file if its content differs; return whether it changed."""
+        """Write the file if its content differs; return whether it changed (managed paths only)."""
+        check_managed_path(path)
         data = content.encode()
         if self.ssh.read(path) == data:
             return False
@@ -164,6 +166,13 @@ class Host:
         self.ssh.makedirs(directory)
         self.ssh.write(path, data, mode)
         return True
+
+    def read_file(self, path: str) -> bytes | None:
+        return self.ssh.read(check_managed_path(path))
+
+    def remove_file(self, path: str) -> bool:
+        """Remove one of the operator's files (managed paths only)."""
+        return self.ssh.remove(check_managed_path(path))
 
     # -- libvirt secrets ----------------------------------------------------
     def secrets(self) -> set[str]:
@@ -176,6 +185,7 @@ class Host:
         self.ssh.run(["mkdir", "-p", "-m", "700", WORK_DIR], check=True)
 
     def define_secret(self, uuid: str, xml: str) -> None:
+        check_uuid(uuid)
         self._scratch()
         path = f"{WORK_DIR}/{uuid}.xml"
         self.ssh.write(path, xml.encode(), 0o600)
@@ -188,13 +198,14 @@ class Host:
         """The secret's value (base64) as libvirt holds it, or None when it cannot be read back."""
         # Our secrets are private, so the API refuses to return them: root reads libvirt's own store,
         # and the API is asked only when that store is not plain (e.g. encrypted at rest).
-        stored = self.ssh.read(f"/etc/libvirt/secrets/{uuid}.base64")
+        stored = self.ssh.read(f"/etc/libvirt/secrets/{check_uuid(uuid)}.base64")
         if stored is not None:
             return stored.decode().strip()
         result = self.ssh.run(VIRSH + ["secret-get-value", uuid], timeout=60)
         return result.out.strip() if result.rc == 0 else None
 
     def set_secret_value(self, uuid: str, key: str) -> None:
+        check_uuid(uuid)
         self._scratch()
         path = f"{WORK_DIR}/{uuid}.value"
         self.ssh.write(path, key.encode(), 0o600)
@@ -204,10 +215,13 @@ class Host:
             self.ssh.remove(path)
 
     def undefine_secret(self, uuid: str) -> None:
-        self.ssh.run(VIRSH + ["secret-undefine", uuid], timeout=60)
+        self.ssh.run(VIRSH + ["secret-undefine", check_uuid(uuid)], timeout=60)
 
     # -- probe --------------------------------------------------------------
     def probe(self, client: str, keyring_path: str, pool: str) -> str:
+        check_managed_path(keyring_path)
+        if keyring_path != f"/etc/ceph/ceph.client.{client}.keyring" or pool.startswith("-"):
+            raise SshError("UnsafeValue", f"probe arguments for client {client!r} failed validation")
         result = self.ssh.run(["timeout", "30", "rbd", "--conf", "/etc/ceph/ceph.conf", "--id", client,
                                "--keyring", keyring_path, "ls", pool], timeout=60)
         if result.rc == 0:

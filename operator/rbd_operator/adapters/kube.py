@@ -11,6 +11,8 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from ..api.errors import Refused
+
 _lock = threading.Lock()
 _core: kubernetes.client.CoreV1Api | None = None
 _SECRET_CACHE_SECONDS = 15.0
@@ -27,6 +29,15 @@ def operator_namespace() -> str:
             return fh.read().strip()
     except OSError:
         return "rbd-operator"
+
+
+def check_secret_namespace(namespace: str | None, name: str) -> str:
+    """The namespace of a Secret reference, which must be the operator's own (Refused otherwise)."""
+    own = operator_namespace()
+    if namespace not in (None, "", own):
+        raise Refused("SecretOutsideNamespace", f"Secret {namespace}/{name} is outside the operator's namespace "
+                      f"{own!r}; the operator reads Secrets only there. Nothing was read")
+    return own
 
 
 def core() -> kubernetes.client.CoreV1Api:
@@ -48,7 +59,11 @@ def read_secret(namespace: str, name: str, *, fresh: bool = False) -> dict[str, 
 
 def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
                           ) -> tuple[dict[str, str] | None, str | None]:
-    """(decoded data, resourceVersion) of a Secret; (None, None) when it does not exist."""
+    """(decoded data, resourceVersion) of a Secret; (None, None) when it does not exist.
+
+    Only Secrets of the operator's own namespace are read (its RBAC allows no other).
+    """
+    check_secret_namespace(namespace, name)
     key = (namespace, name)
     cached = _secret_cache.get(key)
     if cached and not fresh and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
@@ -65,13 +80,35 @@ def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
     return data, version
 
 
+_namespace_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
+
+
+def namespace_labels(name: str) -> dict[str, str] | None:
+    """A namespace's labels (None when it does not exist). Cached briefly, like Secrets."""
+    cached = _namespace_cache.get(name)
+    if cached and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
+        return cached[1]
+    try:
+        labels: dict[str, str] | None = dict(core().read_namespace(name).metadata.labels or {})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        labels = None
+    _namespace_cache[name] = (time.monotonic(), labels)
+    return labels
+
+
 def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 
 
 def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str],
                   ) -> tuple[str, str]:
-    """Create or correct an owned Secret; return ('created'|'updated'|'unchanged', resourceVersion)."""
+    """Create or correct a Secret owned (controller reference) by `owner`; return
+    ('created'|'updated'|'unchanged', resourceVersion).
+
+    A Secret of that name that `owner` does not control is never written: Refused(SecretConflict).
+    """
     api = core()
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     body = {
@@ -88,11 +125,12 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
             raise
         created = api.create_namespaced_secret(namespace, body)
         return "created", created.metadata.resource_version
-    owners = [o.uid for o in (current.metadata.owner_references or [])]
-    if current.data == encoded and owner["uid"] in owners:
+    controlled = any(o.uid == owner["uid"] and o.controller for o in (current.metadata.owner_references or []))
+    if not controlled:
+        raise Refused("SecretConflict", f"Secret {namespace}/{name} exists and does not belong to "
+                      f"{owner['kind']} {owner['name']}; it was not written (choose another spec.client.secretName "
+                      "or delete that Secret)")
+    if current.data == encoded:
         return "unchanged", current.metadata.resource_version
-    others = [o for o in (current.metadata.owner_references or []) if o.uid != owner["uid"]]
-    refs = api.api_client.sanitize_for_serialization(others)
-    patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"ownerReferences": refs + [owner],
-                                                                          "labels": labels}, "data": encoded})
+    patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": labels}, "data": encoded})
     return "updated", patched.metadata.resource_version

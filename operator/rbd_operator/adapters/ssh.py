@@ -16,16 +16,16 @@ from dataclasses import dataclass
 
 import paramiko
 
+from ..api.errors import OperatorError
+
 CONNECT_TIMEOUT = 15.0
 
 
-class SshError(Exception):
+class SshError(OperatorError):
     """reason: HostUnreachable, AuthenticationFailed, HostKeyMismatch, CommandFailed, CommandTimedOut."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(reason, message)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,67 @@ def fingerprint(key_type: str, blob: bytes) -> str:
     return f"SHA256:{digest}"
 
 
+# Host key algorithms a pinned key of each type may be presented with (RSA keys sign with SHA-2).
+HOST_KEY_ALGORITHMS = {
+    "ssh-ed25519": ("ssh-ed25519",),
+    "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
+    "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
+    "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),
+}
+
+
+def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes] | None) -> paramiko.Transport:
+    """TCP connect + SSH key exchange (nothing is sent but the protocol's own messages).
+
+    With a pin, the negotiation offers only the pinned key's algorithm(s) and the presented key must
+    be the pinned one: HostKeyMismatch otherwise, before any authentication.
+    """
+    where = f"{address}:{port}"
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as exc:
+        raise SshError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}") from None
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
+    try:
+        if pinned is not None:
+            algorithms = HOST_KEY_ALGORITHMS.get(pinned[0])
+            if not algorithms:
+                raise SshError("HostKeyMismatch", f"pinned key type {pinned[0]!r} is not supported")
+            transport.get_security_options().key_types = algorithms
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        seen = (key.get_name(), key.asbytes())
+        if pinned is not None and seen != pinned:
+            raise SshError("HostKeyMismatch",
+                           f"{where} presented {seen[0]} {fingerprint(*seen)}, "
+                           f"pinned is {pinned[0]} {fingerprint(*pinned)}; nothing was executed")
+    except SshError:
+        transport.close()
+        raise
+    except paramiko.SSHException as exc:
+        transport.close()
+        if pinned is not None and isinstance(exc, paramiko.ssh_exception.IncompatiblePeer) and "host key" in str(exc):
+            raise SshError("HostKeyMismatch", f"{where} offers no {pinned[0]} host key (the pinned key's "
+                           "algorithm); nothing was executed") from None
+        raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+    except (OSError, EOFError) as exc:
+        transport.close()
+        raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+    return transport
+
+
+def first_contact(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> tuple[str, bytes]:
+    """The host key a host presents, without authenticating or sending anything (trust on first use)."""
+    transport = _handshake(address, port, timeout, None)
+    try:
+        key = transport.get_remote_server_key()
+        return key.get_name(), key.asbytes()
+    finally:
+        transport.close()
+
+
 def load_private_key(text: str) -> paramiko.PKey:
     for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
@@ -51,10 +112,16 @@ def load_private_key(text: str) -> paramiko.PKey:
 
 
 class SshSession:
-    """One SSH connection to a host, used for a whole reconcile, then closed."""
+    """One SSH connection to a host, used for a whole reconcile, then closed.
 
-    def __init__(self, address: str, port: int, user: str, private_key: str, pinned: tuple[str, bytes] | None,
+    Only to a pinned host key: the first contact of trust-on-first-use goes through
+    `first_contact`, which pins and sends nothing.
+    """
+
+    def __init__(self, address: str, port: int, user: str, private_key: str, pinned: tuple[str, bytes],
                  timeout: float = CONNECT_TIMEOUT) -> None:
+        if pinned is None:
+            raise SshError("HostKeyMismatch", f"{address}:{port}: no pinned host key; nothing was executed")
         self.address, self.port, self.user = address, port, user
         self._key = load_private_key(private_key)
         self._pinned = pinned
@@ -72,24 +139,11 @@ class SshSession:
 
     def connect(self) -> None:
         where = f"{self.address}:{self.port}"
+        transport = _handshake(self.address, self.port, self._timeout, self._pinned)
+        key = transport.get_remote_server_key()
+        self.seen_key = (key.get_name(), key.asbytes())
         try:
-            sock = socket.create_connection((self.address, self.port), timeout=self._timeout)
-        except OSError as exc:
-            raise SshError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}") from None
-        transport = paramiko.Transport(sock)
-        transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = self._timeout
-        try:
-            transport.start_client(timeout=self._timeout)
-            key = transport.get_remote_server_key()
-            self.seen_key = (key.get_name(), key.asbytes())
-            if self._pinned is not None and self.seen_key != self._pinned:
-                raise SshError("HostKeyMismatch",
-                               f"{where} presented {key.get_name()} {fingerprint(*self.seen_key)}, "
-                               f"pinned is {self._pinned[0]} {fingerprint(*self._pinned)}; nothing was executed")
             transport.auth_publickey(self.user, self._key)
-        except SshError:
-            transport.close()
-            raise
         except paramiko.AuthenticationException:
             transport.close()
             raise SshError("AuthenticationFailed", f"{where} refused the key for user {self.user}") from None

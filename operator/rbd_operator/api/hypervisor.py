@@ -10,10 +10,11 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from .errors import SpecError
-from .storage import SecretRef
+from .storage import SecretRef, secret_ref
 
 PROFILES = ("qemu-rbd", "kernel-rbd", "none")
 HOST_KEY_POLICIES = ("Pinned", "TrustOnFirstUse")
+DELETION_POLICIES = ("Retain", "Delete")
 HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
 _ADDRESS = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:]{2,39})$")
@@ -55,6 +56,7 @@ class HostSpec:
     remove: tuple[str, ...] = ()
     allow_disruption: bool = False
     paused: bool = False
+    deletion_policy: str = "Retain"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -118,9 +120,7 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
     user = spec.get("user") or "root"
     if not _USER.match(user):
         raise SpecError("spec.user", f"{user!r} is not a user name")
-    ref = spec.get("sshKeySecretRef") or {}
-    if not ref.get("name") or not ref.get("namespace"):
-        raise SpecError("spec.sshKeySecretRef", "needs name and namespace")
+    ssh_key = secret_ref(spec.get("sshKeySecretRef"), "spec.sshKeySecretRef")
     policy = spec.get("hostKeyPolicy") or "Pinned"
     if policy not in HOST_KEY_POLICIES:
         raise SpecError("spec.hostKeyPolicy", f"{policy!r} is not one of {', '.join(HOST_KEY_POLICIES)}")
@@ -144,11 +144,15 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
     if both:
         raise SpecError("spec.packages.remove", f"{', '.join(sorted(both))} also listed in spec.packages.install")
     maintenance = spec.get("maintenance") or {}
+    deletion_policy = spec.get("deletionPolicy") or "Retain"
+    if deletion_policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"{deletion_policy!r} is not one of {', '.join(DELETION_POLICIES)}")
     return HostSpec(
         address=address, port=port, user=user,
-        ssh_key=SecretRef(str(ref["name"]), str(ref["namespace"])),
+        ssh_key=ssh_key,
         host_key=host_key or None, host_key_policy=policy, profile=profile,
         repositories=repos, install=install, remove=remove,
         allow_disruption=bool(maintenance.get("allowDisruption", False)),
         paused=bool(spec.get("paused", False)),
+        deletion_policy=deletion_policy,
     )

@@ -58,6 +58,7 @@ class ImageSpec:
     allow_shrink: bool
     deletion_policy: str
     trash_retention_seconds: int
+    adopt: bool = False
 
     @property
     def feature_bits(self) -> int:
@@ -170,4 +171,5 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         allow_shrink=bool(spec.get("allowShrink", False)),
         deletion_policy=policy,
         trash_retention_seconds=retention,
+        adopt=bool(spec.get("adopt", False)),
     )

@@ -40,5 +40,15 @@ def check_image_name(field: str, value: object) -> str:
     return check_name(field, value, IMAGE_NAME_MAX)
 
 
+# Ceph's own privileged identities: client.admin and the bootstrap keys (create daemons' keys).
+_RESERVED_CLIENT = re.compile(r"^(admin|bootstrap-.*)$")
+# A name that itself spells an entity type (client.admin, osd.0, mon.a, ...).
+_ENTITY_PREFIX = re.compile(r"^(client|osd|mon|mgr|mds|rgw)\.", re.IGNORECASE)
+
+
 def check_client_name(field: str, value: object) -> str:
-    return check_name(field, value, CLIENT_NAME_MAX)
+    name = check_name(field, value, CLIENT_NAME_MAX)
+    if _RESERVED_CLIENT.match(name) or _ENTITY_PREFIX.match(name):
+        raise SpecError(field, f"{name!r} names a privileged or non-client Ceph identity; the operator "
+                        "manages only its own client.<name> users", reason="InvalidName")
+    return name

@@ -70,6 +70,8 @@ REASONS: tuple[Reason, ...] = (
     Reason("SnapshotNotFound", (IMAGE,), _P, "The clone source snapshot does not exist (yet)."),
     Reason("ImageNotFound", (IMAGE,), _P, "The image vanished while being converged; retried."),
     Reason("InUse", (IMAGE,), _P, "Deletion waits until the image has no watchers (no VM uses it)."),
+    Reason("ApiError", (STORAGE, IMAGE, HOST), _P,
+           "The Kubernetes API failed a request the operator needed (fail closed: nothing done); retried."),
     Reason("HostUnreachable", (HOST,), _P, "No TCP connection or SSH handshake with the host; retried."),
     Reason("CommandTimedOut", (HOST,), _P, "A command on the host did not finish in time; retried."),
     Reason("Timeout", (HOST,), _P, "Converging the host took too long; retried."),
@@ -117,6 +119,12 @@ REASONS: tuple[Reason, ...] = (
     Reason("NoKernelRbd", (HOST,), _D, "The kernel lacks the rbd module (profile kernel-rbd)."),
     Reason("MultipleClusters", (HOST,), _D, "Storages of several Ceph clusters select one host."),
     Reason("ProbeFailed", (HOST,), _D, "`rbd ls` as the storage's client failed on the host."),
+    Reason("UnsafeValue", (STORAGE, IMAGE, HOST), _D,
+           "A value about to reach a host path, file or command (from a spec, a status, a Secret or Ceph) failed "
+           "validation; nothing of it was sent."),
+    Reason("HostKeyPinLost", (HOST,), _D,
+           "status.pinnedHostKey vanished although a key was pinned (annotation rbd-operator.io/pinned-host-key): "
+           "not re-trusted; set spec.hostKey or remove the annotation."),
     Reason("RunningDomains", (HOST,), _D,
            "Removing qemu/libvirt packages would stop running domains: needs "
            "spec.maintenance.allowDisruption."),

@@ -27,37 +27,73 @@ POOL_PARAMETERS = frozenset({
 })
 _PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _CAP = re.compile(r"^[A-Za-z0-9 _.,=*'\"-]{1,512}$")
 
 
 @dataclass(frozen=True)
 class SecretRef:
+    """A Secret the operator reads. `namespace` None means the operator's own namespace."""
     name: str
-    namespace: str
+    namespace: str | None = None
+
+    def resolve(self, operator_namespace: str) -> "SecretRef":
+        return SecretRef(self.name, self.namespace or operator_namespace)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def secret_ref(raw: Any, path: str) -> SecretRef:
+    if not isinstance(raw, Mapping) or not raw.get("name"):
+        raise SpecError(path, "needs name (and optionally namespace)")
+    name, namespace = raw.get("name"), raw.get("namespace")
+    if not isinstance(name, str) or not _K8S_NAME.match(name):
+        raise SpecError(f"{path}.name", f"{name!r} is not a Secret name")
+    if namespace is not None and (not isinstance(namespace, str) or not _K8S_LABEL.match(namespace)):
+        raise SpecError(f"{path}.namespace", f"{namespace!r} is not a namespace name")
+    return SecretRef(name, namespace or None)
+
+
+DEFAULT_PG_NUM = 128
+DEFAULT_CAPS_PROFILE = "rbd"
 
 
 @dataclass(frozen=True)
 class PoolSpec:
+    """None means "not stated": the default applies to a pool the operator creates, while an
+    adopted pool keeps what it has."""
     name: str
-    pg_num: int = 128
+    pg_num: int | None = None
     replicas: int | None = None
     quota_max_bytes: int | None = None
     quota_max_objects: int | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
     application: str = "rbd"
+    adopt: bool = False
+
+    @property
+    def pg_num_or_default(self) -> int:
+        return self.pg_num if self.pg_num is not None else DEFAULT_PG_NUM
 
 
 @dataclass(frozen=True)
 class ClientSpec:
     name: str = "vmmgr"
-    caps_profile: str = "rbd"
+    caps_profile: str | None = None  # None: not stated (rbd for a client the operator creates)
     caps: Mapping[str, str] | None = None
     cache_pool: str | None = None
     secret_name: str = ""
+    adopt: bool = False
 
     @property
     def entity(self) -> str:
         return f"client.{self.name}"
+
+    @property
+    def caps_stated(self) -> bool:
+        return self.caps is not None or self.caps_profile is not None
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,7 @@ class StorageSpec:
     client: ClientSpec
     node_selector: Mapping[str, Any] = field(default_factory=dict)
     deletion_policy: str = "Retain"
+    image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
 
 
 def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -94,16 +131,15 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
     for i, mon in enumerate(monitors):
         if not isinstance(mon, str) or not _MONITOR.match(mon) or not 0 < int(mon.rsplit(":", 1)[1]) < 65536:
             raise SpecError(f"spec.cluster.monitors[{i}]", f"{mon!r} is not host:port")
-    ref = _mapping(cluster, "adminSecretRef", "spec.cluster")
-    if not ref.get("name") or not ref.get("namespace"):
-        raise SpecError("spec.cluster.adminSecretRef", "needs name and namespace")
-    admin_secret = SecretRef(str(ref["name"]), str(ref["namespace"]))
+    admin_secret = secret_ref(cluster.get("adminSecretRef"), "spec.cluster.adminSecretRef")
 
     pool = _mapping(spec, "pool", "spec")
     pool_name = check_pool_name("spec.pool.name", pool.get("name") or name)
-    pg_num = _positive_int(pool.get("pgNum", 128), "spec.pool.pgNum")
-    if pg_num > 32768:
-        raise SpecError("spec.pool.pgNum", f"{pg_num} is more than 32768")
+    pg_num = pool.get("pgNum")
+    if pg_num is not None:
+        pg_num = _positive_int(pg_num, "spec.pool.pgNum")
+        if pg_num > 32768:
+            raise SpecError("spec.pool.pgNum", f"{pg_num} is more than 32768")
     replicas = pool.get("replicas")
     if replicas is not None:
         replicas = _positive_int(replicas, "spec.pool.replicas")
@@ -137,8 +173,8 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
 
     client = _mapping(spec, "client", "spec")
     client_name = check_client_name("spec.client.name", client.get("name") or "vmmgr")
-    profile = client.get("capsProfile") or "rbd"
-    if profile not in CAPS_PROFILES:
+    profile = client.get("capsProfile")
+    if profile is not None and profile not in CAPS_PROFILES:
         raise SpecError("spec.client.capsProfile", f"{profile!r} is not one of {', '.join(CAPS_PROFILES)}")
     caps = client.get("caps")
     if caps is not None:
@@ -150,6 +186,10 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
             if not isinstance(cap, str) or not _CAP.match(cap):
                 raise SpecError(f"spec.client.caps.{service}", f"{cap!r} is not a caps string")
         caps = dict(caps)
+        broad = privileged_grants(caps)
+        if broad:
+            raise SpecError("spec.client.caps", "grants privileges beyond RBD use of named pools: "
+                            + "; ".join(broad))
     cache_pool = client.get("cachePool")
     if cache_pool is not None:
         cache_pool = check_pool_name("spec.client.cachePool", cache_pool)
@@ -162,12 +202,74 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
     policy = spec.get("deletionPolicy") or "Retain"
     if policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
+    image_namespaces = spec.get("imageNamespaces")
+    if image_namespaces is not None:
+        image_namespaces = dict(check_selector(image_namespaces, "spec.imageNamespaces"))
 
     return StorageSpec(
         monitors=tuple(monitors),
         admin_secret=admin_secret,
-        pool=PoolSpec(pool_name, pg_num, replicas, max_bytes, max_objects, parameters, application),
-        client=ClientSpec(client_name, profile, caps, cache_pool, secret_name),
+        pool=PoolSpec(pool_name, pg_num, replicas, max_bytes, max_objects, parameters, application,
+                      adopt=_flag(pool, "adopt", "spec.pool")),
+        client=ClientSpec(client_name, profile, caps, cache_pool, secret_name,
+                          adopt=_flag(client, "adopt", "spec.client")),
         node_selector=dict(selector),
         deletion_policy=policy,
+        image_namespaces=image_namespaces,
     )
+
+
+_MON_OK = re.compile(r'^(allow r|profile rbd(-read-only)?|allow command "?osd (blocklist|blacklist)"?( .*)?)$')
+_MGR_OK = re.compile(r"^(allow r|profile rbd(-read-only)?( pool=\S+)?( namespace=\S+)?)$")
+_OSD_SCOPED = re.compile(r"(^| )(pool|namespace)=\S+")
+
+
+def privileged_grants(caps: Mapping[str, str]) -> list[str]:
+    """Grants in explicit caps that reach beyond RBD use of named pools (mon writes, all pools, admin).
+
+    Such a client would lend whoever holds its key (a host, a Secret reader) more than storage access.
+    """
+    bad = []
+    for service, cap in caps.items():
+        for grant in (" ".join(g.split()).lower() for g in str(cap).split(",") if g.strip()):
+            if service == "mon" and not _MON_OK.match(grant):
+                bad.append(f"mon '{grant}'")
+            elif service == "mgr" and not _MGR_OK.match(grant):
+                bad.append(f"mgr '{grant}'")
+            elif service == "osd":
+                rbd_children = grant == "allow class-read object_prefix rbd_children"
+                profile_ok = not grant.startswith("profile") or grant.split()[1] in ("rbd", "rbd-read-only")
+                if not rbd_children and (not _OSD_SCOPED.search(grant) or "*" in grant or not profile_ok):
+                    bad.append(f"osd '{grant}'")
+    return bad
+
+
+def _flag(spec: Mapping[str, Any], key: str, path: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise SpecError(f"{path}.{key}", f"{value!r} is not true or false")
+    return value
+
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def check_selector(raw: Any, path: str) -> Mapping[str, Any]:
+    """A Kubernetes label selector (matchLabels, matchExpressions)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be a label selector (matchLabels, matchExpressions)")
+    labels = raw.get("matchLabels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in labels.items()):
+        raise SpecError(f"{path}.matchLabels", "must map label keys to string values")
+    for i, expr in enumerate(raw.get("matchExpressions") or []):
+        if not isinstance(expr, Mapping) or not isinstance(expr.get("key"), str) \
+                or expr.get("operator") not in _SELECTOR_OPERATORS:
+            raise SpecError(f"{path}.matchExpressions[{i}]",
+                            f"needs key and operator ({', '.join(_SELECTOR_OPERATORS)})")
+        values = expr.get("values") or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise SpecError(f"{path}.matchExpressions[{i}].values", "must be a list of strings")
+        if expr["operator"] in ("In", "NotIn") and not values:
+            raise SpecError(f"{path}.matchExpressions[{i}].values", f"{expr['operator']} needs values")
+    return raw

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from typing import Any, Mapping
 
 import kopf
@@ -13,6 +14,7 @@ from ..adapters import kube
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import CephError, Credentials, valid_cephx_key
 from ..api.conditions import Condition, get_condition, merge_conditions
+from ..api.errors import OperatorError, Waiting
 from ..api.storage import SecretRef
 
 RESYNC_SECONDS = float(os.environ.get("RBD_OPERATOR_RESYNC_SECONDS", "60"))
@@ -83,6 +85,16 @@ class StatusUpdate:
             raise kopf.PermanentError(message) from None
         raise kopf.TemporaryError(message, delay=retry_in) from None
 
+    def error(self, exc: OperatorError, retry: int = 0) -> None:
+        """Report an OperatorError: permanent ones wait for a change, others are retried with backoff."""
+        if exc.permanent:
+            delay = None
+        elif isinstance(exc, Waiting):
+            delay = min(exc.delay, backoff(retry))
+        else:
+            delay = backoff(retry)
+        self.fail(exc.reason, exc.message, delay)
+
     def flush(self) -> None:
         if self.conditions != list(self.status.get("conditions") or []):
             self.patch.status["conditions"] = self.conditions
@@ -91,7 +103,11 @@ class StatusUpdate:
 
 
 async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:
-    """Credentials from the admin Secret the spec references (keys userID, userKey)."""
+    """Credentials from the admin Secret the spec references (keys userID, userKey).
+
+    Only a Secret in the operator's namespace is read: Refused(SecretOutsideNamespace) otherwise.
+    """
+    ref = SecretRef(ref.name, kube.check_secret_namespace(ref.namespace, ref.name))
     try:
         data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30)
     except ApiException as exc:
@@ -104,4 +120,7 @@ async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Creden
         raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} has no userKey")
     if not valid_cephx_key(key.strip()):
         raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name}: userKey is not a cephx key")
-    return Credentials(monitors, data.get("userID") or "admin", key.strip())
+    user = data.get("userID") or "admin"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", user):
+        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name}: userID is not a cephx user name")
+    return Credentials(monitors, user, key.strip())

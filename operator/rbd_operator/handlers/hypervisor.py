@@ -16,7 +16,8 @@ from ..adapters import kube
 from ..adapters.blocking import run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
-from ..api.errors import SpecError
+from ..adapters.ssh import first_contact as ssh_first_contact
+from ..api.errors import OperatorError, Refused, SpecError
 from ..api.hypervisor import HostSpec, parse_host, parse_host_key
 from ..reconcile import host_plan
 from ..reconcile.host_plan import HostStorage
@@ -24,6 +25,8 @@ from ..reconcile.selector import matches
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, busy, object_lock, release_lock
 
 PLURAL = "hypervisornodes"
+# Set with status.pinnedHostKey: a pin that vanished from the status is noticed, never re-trusted.
+PIN_ANNOTATION = f"{GROUP}/pinned-host-key"
 HOST_TIMEOUT = 1800.0
 # Disruptive package changes happen on one host of the fleet at a time.
 _disruption = threading.Lock()
@@ -51,37 +54,58 @@ class HostOutcome:
         self.events.append(("Normal", reason, message))
 
 
-def _selected(labels: dict, storages: kopf.Index) -> tuple[list[tuple[str, dict]], list[str]]:
-    """RbdStorages selecting this host: (ready ones, names still waiting for their key/status)."""
-    ready, waiting = [], []
-    for name, entries in storages.items():
+@dataclass
+class Selection:
+    """RbdStorages as this host sees them (read from the index on the event loop)."""
+    ready: list[tuple[str, dict]]      # selecting, with status to converge from
+    waiting: list[str]                 # selecting, no key/status published yet
+    selecting: set[str]                # every storage selecting the host (incl. ones being deleted)
+    existing: set[str]                 # every RbdStorage object
+    policies: dict[str, str]           # deletionPolicy per selecting storage
+
+
+def _selected(labels: dict, storages: kopf.Index) -> Selection:
+    """Storages being deleted still select: a blocked deletion must not take keys off hosts."""
+    sel = Selection([], [], set(), set(), {})
+    for name, entries in list(storages.items()):
         for entry in entries:
+            sel.existing.add(name)
             selector = (entry["spec"].get("hypervisors") or {}).get("nodeSelector")
-            if entry["deleting"] or not matches(selector, labels):
+            if not matches(selector, labels):
                 continue
+            sel.selecting.add(name)
+            sel.policies[name] = entry["spec"].get("deletionPolicy") or "Retain"
             status = entry["status"] or {}
             if status.get("libvirtSecretUUID") and status.get("clientSecretRef") and status.get("monitors"):
-                ready.append((name, entry))
+                sel.ready.append((name, entry))
             else:
-                waiting.append(name)
-    return sorted(ready, key=lambda x: x[0]), sorted(waiting)
+                sel.waiting.append(name)
+    sel.ready.sort(key=lambda x: x[0])
+    sel.waiting.sort()
+    return sel
 
 
-async def _host_storages(selected: list[tuple[str, dict]]) -> tuple[list[HostStorage], list[str]]:
-    out, missing = [], []
+async def _host_storages(selected: list[tuple[str, dict]]) -> tuple[list[HostStorage], dict[str, tuple[str, str]]]:
+    """The selected storages' keys and settings, validated; problems (reason, message) by storage name.
+
+    A storage with a problem keeps whatever the host holds of it."""
+    out, problems = [], {}
     for name, entry in selected:
         status = entry["status"]
-        ref = status["clientSecretRef"]
-        data, version = await run_blocking(kube.read_secret_versioned, ref["namespace"], ref["name"], timeout=30)
-        if not data or not data.get("userKey"):
-            missing.append(name)
-            continue
-        out.append(HostStorage(
-            name=name, fsid=status["fsid"], monitors=host_plan.monitor_hosts(status["monitors"]),
-            client=data.get("userID") or (entry["spec"].get("client") or {}).get("name", "vmmgr"),
-            pool=status.get("pool") or name, secret_uuid=status["libvirtSecretUUID"], key=data["userKey"],
-            key_version=version or ""))
-    return out, missing
+        ref = status.get("clientSecretRef") or {}
+        try:
+            data, version = await run_blocking(kube.read_secret_versioned, ref.get("namespace"), ref.get("name"),
+                                               timeout=30)
+            if not data or not data.get("userKey"):
+                problems[name] = ("StoragesPending", f"{name}: client Secret {ref.get('name')} has no key yet")
+                continue
+            out.append(host_plan.host_storage(name, status, data, version or "",
+                                              (entry["spec"].get("client") or {}).get("name", "vmmgr")))
+        except OperatorError as exc:
+            problems[name] = (exc.reason, f"{name}: {exc.message}")
+        except ApiException as exc:
+            problems[name] = ("StoragesPending", f"{name}: client Secret unreadable (HTTP {exc.status})")
+    return out, problems
 
 
 def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
@@ -92,7 +116,7 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
     changed_repos = [f.path for f in wanted_files if host.ensure_file(f.path, f.content, f.mode)]
     existing = {d: host.ssh.listdir(d) for d in host_plan.MANAGED_DIRS[family]}
     for path in host_plan.stale_files(existing, wanted_files):
-        host.ssh.remove(path)
+        host.remove_file(path)
         changed_repos.append(path)
     if changed_repos:
         out.note("RepositoriesConfigured", "wrote " + ", ".join(changed_repos))
@@ -106,15 +130,15 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
     changed = False
     if risky:
         if facts.running_domains and not spec.allow_disruption:
-            out.cond("DisruptionBlocked", True, "RunningDomains",
-                     f"removing {', '.join(risky)} would stop {facts.running_domains} running domain(s); "
-                     "set spec.maintenance.allowDisruption: true to allow it")
-            out.cond("PackagesReady", False, "DisruptionBlocked", "package changes wait for maintenance")
+            message = (f"removing {', '.join(risky)} would stop {facts.running_domains} running domain(s); "
+                       "set spec.maintenance.allowDisruption: true to allow it")
+            out.cond("DisruptionBlocked", True, "RunningDomains", message)
+            out.cond("PackagesReady", False, "RunningDomains", f"package changes wait for maintenance: {message}")
             return False
         if not _disruption.acquire(blocking=False):
             out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
                      "another hypervisor is being changed disruptively; waiting for it to finish")
-            out.cond("PackagesReady", False, "DisruptionBlocked", "package changes wait for the other host")
+            out.cond("PackagesReady", False, "AnotherHostInMaintenance", "package changes wait for the other host")
             return False
     try:
         out.cond("DisruptionBlocked", False, "NotBlocked")
@@ -142,12 +166,14 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
     return changed
 
 
-def _converge_storages(host: Host, storages: list[HostStorage], previous: list[dict], out: HostOutcome) -> None:
+def _converge_storages(host: Host, storages: list[HostStorage], previous: host_plan.PreviousStorages,
+                       policies: dict[str, str], out: HostOutcome) -> None:
     fsids = {s.fsid for s in storages}
     if len(fsids) > 1:
         out.cond("CephConfigured", False, "MultipleClusters",
                  f"storages of {len(fsids)} Ceph clusters select this host; /etc/ceph/ceph.conf holds one")
         out.cond("SecretsReady", False, "MultipleClusters", "")
+        out.storages.extend({**e, "current": False} for e in previous.entries)  # nothing removed either
         return
     if storages:
         if host.ensure_file(f"{host_plan.CEPH_DIR}/ceph.conf", host_plan.ceph_conf(storages), 0o644):
@@ -165,42 +191,37 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: list[d
         probe = (host.probe(storage.client, storage.keyring_path, storage.pool) if out.facts and out.facts.rbd_cli
                  else "skipped: the rbd CLI (ceph-common) is not installed")
         out.storages.append({"name": storage.name, "secretUUID": storage.secret_uuid, "keyVersion": storage.key_version,
-                             "keyringPath": storage.keyring_path, "current": True, "probe": probe})
-    keep_names = {s.name for s in storages}
-    keep_uuids = {s.secret_uuid for s in storages}
-    keep_paths = {s.keyring_path for s in storages}
-    for old in previous:
-        if old.get("name") in keep_names:
-            continue
-        if old.get("keyringPath") and old["keyringPath"] not in keep_paths \
-                and old["keyringPath"].startswith(f"{host_plan.CEPH_DIR}/ceph.client."):
-            host.ssh.remove(old["keyringPath"])
+                             "keyringPath": storage.keyring_path, "current": True, "probe": probe,
+                             "deletionPolicy": policies.get(storage.name, "Retain")})
+    out.storages.extend(previous.carry)
+    keep_uuids = {s.get("secretUUID") for s in out.storages}
+    keep_paths = {s.get("keyringPath") for s in out.storages}
+    for old in previous.remove:
+        if old.get("keyringPath") and old["keyringPath"] not in keep_paths:
+            host.remove_file(old["keyringPath"])
         if old.get("secretUUID") and old["secretUUID"] not in keep_uuids and old["secretUUID"] in defined:
             host.undefine_secret(old["secretUUID"])
         out.note("StorageRemoved", f"{old.get('name')}: keyring and libvirt secret removed")
     out.cond("CephConfigured", True, "Configured" if storages else "NoStoragesSelected",
              f"{len(storages)} storage(s): " + ", ".join(s.name for s in storages))
-    failed = [s["name"] for s in out.storages if s["probe"].startswith("failed")]
+    failed = [s["name"] for s in out.storages if str(s.get("probe", "")).startswith("failed") and s.get("current")]
     if failed:
         out.cond("SecretsReady", False, "ProbeFailed", f"probe as the storage's client failed for {', '.join(failed)}")
     else:
         out.cond("SecretsReady", True, "SecretsInSync", f"{len(storages)} libvirt secret(s) hold the current keys")
 
 
-def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes] | None,
-                   storages: list[HostStorage], previous: list[dict]) -> HostOutcome:
-    """Runs in a worker thread: one SSH session for the whole reconcile."""
+def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], storages: list[HostStorage],
+                   previous: host_plan.PreviousStorages, policies: dict[str, str]) -> HostOutcome:
+    """Runs in a worker thread: one SSH session (to the pinned key only) for the whole reconcile."""
     out = HostOutcome()
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
         out.seen_key = ssh.seen_key
         out.cond("Reachable", True, "Connected", f"{spec.user}@{spec.address}:{spec.port}")
-        out.cond("HostKeyVerified", True, "Pinned" if pinned else "TrustedOnFirstUse",
-                 f"{ssh.seen_key[0]} {fingerprint(*ssh.seen_key)}" if ssh.seen_key else "")
+        out.cond("HostKeyVerified", True, "Pinned", f"{pinned[0]} {fingerprint(*pinned)}")
         host = Host(ssh)
         out.facts = host.facts()
         out.family = host_plan.family_of(out.facts.os_id, out.facts.os_like)
-        if spec.paused:
-            return out
         if out.family is None:
             out.cond("PackagesReady", False, "UnsupportedOS", f"{out.facts.os_id!r} is neither Debian- nor RHEL-like")
         else:
@@ -219,26 +240,52 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes] |
         else:
             out.cond("RbdCapable", facts.qemu_rbd or facts.krbd, "ProfileNone",
                      f"qemu rbd: {facts.qemu_rbd}, krbd: {facts.krbd}")
-        _converge_storages(host, storages, previous, out)
+        _converge_storages(host, storages, previous, policies, out)
     return out
 
 
-def _ssh_material(spec: HostSpec, status: dict) -> tuple[str, tuple[str, bytes] | None]:
+def _ssh_key(spec: HostSpec) -> str:
+    """The private key from the Secret the spec names (only in the operator's namespace)."""
+    ref = spec.ssh_key
+    namespace = kube.check_secret_namespace(ref.namespace, ref.name)
     try:
-        data = kube.read_secret(spec.ssh_key.namespace, spec.ssh_key.name)
+        data = kube.read_secret(namespace, ref.name)
     except ApiException as exc:
-        raise SshError("AuthenticationFailed", f"cannot read Secret {spec.ssh_key.namespace}/{spec.ssh_key.name}: "
+        raise SshError("AuthenticationFailed", f"cannot read Secret {namespace}/{ref.name}: "
                        f"HTTP {exc.status} {exc.reason}") from None
     if not data or not data.get("ssh-privatekey"):
-        raise SshError("AuthenticationFailed",
-                       f"Secret {spec.ssh_key.namespace}/{spec.ssh_key.name} has no ssh-privatekey")
+        raise SshError("AuthenticationFailed", f"Secret {namespace}/{ref.name} has no ssh-privatekey")
+    return data["ssh-privatekey"]
+
+
+def _pin(spec: HostSpec, status: dict, annotations: dict) -> tuple[str, bytes] | None:
+    """The host key to insist on; None only for a first contact under TrustOnFirstUse.
+
+    A pin once recorded (the annotation, set with the status field) and now missing from the
+    status is refused, never silently re-trusted: Refused(HostKeyPinLost).
+    """
     if spec.host_key:
-        pinned = parse_host_key(spec.host_key)
-    elif status.get("pinnedHostKey"):
-        pinned = parse_host_key(status["pinnedHostKey"], "status.pinnedHostKey")
-    else:
-        pinned = None  # TrustOnFirstUse, first contact
-    return data["ssh-privatekey"], pinned
+        return parse_host_key(spec.host_key)
+    if status.get("pinnedHostKey"):
+        return parse_host_key(status["pinnedHostKey"], "status.pinnedHostKey")
+    if annotations.get(PIN_ANNOTATION):
+        raise Refused("HostKeyPinLost", f"status.pinnedHostKey is gone but a key was pinned before "
+                      f"({annotations[PIN_ANNOTATION]}); not trusting whoever answers now. Set spec.hostKey, or "
+                      f"remove the annotation {PIN_ANNOTATION} to trust on first use again. Nothing was sent")
+    return None
+
+
+async def _first_contact(spec: HostSpec, update: StatusUpdate, body: kopf.Body, patch: kopf.Patch) -> None:
+    """Trust on first use: learn and pin the key; nothing is sent to the host in this pass."""
+    key_type, blob = await run_blocking(ssh_first_contact, spec.address, spec.port, timeout=60,
+                                        reason="HostUnreachable")
+    shown = f"{key_type} {fingerprint(key_type, blob)}"
+    update.set(pinnedHostKey=f"{key_type} {base64.b64encode(blob).decode()}", hostKeyFingerprint=shown)
+    patch.metadata.setdefault("annotations", {})[PIN_ANNOTATION] = shown
+    kopf.event(body, type="Normal", reason="HostKeyPinned", message=f"trusting {shown} from now on")
+    update.condition("HostKeyVerified", True, "TrustedOnFirstUse", shown, event=False)
+    update.condition("Ready", False, "HostKeyPinned",
+                     f"pinned {shown} at first contact; nothing was sent yet, the next pass converges", event=False)
 
 
 async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
@@ -248,48 +295,53 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
     try:
         parsed = parse_host(name, spec)
     except SpecError as exc:
-        return update.fail(exc.reason, exc.message)
+        return update.error(exc, retry)
     if parsed.paused:
         update.condition("Ready", False, "Paused", "spec.paused is true: the host is left alone", event=False)
         update.flush()
         return
-    selected, waiting = _selected(dict(labels), storages)
+    sel = _selected(dict(labels), storages)
     try:
-        host_storages, missing = await _host_storages(selected)
-        key, pinned = await run_blocking(_ssh_material, parsed, dict(status), timeout=30)
-        out = await run_blocking(_converge_host, parsed, key, pinned, host_storages,
-                                 list(status.get("storages") or []), timeout=HOST_TIMEOUT)
-    except SshError as exc:
-        reached = exc.reason not in ("HostUnreachable", "AuthenticationFailed")
-        update.condition("Reachable", reached, "Connected" if reached else exc.reason,
-                         "" if reached else exc.message, event=False)
-        if exc.reason == "HostKeyMismatch":
+        key = await run_blocking(_ssh_key, parsed, timeout=30)
+        pinned = _pin(parsed, dict(status), dict(body.get("metadata", {}).get("annotations") or {}))
+        if pinned is None:
+            await _first_contact(parsed, update, body, patch)
+            update.flush()
+            if not timer:
+                raise kopf.TemporaryError("host key pinned; converging next", delay=1)
+            return
+        host_storages, problems = await _host_storages(sel.ready)
+        previous = host_plan.plan_previous_storages(list(status.get("storages") or []),
+                                                    {s.name for s in host_storages}, sel.selecting, sel.existing)
+        out = await run_blocking(_converge_host, parsed, key, pinned, host_storages, previous, sel.policies,
+                                 timeout=HOST_TIMEOUT)
+    except OperatorError as exc:
+        if isinstance(exc, SshError) or exc.reason in ("HostUnreachable", "Timeout"):
+            reached = exc.reason not in ("HostUnreachable", "AuthenticationFailed", "Timeout")
+            update.condition("Reachable", reached, "Connected" if reached else exc.reason,
+                             "" if reached else exc.message, event=False)
+        if exc.reason in ("HostKeyMismatch", "HostKeyPinLost"):
             update.condition("HostKeyVerified", False, exc.reason, exc.message)
-        return update.fail(exc.reason, exc.message, backoff(retry))
-    except TimeoutError:
-        return update.fail("Timeout", f"converging {parsed.address} took longer than {HOST_TIMEOUT:.0f}s",
-                           backoff(retry))
+        return update.error(exc, retry)
 
     for kind, reason, message in out.events:
         kopf.event(body, type=kind, reason=reason, message=message)
     if out.seen_key:
-        key_type, blob = out.seen_key
-        update.set(hostKeyFingerprint=f"{key_type} {fingerprint(key_type, blob)}")
-        if parsed.host_key_policy == "TrustOnFirstUse" and not parsed.host_key and not status.get("pinnedHostKey"):
-            update.set(pinnedHostKey=f"{key_type} {base64.b64encode(blob).decode()}")
-            kopf.event(body, type="Normal", reason="HostKeyPinned",
-                       message=f"trusting {key_type} {fingerprint(key_type, blob)} from now on")
+        update.set(hostKeyFingerprint=f"{out.seen_key[0]} {fingerprint(*out.seen_key)}")
     if out.facts:
         update.set(facts=out.facts.as_status(out.family))
     update.set(storages=out.storages)
     for type_, ok, reason, message in out.conditions:
         update.condition(type_, ok, reason, message, bad=ok if type_ == "DisruptionBlocked" else None)
-    pending = waiting + missing
     required = ("PackagesReady", "RbdCapable", "CephConfigured", "SecretsReady")
     failing = [(t, r, m) for t, ok, r, m in out.conditions if t in required and not ok]
+    unsafe = [(r, m) for r, m in problems.values() if r != "StoragesPending"]
+    pending = sel.waiting + [m for r, m in problems.values() if r == "StoragesPending"]
     if failing:
         type_, reason, message = failing[0]
         update.condition("Ready", False, reason, f"{type_}: {message}")
+    elif unsafe:
+        update.condition("Ready", False, unsafe[0][0], "; ".join(m for _, m in unsafe))
     elif pending:
         update.condition("Ready", False, "StoragesPending", f"waiting for {', '.join(pending)} to publish a key")
     else:
@@ -320,7 +372,58 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Statu
         await converge(name, body, spec, status, labels, patch, storages, logger, timer=True)
 
 
+def _clean_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], held: list[dict]) -> list[str]:
+    """Remove what the operator wrote on the host: keyrings, libvirt secrets, repository files, ceph.conf."""
+    removed = []
+    with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
+        host = Host(ssh)
+        defined = host.secrets()
+        for entry in held:
+            if entry.get("keyringPath") and host.remove_file(entry["keyringPath"]):
+                removed.append(entry["keyringPath"])
+            if entry.get("secretUUID") in defined:
+                host.undefine_secret(entry["secretUUID"])
+                removed.append(f"libvirt secret {entry['secretUUID']}")
+        existing = {d: host.ssh.listdir(d) for dirs in host_plan.MANAGED_DIRS.values() for d in dirs}
+        for path in host_plan.stale_files(existing, []):
+            host.remove_file(path)
+            removed.append(path)
+        conf = f"{host_plan.CEPH_DIR}/ceph.conf"
+        if (host.read_file(conf) or b"").startswith(host_plan.CEPH_CONF_HEADER.encode()):
+            host.remove_file(conf)
+            removed.append(conf)
+    return removed
+
+
+def _delete_policy(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("deletionPolicy") == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_delete_policy)
+async def clean(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, uid: str,
+                retry: int, logger: logging.Logger, **_: Any) -> None:
+    """deletionPolicy Delete: take the operator's files and secrets off the host before the object goes."""
+    update = StatusUpdate(body, patch)
+    async with object_lock(uid):
+        try:
+            parsed = parse_host(name, spec)
+            pinned = _pin(parsed, dict(status), dict(body.get("metadata", {}).get("annotations") or {}))
+            if pinned is None:
+                logger.info("host %s was never pinned, so it received nothing: nothing to remove", parsed.address)
+            else:
+                key = await run_blocking(_ssh_key, parsed, timeout=30)
+                removed = await run_blocking(_clean_host, parsed, key, pinned, list(status.get("storages") or []),
+                                             timeout=600, reason="Timeout")
+                kopf.event(body, type="Normal", reason="HostCleaned",
+                           message="removed " + (", ".join(removed) if removed else "nothing (already clean)"))
+        except OperatorError as exc:
+            # The object stays (finalizer) until the host is clean; a person may set deletionPolicy: Retain.
+            return update.fail(exc.reason, f"cleaning the host before deletion: {exc.message}",
+                               min(300.0, backoff(retry)))
+    release_lock(uid)
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 async def forget(uid: str, **_: Any) -> None:
-    """Deleting a HypervisorNode leaves the host as it is (no finalizer needed)."""
+    """deletionPolicy Retain (default): the host keeps what it has (no finalizer needed)."""
     release_lock(uid)

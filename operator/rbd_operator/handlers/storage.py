@@ -14,9 +14,11 @@ from .. import GROUP, VERSION
 from ..adapters import ceph, kube
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import CephError, Credentials
-from ..api.errors import SpecError
+from ..api.errors import OperatorError, SpecError
 from ..api.storage import StorageSpec, parse_storage
+from ..reconcile.actions import Action
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
+from ..reconcile.ownership import staging_name
 from ..reconcile.selector import matches
 from ..reconcile.storage_plan import plan_client, plan_pool
 from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock
@@ -27,6 +29,7 @@ LIBVIRT_SECRET_NAMESPACE = uuid.UUID("6c1d9a5e-63f4-4f3e-9a0b-7d1f2f1b9e61")
 ACTION_REASONS = {
     "create-pool": "PoolCreated", "set-pool": "PoolUpdated", "set-quota": "QuotaUpdated",
     "rbd-pool-init": "PoolInitialized", "enable-application": "ApplicationEnabled",
+    "set-pool-owner": "PoolAdopted", "set-client-owners": "ClientOwnerRecorded",
     "create-client": "ClientCreated", "set-caps": "CapsCorrected",
 }
 
@@ -46,6 +49,42 @@ def storages(name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, u
                    "deleting": bool(meta.get("deletionTimestamp"))}}
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Another live RbdStorage naming the same cephx user (read from the index on the event loop)."""
+    uid: str
+    caps: dict[str, str]
+    fsid: str | None
+    monitors: frozenset[str]
+
+
+def _peers(storage: str, spec: StorageSpec, index: kopf.Index) -> tuple[list[Peer], frozenset[str]]:
+    """Other live storages sharing this one's client, and the uids of all RbdStorages.
+
+    Runs on the event loop: worker threads get plain snapshots, never kopf's live index.
+    """
+    peers, uids = [], set()
+    for other_name, entries in list(index.items()):
+        for entry in entries:
+            uids.add(entry["uid"])
+            if other_name == storage or entry["deleting"]:
+                continue
+            try:
+                other = parse_storage(other_name, entry["spec"])
+            except SpecError:
+                continue
+            if other.client.entity == spec.client.entity:
+                peers.append(Peer(entry["uid"], caps_for(other.client, other.pool.name),
+                                  (entry["status"] or {}).get("fsid"), frozenset(other.monitors)))
+    return peers, frozenset(uids)
+
+
+def _peer_caps(peers: list[Peer], owners: list[str], fsid: str, spec: StorageSpec) -> list[dict[str, str]]:
+    """Caps of the peers that co-own the client in this cluster."""
+    return [p.caps for p in peers if p.uid in owners
+            and (p.fsid == fsid or (p.fsid is None and p.monitors & set(spec.monitors)))]
+
+
 @dataclass
 class CephOutcome:
     fsid: str
@@ -57,36 +96,21 @@ class CephOutcome:
     done: list
 
 
-def _peers_caps(storage: str, spec: StorageSpec, fsid: str, index: kopf.Index) -> list[dict[str, str]]:
-    """Caps other live storages of the same cluster want for the same client."""
-    wanted = []
-    for other_name, entries in index.items():
-        if other_name == storage:
-            continue
-        for entry in entries:
-            if entry["deleting"]:
-                continue
-            try:
-                other = parse_storage(other_name, entry["spec"])
-            except SpecError:
-                continue
-            if other.client.entity != spec.client.entity:
-                continue
-            other_fsid = (entry["status"] or {}).get("fsid")
-            if other_fsid == fsid or (other_fsid is None and set(other.monitors) & set(spec.monitors)):
-                wanted.append(caps_for(other.client, other.pool.name))
-    return wanted
-
-
-def _converge_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: kopf.Index,
-                   logger: logging.Logger) -> CephOutcome:
-    """Runs in a worker thread: observe, plan, act, observe again."""
+def _converge_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
+                   live: frozenset[str], logger: logging.Logger) -> CephOutcome:
+    """Runs in a worker thread: observe, plan (ownership decided before any change), act, observe again."""
     cluster = ceph.cluster_for(creds)
     fsid = cluster.fsid()
     pools = cluster.pools()
-    pool_actions = plan_pool(spec, pools.get(spec.pool.name), pools)  # raises SpecError before any change
-    want_caps = merge_caps([caps_for(spec.client, spec.pool.name)] + _peers_caps(storage, spec, fsid, index))
-    client_actions = plan_client(spec.client.entity, want_caps, cluster.client_caps(spec.client.entity))
+    entity = spec.client.entity
+    pool_actions = plan_pool(spec, pools.get(spec.pool.name), pools, uid, live.__contains__)
+    owners = cluster.client_owners(entity)
+    have_caps = cluster.client_caps(entity)
+    if spec.client.adopt and not spec.client.caps_stated and have_caps is not None:
+        want_caps = None  # an adopted client keeps the caps it has unless the spec states some
+    else:
+        want_caps = merge_caps([caps_for(spec.client, spec.pool.name)] + _peer_caps(peers, owners, fsid, spec))
+    client_actions = plan_client(entity, want_caps, have_caps, owners, uid, spec.client.adopt, live.__contains__)
     done = []
     for action in pool_actions + client_actions:
         logger.info("Ceph: %s", action.describe())
@@ -97,10 +121,11 @@ def _converge_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: k
     purged = cluster.purge_expired_trash(spec.pool.name)
     if purged:
         logger.info("Purged %d trashed image(s) whose retention ended", purged)
-    key = cluster.client_key(spec.client.entity)
+    key = cluster.client_key(entity)
     if key is None:
-        raise CephError("CephCommandFailed", f"{spec.client.entity} vanished while being converged")
-    return CephOutcome(fsid, pools[spec.pool.name].id, want_caps, key, cluster.monitors(),
+        raise CephError("CephCommandFailed", f"{entity} vanished while being converged")
+    caps = want_caps if want_caps is not None else (cluster.client_caps(entity) or {})
+    return CephOutcome(fsid, pools[spec.pool.name].id, caps, key, cluster.monitors(),
                        cluster.pool_stats(spec.pool.name), done)
 
 
@@ -125,24 +150,23 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
                    timer: bool = False) -> None:
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
+    namespace = kube.operator_namespace()
     try:
         parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
-        outcome = await run_blocking(_converge_ceph, creds, name, parsed, storages, logger, timeout=CEPH_TIMEOUT)
-    except SpecError as exc:
-        return status.fail(exc.reason, exc.message)
-    except (CephError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", "CephUnreachable")
-        message = getattr(exc, "message", "Ceph did not answer in time")
-        if creds and reason in ("CephUnreachable", "AuthFailed"):
+        peers, live = _peers(name, parsed, storages)
+        outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, logger,
+                                     timeout=CEPH_TIMEOUT, reason="CephUnreachable")
+    except OperatorError as exc:
+        if creds and exc.reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
-        kube.forget_secret(parsed.admin_secret.namespace, parsed.admin_secret.name)
-        return status.fail(reason, message, backoff(retry))
+        if exc.reason == "AuthFailed":
+            kube.forget_secret(parsed.admin_secret.namespace or namespace, parsed.admin_secret.name)
+        return status.error(exc, retry)
 
     for action in outcome.done:
         kopf.event(body, type="Normal", reason=ACTION_REASONS.get(action.kind, "Converged"), message=action.describe())
 
-    namespace = kube.operator_namespace()
     owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RbdStorage", "name": name, "uid": uid,
              "controller": True, "blockOwnerDeletion": True}
     secret = {"userID": parsed.client.name, "userKey": outcome.key,
@@ -151,6 +175,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     try:
         change, key_version = await run_blocking(kube.ensure_secret, namespace, parsed.client.secret_name, secret,
                                                  owner, labels, timeout=30)
+    except OperatorError as exc:
+        return status.error(exc, retry)
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried
         message = f"could not write Secret {namespace}/{parsed.client.secret_name}: {type(exc).__name__}"
         return status.fail("SecretWriteFailed", message, backoff(retry))
@@ -158,6 +184,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         kopf.event(body, type="Normal", reason="ClientSecretUpdated", message=f"Secret {namespace}/{parsed.client.secret_name} {change}")
 
     pool = parsed.pool
+    secret_uuid = libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name)
     status.set(
         fsid=outcome.fsid,
         poolId=outcome.pool_id,
@@ -167,11 +194,11 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         capacity={"storedBytes": outcome.stats["storedBytes"], "maxAvailBytes": outcome.stats["maxAvailBytes"],
                   "quotaMaxBytes": pool.quota_max_bytes or 0},
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
-        libvirtSecretUUID=libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name),
-        hosts=hosts_summary(parsed, libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name), key_version,
-                            name, hypervisors),
+        libvirtSecretUUID=secret_uuid,
+        hosts=hosts_summary(parsed, secret_uuid, key_version, name, hypervisors),
     )
-    status.condition("PoolReady", True, "PoolConverged", f"pool {pool.name} (id {outcome.pool_id}) pg_num {pool.pg_num}")
+    status.condition("PoolReady", True, "PoolConverged", f"pool {pool.name} (id {outcome.pool_id})"
+                     + (f" pg_num {pool.pg_num}" if pool.pg_num else ""))
     status.condition("ClientReady", True, "ClientConverged",
                      f"{parsed.client.entity}: " + "; ".join(f"{s} '{c}'" for s, c in sorted(outcome.caps.items())))
     if caps_weak(outcome.caps):
@@ -203,27 +230,44 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
 
 
-def _delete_in_ceph(creds: Credentials, storage: str, spec: StorageSpec, index: kopf.Index,
+def _delete_in_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
                     logger: logging.Logger) -> dict[str, int] | None:
-    """Delete pool and client if the pool is empty; return the contents that block it otherwise."""
+    """Delete what this storage owns: its pool if empty, its share of the client.
+
+    Returns the contents that block the pool's deletion, None when done. A pool or client that
+    is not this storage's (never was, or adopted by another) is left as it is.
+    """
     cluster = ceph.cluster_for(creds)
-    try:
-        contents = cluster.pool_contents(spec.pool.name)
-    except CephError as exc:
-        if exc.reason != "PoolNotFound":
-            raise
-        contents = {"images": 0, "trash": 0, "objects": 0}
-    if any(contents.values()):
-        return contents
-    logger.info("Ceph: deleting pool %s", spec.pool.name)
-    cluster.delete_pool(spec.pool.name)
-    peers = _peers_caps(storage, spec, cluster.fsid(), index)
-    if peers:
-        logger.info("Ceph: %s is shared; keeping it with the other storages' caps", spec.client.entity)
-        cluster.apply_storage_action(plan_client(spec.client.entity, merge_caps(peers), {})[0])
-    else:
-        logger.info("Ceph: deleting %s", spec.client.entity)
-        cluster.delete_client(spec.client.entity)
+    pools = cluster.pools()
+    # The pool, and a pool a crashed creation left under this storage's staging name (ours by that name).
+    for pool_name, ours in ((spec.pool.name, (uid,)), (staging_name(uid), (uid, None))):
+        observed = pools.get(pool_name)
+        if observed is None:
+            continue
+        if observed.owner not in ours:
+            logger.info("Ceph: pool %s is not this storage's (owner %s): left as it is", pool_name, observed.owner)
+            continue
+        contents = cluster.pool_contents(pool_name)
+        if any(contents[k] for k in ("images", "trash", "objects")):
+            return contents
+        logger.info("Ceph: deleting pool %s", pool_name)
+        cluster.delete_pool(pool_name)
+    entity = spec.client.entity
+    owners = cluster.client_owners(entity)
+    if uid not in owners:
+        logger.info("Ceph: %s is not this storage's: left as it is", entity)
+        return None
+    remaining = [o for o in owners if o != uid]
+    if not remaining:
+        logger.info("Ceph: deleting %s", entity)
+        cluster.delete_client(entity)
+        return None
+    # Shared: the remaining co-owners keep it, with only their caps.
+    cluster.set_client_owners(entity, remaining)
+    caps = _peer_caps(peers, remaining, cluster.fsid(), spec)
+    if caps:
+        logger.info("Ceph: %s is shared; keeping it with the other storages' caps", entity)
+        cluster.apply_storage_action(Action("set-caps", entity, {"caps": merge_caps(caps)}))
     return None
 
 
@@ -243,13 +287,17 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     async with object_lock(uid):
         try:
             creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
-            blocking = await run_blocking(_delete_in_ceph, creds, name, parsed, storages, logger, timeout=CEPH_TIMEOUT)
-        except (CephError, TimeoutError) as exc:
-            return status.fail(getattr(exc, "reason", "CephUnreachable"),
-                               getattr(exc, "message", "Ceph did not answer in time"), backoff(retry))
+            peers, _ = _peers(name, parsed, storages)
+            blocking = await run_blocking(_delete_in_ceph, creds, name, uid, parsed, peers, logger,
+                                          timeout=CEPH_TIMEOUT, reason="CephUnreachable")
+        except OperatorError as exc:
+            if exc.permanent:  # e.g. the admin Secret moved out of reach: keep retrying, slowly
+                return status.fail(exc.reason, exc.message, min(300.0, backoff(retry)))
+            return status.error(exc, retry)
     if blocking:
-        message = (f"pool {parsed.pool.name} still holds {blocking['images']} image(s), {blocking['trash']} trashed "
-                   f"image(s) and {blocking['objects']} other object(s); empty it or set deletionPolicy: Retain")
+        message = (f"pool {parsed.pool.name} still holds {blocking['images']} image(s) and {blocking['trash']} "
+                   f"trashed image(s) across {blocking['namespaces'] + 1} RBD namespace(s), and "
+                   f"{blocking['objects']} RADOS object(s) besides RBD's own; empty it or set deletionPolicy: Retain")
         return status.fail("PoolNotEmpty", message, min(60.0, backoff(retry)))
-    kopf.event(body, type="Normal", reason="Deleted", message=f"pool {parsed.pool.name} deleted")
+    kopf.event(body, type="Normal", reason="Deleted", message=f"pool {parsed.pool.name}: what this storage owned is deleted")
     release_lock(uid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ..api.storage import ClientSpec
+from ..api.storage import DEFAULT_CAPS_PROFILE, ClientSpec
 
 Caps = dict[str, str]
 
@@ -14,7 +14,7 @@ def caps_for(client: ClientSpec, pool: str) -> Caps:
     if client.caps:
         return dict(client.caps)
     pools = [pool] + ([client.cache_pool] if client.cache_pool else [])
-    if client.caps_profile == "legacy":
+    if (client.caps_profile or DEFAULT_CAPS_PROFILE) == "legacy":
         # Exactly the VMmanager seed's caps (+ rwx on a cache tier).
         osd = ["allow class-read object_prefix rbd_children"] + [f"allow rwx pool={p}" for p in pools]
         return {"mon": "allow r", "osd": ", ".join(osd)}

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
 
+from ..api.cephx import valid_cephx_key
+from ..api.errors import Refused, SpecError
 from ..api.hypervisor import HostSpec, Repository
+from ..api.names import check_client_name, check_pool_name
 
 MANAGED_PREFIX = "rbd-operator-"
 CEPH_DIR = "/etc/ceph"
@@ -99,14 +103,72 @@ def stale_files(existing: dict[str, list[str]], desired: list[RemoteFile]) -> li
     for directory, names in existing.items():
         for entry in names:
             path = f"{directory}/{entry}"
-            if MANAGED_PREFIX in entry and not entry.endswith(".tmp") and path not in wanted:
+            if MANAGED_PREFIX in entry and not entry.endswith(".tmp") and path not in wanted \
+                    and MANAGED_PATHS.match(path) and ".." not in path:
                 stale.append(path)
     return sorted(stale)
 
 
+# -- validation at the point of use -------------------------------------------------------------
+# Whatever its source (spec, status, a Secret, Ceph's mon dump, the host's own directory listing),
+# a value is checked here right before it becomes a host path, file content or command argument.
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_MON_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_CEPHX_KEY = re.compile(r"^[A-Za-z0-9+/]{20,}={0,2}$")
+_SAFE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+MANAGED_PATHS = re.compile(
+    r"^(/etc/ceph/ceph\.conf"
+    rf"|/etc/ceph/ceph\.client\.{_SAFE}\.keyring"
+    rf"|/etc/apt/sources\.list\.d/{MANAGED_PREFIX}{_SAFE}\.list"
+    rf"|/etc/apt/preferences\.d/{MANAGED_PREFIX}{_SAFE}"
+    rf"|/etc/apt/keyrings/{MANAGED_PREFIX}{_SAFE}\.asc"
+    rf"|/etc/yum\.repos\.d/{MANAGED_PREFIX}{_SAFE}\.repo"
+    rf"|/etc/pki/rpm-gpg/RPM-GPG-KEY-{MANAGED_PREFIX}{_SAFE}"
+    r"|/etc/yum/pluginconf\.d/priorities\.conf"
+    r"|/run/rbd-operator/[0-9a-f-]{36}\.(xml|value))$")
+
+
+def unsafe(what: str, value: object) -> Refused:
+    shown = repr(value)[:80] if not isinstance(value, str) or len(value) < 200 else repr(value[:40]) + "…"
+    return Refused("UnsafeValue", f"{what} {shown} failed validation; nothing of it was sent to the host")
+
+
+def check_uuid(value: object, what: str = "libvirt secret UUID") -> str:
+    if not isinstance(value, str) or not _UUID.match(value):
+        raise unsafe(what, value)
+    return value
+
+
+def check_managed_path(path: object) -> str:
+    """Paths the operator writes or removes on a host: exactly these shapes, no '..', no other place."""
+    if not isinstance(path, str) or ".." in path or not MANAGED_PATHS.match(path):
+        raise unsafe("host path", path)
+    return path
+
+
+def check_monitor_addr(value: object) -> str:
+    if not isinstance(value, str) or not _MON_ADDR.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+        raise unsafe("monitor address", value)
+    return value
+
+
+def check_cephx_key(value: object) -> str:
+    if not isinstance(value, str) or not _CEPHX_KEY.match(value) or not valid_cephx_key(value):
+        raise unsafe("cephx key of the storage's client", "<key withheld>")
+    return value
+
+
+def _named(check, value: object, what: str) -> str:
+    try:
+        return check(what, value)
+    except SpecError:
+        raise unsafe(what, value) from None
+
+
 @dataclass(frozen=True)
 class HostStorage:
-    """One RbdStorage as a host needs it."""
+    """One RbdStorage as a host needs it (build it with `host_storage`, which validates every field)."""
     name: str
     fsid: str
     monitors: tuple[str, ...]
@@ -125,34 +187,91 @@ class HostStorage:
         return f"{CEPH_DIR}/ceph.client.{self.client}.keyring"
 
 
+def host_storage(name: str, status: dict, secret: dict, key_version: str, spec_client: str | None) -> HostStorage:
+    """A storage's host-side view from its status and client Secret, every value validated here."""
+    if not isinstance(name, str) or not _K8S_NAME.match(name):
+        raise unsafe("storage name", name)
+    fsid = check_uuid(status.get("fsid"), "status.fsid")
+    monitors = tuple(monitor_hosts(status.get("monitors") or []))
+    if not monitors:
+        raise unsafe("status.monitors", status.get("monitors"))
+    client = _named(check_client_name, secret.get("userID") or spec_client, "client name (Secret userID)")
+    pool = _named(check_pool_name, status.get("pool") or name, "status.pool")
+    return HostStorage(name=name, fsid=fsid, monitors=monitors, client=client, pool=pool,
+                       secret_uuid=check_uuid(status.get("libvirtSecretUUID"), "status.libvirtSecretUUID"),
+                       key=check_cephx_key(secret.get("userKey")), key_version=str(key_version or ""))
+
+
 def ceph_conf(storages: list[HostStorage]) -> str:
     """/etc/ceph/ceph.conf for the storages' cluster (they must share one fsid)."""
     first = storages[0]
+    check_uuid(first.fsid, "fsid")
     mons = ",".join(first.monitors)
-    return f"# written by rbd-operator\n[global]\nfsid = {first.fsid}\nmon_host = {mons}\n"
+    return f"{CEPH_CONF_HEADER}[global]\nfsid = {first.fsid}\nmon_host = {mons}\n"
+
+
+CEPH_CONF_HEADER = "# written by rbd-operator\n"
 
 
 def keyring(storage: HostStorage) -> str:
-    return f"[{storage.entity}]\n\tkey = {storage.key}\n"
+    _named(check_client_name, storage.client, "client name")
+    return f"[{storage.entity}]\n\tkey = {check_cephx_key(storage.key)}\n"
 
 
 def secret_xml(storage: HostStorage) -> str:
+    what = escape(f"RbdStorage {storage.name}, {storage.entity}")
     return (
         "<secret ephemeral='no' private='yes'>\n"
-        f"  <uuid>{storage.secret_uuid}</uuid>\n"
-        f"  <description>rbd-operator: RbdStorage {storage.name}, {storage.entity}</description>\n"
+        f"  <uuid>{check_uuid(storage.secret_uuid)}</uuid>\n"
+        f"  <description>rbd-operator: {what}</description>\n"
         "  <usage type='ceph'>\n"
-        f"    <name>rbd-operator/{storage.name} {storage.entity}</name>\n"
+        f"    <name>{escape(f'rbd-operator/{storage.name} {storage.entity}')}</name>\n"
         "  </usage>\n"
         "</secret>\n"
     )
 
 
 def monitor_hosts(status_monitors: list[dict]) -> tuple[str, ...]:
-    """mon_host entries ([v2:..,v1:..] per monitor) from an RbdStorage's status.monitors."""
+    """mon_host entries ([v2:..,v1:..] per monitor) from an RbdStorage's status.monitors (validated)."""
     out = []
     for mon in status_monitors or []:
-        addrs = [f"{kind}:{mon[kind]}" for kind in ("v2", "v1") if mon.get(kind)]
+        if not isinstance(mon, dict):
+            raise unsafe("status.monitors entry", mon)
+        addrs = [f"{kind}:{check_monitor_addr(mon[kind])}" for kind in ("v2", "v1") if mon.get(kind)]
         if addrs:
             out.append("[" + ",".join(addrs) + "]")
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class PreviousStorages:
+    """What happens to the storages a host held before this pass (from its status.storages)."""
+    remove: list[dict]  # take their keyring and libvirt secret off the host
+    carry: list[dict]   # leave them on the host, reported as not current
+    entries: list[dict] = field(default_factory=list)  # all of them, as they were
+
+
+def plan_previous_storages(previous: list[dict], converging: set[str], selecting: set[str],
+                           existing: set[str]) -> PreviousStorages:
+    """Keys leave a host only when their storage stops selecting it or is really gone.
+
+    - converging: storages whose keys this pass writes (their old entries are replaced);
+    - selecting: storages that select the host but could not be converged now (no key yet, a
+      failed Secret read, a value that failed validation): what the host holds stays;
+    - existing: every RbdStorage object that exists, including ones being deleted (a blocked
+      deletion keeps the keys where they are);
+    - a storage that is gone was deleted: its keys leave only if its deletionPolicy (recorded
+      with the entry) was Delete, i.e. its pool and client are gone from Ceph; Retain keeps them.
+    """
+    remove, carry = [], []
+    for old in previous:
+        if not isinstance(old, dict) or old.get("name") in converging:
+            continue
+        name = old.get("name")
+        if name in selecting:
+            carry.append({**old, "current": False})
+        elif name in existing or old.get("deletionPolicy") == "Delete":
+            remove.append(old)
+        else:
+            carry.append({**old, "current": False, "retained": True})
+    return PreviousStorages(remove, carry, [e for e in previous if isinstance(e, dict)])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from ..api.errors import SpecError, Waiting
+from ..api.errors import Refused, SpecError, Waiting
 from ..api.image import DYNAMIC_FEATURES, FEATURE_BITS, ImageSpec
 from ..api.quantity import format_bytes
 from .actions import Action
+from .ownership import (Decision, Subject, decide, describe_image_owner, image_owner_uid, split_image_owner,
+                        staging_name)
 
 # Enabling follows dependencies; disabling goes the other way round.
 _FEATURE_ORDER = ("exclusive-lock", "object-map", "fast-diff", "journaling")
@@ -29,6 +32,39 @@ class ObservedSource:
     snapshot_exists: bool
     protected: bool = False
     size: int = 0
+    owner: str | None = None
+
+
+def _always(_: str) -> bool:
+    return True
+
+
+def check_image_owner(spec: ImageSpec, observed_owner: str | None, owner: str,
+                      live: Callable[[str], bool] = _always) -> str:
+    """Decision.OURS or Decision.CLAIM for an existing image; raises Refused (NotOwned, OwnedByOther).
+
+    `live(uid)`: whether an RbdImage with that uid exists. An image whose RbdImage is gone (deleted
+    with deletionPolicy Retain) may be adopted, but only from that object's own namespace.
+    """
+    namespace = owner.split("/", 1)[0]
+    other = split_image_owner(observed_owner) if observed_owner else None
+    if observed_owner and observed_owner != owner and (other is None or other[0] != namespace):
+        raise Refused("OwnedByOther", f"image {spec.name!r} belongs to {describe_image_owner(observed_owner)}. "
+                      "Nothing was changed")
+    return decide(Subject(f"image {spec.name!r}", "spec.adopt"), [observed_owner or ""], owner, spec.adopt,
+                  lambda o: live(image_owner_uid(o)), describe=describe_image_owner)
+
+
+def check_source_owner(spec: ImageSpec, source_owner: str | None, owner: str,
+                       live: Callable[[str], bool] = _always) -> None:
+    """A clone reads its parent's data: the parent must belong to a live RbdImage of the same namespace."""
+    assert spec.source is not None
+    namespace = owner.split("/", 1)[0]
+    parts = split_image_owner(source_owner) if source_owner else None
+    if parts is None or parts[0] != namespace or not live(parts[2]):
+        whose = describe_image_owner(source_owner) if source_owner else "no RbdImage"
+        raise Refused("SourceNotAllowed", f"clone source {spec.source.image!r} belongs to {whose}; a clone's "
+                      f"source must be an image of an RbdImage in namespace {namespace!r}. Nothing was changed")
 
 
 def plan_image(
@@ -38,8 +74,12 @@ def plan_image(
     quota_max_bytes: int = 0,
     source: ObservedSource | None = None,
     data_pool_exists: bool = True,
+    live: Callable[[str], bool] = _always,
 ) -> list[Action]:
-    """Steps that converge the image. Raises SpecError/Waiting before any step if it can't work."""
+    """Steps that converge the image. Raises SpecError/Waiting/Refused before any step if it can't work.
+
+    `owner` is this RbdImage's owner tag (namespace/name/uid); `live(uid)` whether an RbdImage exists.
+    """
     if spec.size is not None and quota_max_bytes and spec.size > quota_max_bytes:
         raise SpecError("spec.size", f"{format_bytes(spec.size)} is beyond the pool quota of "
                         f"{format_bytes(quota_max_bytes)}", reason="SizeExceedsQuota")
@@ -47,13 +87,10 @@ def plan_image(
         raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason="DataPoolNotFound")
     name = spec.name
     if observed is None:
-        return _plan_new(spec, owner, source)
+        return _plan_new(spec, owner, source, live)
 
-    if observed.owner and observed.owner != owner:
-        raise SpecError("spec.name", f"image {name!r} belongs to another RbdImage ({observed.owner})",
-                        reason="ImageOwnedElsewhere")
     actions: list[Action] = []
-    if observed.owner is None:
+    if check_image_owner(spec, observed.owner, owner, live) == Decision.CLAIM:
         actions.append(Action("set-owner", name, {"owner": owner}))
     if spec.size is not None and spec.size != observed.size:
         if spec.size < observed.size and not spec.allow_shrink:
@@ -66,14 +103,18 @@ def plan_image(
     return actions
 
 
-def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None) -> list[Action]:
+def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: Callable[[str], bool]) -> list[Action]:
+    """A new image is made under its staging name, tagged with its owner and renamed into place
+    (one `create`/`clone` step does all three, resuming a staged image left by a crash)."""
     name = spec.name
+    staged = {"owner": owner, "staging": staging_name(owner)}
     if spec.source is None:
         create = {"size": spec.size, "features": spec.feature_bits, "order": spec.order, "data_pool": spec.data_pool}
-        return [Action("create", name, create), Action("set-owner", name, {"owner": owner})]
+        return [Action("create", name, {**create, **staged})]
     src = spec.source
     if source is None or not source.image_exists:
         raise Waiting("SourceNotFound", f"clone source image {src.image!r} does not exist")
+    check_source_owner(spec, source.owner, owner, live)
     if not source.snapshot_exists:
         raise Waiting("SnapshotNotFound", f"snapshot {src.image}@{src.snapshot} does not exist")
     if spec.size is not None and spec.size < source.size and not spec.allow_shrink:
@@ -85,8 +126,7 @@ def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None) -> lis
         actions.append(Action("protect-snapshot", f"{src.image}@{src.snapshot}"))
     actions.append(Action("clone", name, {"parent": src.image, "snapshot": src.snapshot,
                                           "features": spec.feature_bits, "order": spec.order,
-                                          "data_pool": spec.data_pool}))
-    actions.append(Action("set-owner", name, {"owner": owner}))
+                                          "data_pool": spec.data_pool, **staged}))
     if spec.size is not None and spec.size != source.size:
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < source.size}))
     if src.flatten:

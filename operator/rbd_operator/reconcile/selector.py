@@ -9,7 +9,15 @@ def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None
     """An empty or missing selector selects nothing (storages opt hosts in explicitly)."""
     if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
         return False
-    labels = labels or {}
+    return _match(selector, labels or {})
+
+
+def matches_namespaces(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
+    """Kubernetes semantics: a missing or empty selector selects every namespace."""
+    return not selector or _match(selector, labels or {})
+
+
+def _match(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     for key, value in (selector.get("matchLabels") or {}).items():
         if labels.get(key) != value:
             return False

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..api.errors import SpecError
-from ..api.storage import StorageSpec
+from ..api.errors import Refused, SpecError
+from ..api.storage import DEFAULT_PG_NUM, StorageSpec
 from .actions import Action
 from .caps import same_caps
+from .ownership import Decision, Subject, decide, staging_name
+
+# Application metadata key (on the pool, in Ceph) naming the owning RbdStorage's uid. Ceph allows
+# only [A-Za-z0-9_.-] in these keys and values.
+POOL_OWNER_KEY = "rbd-operator.owner"
 
 POOL_FLAGS = frozenset({"noscrub", "nodeep-scrub", "nodelete", "nopgchange", "nosizechange"})
 TOP_LEVEL_SETTINGS = frozenset({"min_size", "pg_autoscale_mode"})
@@ -24,6 +29,7 @@ class ObservedPool:
     quota_max_objects: int
     applications: tuple[str, ...]
     settings: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
 
     @classmethod
     def from_osd_dump(cls, pool: Mapping[str, Any]) -> "ObservedPool":
@@ -34,7 +40,11 @@ class ObservedPool:
         flags = set((pool.get("flags_names") or "").split(","))
         for flag in POOL_FLAGS:
             settings[flag] = "true" if flag in flags else "false"
+        apps = pool.get("application_metadata") or {}
+        owner = next((meta[POOL_OWNER_KEY] for meta in apps.values()
+                      if isinstance(meta, Mapping) and meta.get(POOL_OWNER_KEY)), None)
         return cls(
+            owner=owner,
             id=int(pool["pool"]),
             pg_num_target=int(pool.get("pg_num_target", pool.get("pg_num", 0))),
             size=int(pool.get("size", 0)),
@@ -64,36 +74,62 @@ def _same_setting(want: str, have: str | None) -> bool:
         return want == have
 
 
-def desired_settings(spec: StorageSpec) -> dict[str, str]:
-    # A pool with an explicit pgNum must not have the autoscaler fight it.
-    settings = {"pg_autoscale_mode": "off"}
+def desired_settings(spec: StorageSpec, full: bool = True) -> dict[str, str]:
+    """Pool settings to converge. `full`: the operator's defaults apply too (a pool it created and
+    does not merely adopt); otherwise only what the spec states."""
+    settings = {}
+    if full or spec.pool.pg_num is not None:
+        # A pool with a pg_num of the operator's must not have the autoscaler fight it.
+        settings["pg_autoscale_mode"] = "off"
     settings.update(spec.pool.parameters)
     return settings
 
 
-def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[str, ObservedPool]) -> list[Action]:
-    """Steps that create or correct the pool. Raises SpecError before any step if the spec can't work."""
+def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[str, ObservedPool],
+              me: str, live: Callable[[str], bool]) -> list[Action]:
+    """Steps that create or correct the pool. Raises SpecError/Refused before any step if it can't work.
+
+    `me` is the storage's uid, `live(uid)` says whether an RbdStorage with that uid exists. A pool the
+    spec adopts is managed only in what the spec states (defaults apply at creation only).
+    """
     pool = spec.pool
     if spec.client.cache_pool and spec.client.cache_pool not in pools:
         raise SpecError("spec.client.cachePool", f"pool {spec.client.cache_pool!r} does not exist", reason="CachePoolNotFound")
     actions: list[Action] = []
+    full = not pool.adopt
     if observed is None:
-        actions.append(Action("create-pool", pool.name, {"pg_num": pool.pg_num}))
-        observed = ObservedPool(-1, pool.pg_num, 0, 0, 0, ())
-    elif observed.pg_num_target != pool.pg_num:
-        actions.append(Action("set-pool", pool.name, {"var": "pg_num", "val": str(pool.pg_num)}))
-        actions.append(Action("set-pool", pool.name, {"var": "pgp_num", "val": str(pool.pg_num)}))
+        staging = staging_name(me)
+        staged = pools.get(staging)
+        if staged is not None and staged.owner not in (None, me):
+            raise Refused("OwnedByOther", f"staging pool {staging!r} belongs to RbdStorage {staged.owner}")
+        actions.append(Action("create-pool", pool.name, {"pg_num": pool.pg_num_or_default, "app": pool.application,
+                                                         "owner": me, "staging": staging,
+                                                         "staged": staged is not None}))
+        # rbd pool init (or enabling another application) still follows the creation.
+        observed = ObservedPool(-1, pool.pg_num_or_default, 0, 0, 0, ())
+        full = True  # a new pool gets the defaults
+    else:
+        subject = Subject(f"pool {pool.name!r}", "spec.pool.adopt")
+        if decide(subject, [observed.owner or ""], me, pool.adopt, live,
+                  describe=lambda uid: f"RbdStorage {uid}") == Decision.CLAIM:
+            actions.append(Action("set-pool-owner", pool.name, {"app": pool.application, "owner": me}))
+        want_pg = pool.pg_num if pool.pg_num is not None else (DEFAULT_PG_NUM if full else None)
+        if want_pg is not None and observed.pg_num_target != want_pg:
+            actions.append(Action("set-pool", pool.name, {"var": "pg_num", "val": str(want_pg)}))
+            actions.append(Action("set-pool", pool.name, {"var": "pgp_num", "val": str(want_pg)}))
     if pool.replicas is not None and observed.size != pool.replicas:
         actions.append(Action("set-pool", pool.name, {"var": "size", "val": str(pool.replicas)}))
-    for key, want in desired_settings(spec).items():
+    for key, want in desired_settings(spec, full).items():
         if not _same_setting(want, observed.settings.get(key)):
             actions.append(Action("set-pool", pool.name, {"var": key, "val": want}))
-    want_bytes = pool.quota_max_bytes or 0
-    if observed.quota_max_bytes != want_bytes:
-        actions.append(Action("set-quota", pool.name, {"field": "max_bytes", "val": str(want_bytes)}))
-    want_objects = pool.quota_max_objects or 0
-    if observed.quota_max_objects != want_objects:
-        actions.append(Action("set-quota", pool.name, {"field": "max_objects", "val": str(want_objects)}))
+    if full or pool.quota_max_bytes is not None:
+        want_bytes = pool.quota_max_bytes or 0
+        if observed.quota_max_bytes != want_bytes:
+            actions.append(Action("set-quota", pool.name, {"field": "max_bytes", "val": str(want_bytes)}))
+    if full or pool.quota_max_objects is not None:
+        want_objects = pool.quota_max_objects or 0
+        if observed.quota_max_objects != want_objects:
+            actions.append(Action("set-quota", pool.name, {"field": "max_objects", "val": str(want_objects)}))
     if pool.application not in observed.applications:
         if pool.application == "rbd":
             actions.append(Action("rbd-pool-init", pool.name))
@@ -102,10 +138,23 @@ def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[s
     return actions
 
 
-def plan_client(entity: str, want_caps: Mapping[str, str], have_caps: Mapping[str, str] | None) -> list[Action]:
-    """Steps that create the client or correct its caps (`have_caps` None: absent)."""
+def plan_client(entity: str, want_caps: Mapping[str, str] | None, have_caps: Mapping[str, str] | None,
+                owners: list[str], me: str, adopt: bool, live: Callable[[str], bool]) -> list[Action]:
+    """Steps that create the client or correct its caps (`have_caps` None: absent).
+
+    `owners`: the storage uids recorded for the client in Ceph. The owner record is written before
+    the client is created, so a crash in between leaves a client that is still ours. `want_caps`
+    None: the spec states no caps for an adopted client, whose caps are then left as they are.
+    """
+    actions: list[Action] = []
     if have_caps is None:
-        return [Action("create-client", entity, {"caps": dict(want_caps)})]
-    if not same_caps(want_caps, have_caps):
-        return [Action("set-caps", entity, {"caps": dict(want_caps)})]
-    return []
+        if me not in owners:
+            actions.append(Action("set-client-owners", entity, {"owners": sorted(set(owners) | {me})}))
+        return actions + [Action("create-client", entity, {"caps": dict(want_caps or {})})]
+    subject = Subject(f"cephx user {entity}", "spec.client.adopt")
+    if decide(subject, owners, me, adopt, live, shareable=True,
+              describe=lambda uid: f"RbdStorage {uid}") == Decision.CLAIM:
+        actions.append(Action("set-client-owners", entity, {"owners": sorted(set(owners) | {me})}))
+    if want_caps is not None and not same_caps(want_caps, have_caps):
+        actions.append(Action("set-caps", entity, {"caps": dict(want_caps)}))
+    return actions
