@@ -32,6 +32,9 @@ def operator(platform: Platform):
         yield op
     finally:
         op.stop()
+    # It runs under deploy/'s RBAC: nothing it needs may be forbidden.
+    forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+    assert not forbidden, "the operator was refused by the API server:\n" + "\n".join(forbidden[:10])
 
 
 @pytest.fixture(scope="session")

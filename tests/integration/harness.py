@@ -60,6 +60,7 @@ class Platform:
     ceph_dir: Path
     bin_dir: Path
     started: list[str] = field(default_factory=list)
+    operator_kubeconfig: Path | None = None  # the operator's ServiceAccount (deploy/rbac.yaml)
 
     @property
     def ceph_conf(self) -> Path:
@@ -75,6 +76,13 @@ class Platform:
                 first = value.strip().strip("[]").split(",")[0]
                 return [first.split()[0]]
         raise AssertionError("no mon_host in ceph.conf")
+
+    def ceph_cli(self, *args: str, check: bool = True) -> str:
+        """The ceph CLI as an administrator uses it by hand (brownfield setups, drift)."""
+        return sh("ceph", "-c", str(self.ceph_conf), *args, check=check).stdout
+
+    def rbd_cli(self, *args: str, check: bool = True) -> str:
+        return sh("rbd", "-c", str(self.ceph_conf), *args, check=check).stdout
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return sh(str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args, input=input, check=check)
@@ -138,7 +146,33 @@ def start_platform() -> Platform:
     platform = Platform(kubeconfig, ceph_dir, bin_dir, started)
     sh(str(ROOT / "hack" / "bootstrap.sh"), str(kubeconfig), str(ceph_dir), OPERATOR_NAMESPACE,
        env={"KUBECTL": str(bin_dir / "kubectl")})
+    platform.operator_kubeconfig = service_account_kubeconfig(platform)
     return platform
+
+
+def service_account_kubeconfig(platform: Platform) -> Path:
+    """A kubeconfig for the operator's own ServiceAccount, with deploy/'s RBAC and nothing more.
+
+    The token comes from the real API server's TokenRequest (`kubectl create token`), so every test
+    proves the operator works under the permissions users install.
+    """
+    platform.kubectl("apply", "-f", str(ROOT / "deploy" / "namespace.yaml"))
+    platform.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", str(ROOT / "deploy" / "rbac.yaml"))
+    token = platform.kubectl("create", "token", "rbd-operator", "-n", OPERATOR_NAMESPACE,
+                             "--duration", "48h").stdout.strip()
+    admin = yaml.safe_load(platform.kubeconfig.read_text())
+    context = {c["name"]: c["context"] for c in admin["contexts"]}[admin["current-context"]]
+    cluster = {c["name"]: c["cluster"] for c in admin["clusters"]}[context["cluster"]]
+    path = WORK / "operator.kubeconfig"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "rbd-operator", "user": {"token": token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "test", "user": "rbd-operator"}}],
+        }, fh)
+    return path
 
 
 def stop_platform(platform: Platform) -> None:
@@ -164,7 +198,8 @@ class Operator:
         env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync)}
         log = open(self.log_path, "a" if self.starts else "w")  # one log per test session
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "rbd-operator"), "--kubeconfig", str(self.platform.kubeconfig),
+            [str(ROOT / ".venv" / "bin" / "rbd-operator"),
+             "--kubeconfig", str(self.platform.operator_kubeconfig),
              "--namespace", OPERATOR_NAMESPACE, "--liveness", f"http://127.0.0.1:{LIVENESS_PORT}/healthz",
              "--log-format", "full"] + (["--verbose"] if self.verbose else []),
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)

@@ -10,6 +10,11 @@ from .manifests import image, storage
     ({}, {"capsProfile": "superuser"}, "spec.client.capsProfile"),
     ({"name": "a/b"}, {}, "spec.pool.name"),
     ({"parameters": {"size": "3"}}, {}, "spec.pool.parameters"),
+    # No privileged identities: Ceph's admin and bootstrap users, or names spelling another entity type.
+    ({}, {"name": "admin"}, "spec.client.name"),
+    ({}, {"name": "bootstrap-osd"}, "spec.client.name"),
+    ({}, {"name": "client.admin"}, "spec.client.name"),
+    ({}, {"name": "osd.0"}, "spec.client.name"),
 ])
 def test_invalid_storage_rejected(platform, pool, client, field):
     result = platform.apply(storage(platform, "invalid-storage", pool=pool, client=client), check=False)

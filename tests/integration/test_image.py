@@ -92,8 +92,10 @@ def test_bad_input_touches_nothing(platform, ceph, pool, uniq):
 
 def test_clone_from_snapshot_and_flatten(platform, ceph, pool, uniq):
     base, child = f"base-{uniq}", f"child-{uniq}"
+    # A clone reads its parent: the parent is an image of an RbdImage of the same namespace.
+    platform.apply(image(base, pool, size="1Gi"))
+    platform.wait_condition("rbdimg", base, "True", namespace="default")
     with ceph.open_ioctx(pool) as ioctx:
-        rbd.RBD().create(ioctx, base, GI)
         with rbd.Image(ioctx, base) as img:
             img.write(b"golden", 0)
             img.create_snap("gold")

@@ -97,8 +97,12 @@ def test_shared_client_gets_the_union_of_caps(platform, operator, ceph, uniq):
     a, b = f"sha-{uniq}", f"shb-{uniq}"
     client = {"name": f"shared-{uniq}"}
     platform.apply(storage(platform, a, client=client, deletionPolicy="Delete"))
-    platform.apply(storage(platform, b, client=client, deletionPolicy="Delete"))
     platform.wait_condition("rbds", a, "True")
+    # Sharing another storage's client is explicit.
+    platform.apply(storage(platform, b, client=client, deletionPolicy="Delete"))
+    cond = platform.wait_condition("rbds", b, "False", "OwnedByOther")
+    assert f"client.shared-{uniq}" in cond["message"] and "spec.client.adopt" in cond["message"]
+    platform.apply(storage(platform, b, client={**client, "adopt": True}, deletionPolicy="Delete"))
     platform.wait_condition("rbds", b, "True")
     entity = f"client.shared-{uniq}"
     wait_for(lambda: f"pool={a}" in cephcheck.caps(ceph, entity)["osd"] and

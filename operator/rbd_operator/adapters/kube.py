@@ -102,34 +102,43 @@ def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 
 
-def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str],
-                  ) -> tuple[str, str]:
-    """Create or correct a Secret owned (controller reference) by `owner`; return
-    ('created'|'updated'|'unchanged', resourceVersion).
+def claimable_secret(namespace: str, name: str, owner: dict[str, Any]) -> Any | None:
+    """The Secret `owner` may write under that name: None when absent, the object when `owner`
+    controls it. Any other Secret of that name is never written: Refused(SecretConflict).
 
-    A Secret of that name that `owner` does not control is never written: Refused(SecretConflict).
+    Called before anything else is done, so a conflict changes nothing anywhere.
     """
-    api = core()
-    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    body = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
-        "data": encoded,
-    }
     try:
-        current = api.read_namespaced_secret(name, namespace)
+        current = core().read_namespaced_secret(name, namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
-        created = api.create_namespaced_secret(namespace, body)
-        return "created", created.metadata.resource_version
-    controlled = any(o.uid == owner["uid"] and o.controller for o in (current.metadata.owner_references or []))
-    if not controlled:
+        return None
+    if not any(o.uid == owner["uid"] and o.controller for o in (current.metadata.owner_references or [])):
         raise Refused("SecretConflict", f"Secret {namespace}/{name} exists and does not belong to "
                       f"{owner['kind']} {owner['name']}; it was not written (choose another spec.client.secretName "
-                      "or delete that Secret)")
+                      "or delete that Secret). Nothing was changed")
+    return current
+
+
+def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str],
+                  ) -> tuple[str, str]:
+    """Create or correct a Secret owned (controller reference) by `owner`; return
+    ('created'|'updated'|'unchanged', resourceVersion). Refused(SecretConflict) for anyone else's.
+    """
+    api = core()
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    current = claimable_secret(namespace, name, owner)
+    if current is None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+            "data": encoded,
+        }
+        created = api.create_namespaced_secret(namespace, body)
+        return "created", created.metadata.resource_version
     if current.data == encoded:
         return "unchanged", current.metadata.resource_version
     patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": labels}, "data": encoded})

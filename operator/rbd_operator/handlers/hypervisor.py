@@ -302,14 +302,14 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
         return
     sel = _selected(dict(labels), storages)
     try:
-        key = await run_blocking(_ssh_key, parsed, timeout=30)
         pinned = _pin(parsed, dict(status), dict(body.get("metadata", {}).get("annotations") or {}))
-        if pinned is None:
+        if pinned is None:  # first contact: needs no key, sends nothing
             await _first_contact(parsed, update, body, patch)
             update.flush()
             if not timer:
                 raise kopf.TemporaryError("host key pinned; converging next", delay=1)
             return
+        key = await run_blocking(_ssh_key, parsed, timeout=30)
         host_storages, problems = await _host_storages(sel.ready)
         previous = host_plan.plan_previous_storages(list(status.get("storages") or []),
                                                     {s.name for s in host_storages}, sel.selecting, sel.existing)
@@ -324,6 +324,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
             update.condition("HostKeyVerified", False, exc.reason, exc.message)
         return update.error(exc, retry)
 
+    for problem in previous.rejected:
+        kopf.event(body, type="Warning", reason="UnsafeValue", message=f"{problem}; ignored, nothing removed")
     for kind, reason, message in out.events:
         kopf.event(body, type=kind, reason=reason, message=message)
     if out.seen_key:

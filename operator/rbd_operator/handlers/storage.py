@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import ceph, kube
@@ -151,9 +152,13 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     namespace = kube.operator_namespace()
+    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RbdStorage", "name": name, "uid": uid,
+             "controller": True, "blockOwnerDeletion": True}
     try:
         parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
+        # Before Ceph is touched: the client Secret's name must be free or ours.
+        await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30)
         peers, live = _peers(name, parsed, storages)
         outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, logger,
                                      timeout=CEPH_TIMEOUT, reason="CephUnreachable")
@@ -163,12 +168,13 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         if exc.reason == "AuthFailed":
             kube.forget_secret(parsed.admin_secret.namespace or namespace, parsed.admin_secret.name)
         return status.error(exc, retry)
+    except ApiException as exc:
+        return status.fail("ApiError", f"Secret {namespace}/{parsed.client.secret_name}: HTTP {exc.status}",
+                           backoff(retry))
 
     for action in outcome.done:
         kopf.event(body, type="Normal", reason=ACTION_REASONS.get(action.kind, "Converged"), message=action.describe())
 
-    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RbdStorage", "name": name, "uid": uid,
-             "controller": True, "blockOwnerDeletion": True}
     secret = {"userID": parsed.client.name, "userKey": outcome.key,
               "keyring": keyring_text(parsed.client.entity, outcome.key)}
     labels = {f"{GROUP}/storage": name}

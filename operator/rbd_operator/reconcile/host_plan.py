@@ -248,7 +248,8 @@ class PreviousStorages:
     """What happens to the storages a host held before this pass (from its status.storages)."""
     remove: list[dict]  # take their keyring and libvirt secret off the host
     carry: list[dict]   # leave them on the host, reported as not current
-    entries: list[dict] = field(default_factory=list)  # all of them, as they were
+    entries: list[dict] = field(default_factory=list)  # all valid ones, as they were
+    rejected: list[str] = field(default_factory=list)  # entries whose path or UUID failed validation: dropped
 
 
 def plan_previous_storages(previous: list[dict], converging: set[str], selecting: set[str],
@@ -263,9 +264,14 @@ def plan_previous_storages(previous: list[dict], converging: set[str], selecting
     - a storage that is gone was deleted: its keys leave only if its deletionPolicy (recorded
       with the entry) was Delete, i.e. its pool and client are gone from Ceph; Retain keeps them.
     """
-    remove, carry = [], []
+    remove, carry, entries, rejected = [], [], [], []
     for old in previous:
-        if not isinstance(old, dict) or old.get("name") in converging:
+        problem = _entry_problem(old)
+        if problem:
+            rejected.append(problem)  # never acted on: a status can be written by others
+            continue
+        entries.append(old)
+        if old.get("name") in converging:
             continue
         name = old.get("name")
         if name in selecting:
@@ -274,4 +280,19 @@ def plan_previous_storages(previous: list[dict], converging: set[str], selecting
             remove.append(old)
         else:
             carry.append({**old, "current": False, "retained": True})
-    return PreviousStorages(remove, carry, [e for e in previous if isinstance(e, dict)])
+    return PreviousStorages(remove, carry, entries, rejected)
+
+
+_KEYRING_PATH = re.compile(rf"^{re.escape(CEPH_DIR)}/ceph\.client\.{_SAFE}\.keyring$")
+
+
+def _entry_problem(entry: object) -> str | None:
+    """Why a status.storages entry must not be acted on (its path or UUID would reach the host)."""
+    if not isinstance(entry, dict):
+        return f"status.storages entry {entry!r:.60} is not an object"
+    path, uuid = entry.get("keyringPath"), entry.get("secretUUID")
+    if path is not None and (not isinstance(path, str) or ".." in path or not _KEYRING_PATH.match(path)):
+        return f"status.storages[{entry.get('name')!r:.40}].keyringPath {path!r:.80} is not a keyring path"
+    if uuid is not None and (not isinstance(uuid, str) or not _UUID.match(uuid)):
+        return f"status.storages[{entry.get('name')!r:.40}].secretUUID {uuid!r:.80} is not a UUID"
+    return None
