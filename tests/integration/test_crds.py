@@ -62,8 +62,10 @@ def test_defaults_and_category(platform):
     platform.apply(body)
     try:
         obj = platform.get("rbds", "defaults-only")
-        assert obj["spec"]["pool"]["pgNum"] == 128
-        assert obj["spec"]["client"] == {"name": "vmmgr", "capsProfile": "rbd"}
+        # pgNum and capsProfile have no schema default: the operator applies its defaults only to what
+        # it creates, so an adopted pool or client keeps what the spec does not state.
+        assert obj["spec"]["pool"] == {"adopt": False, "application": "rbd"}
+        assert obj["spec"]["client"] == {"name": "vmmgr", "adopt": False}
         assert obj["spec"]["deletionPolicy"] == "Retain"
         listed = platform.kubectl("get", "rbd", "-A").stdout
         assert "rbdstorage.rbd-operator.io/defaults-only" in listed

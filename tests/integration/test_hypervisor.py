@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,90 @@ def test_unreachable_host_and_missing_package_are_reported(platform, operator, h
         assert any(e["reason"] == "PackageNotFound" and e["type"] == "Warning" for e in platform.events(h1.name))
     finally:
         platform.apply(hypervisor(h1, {}, packages=debian_packages()))
+
+
+def test_trust_on_first_use_pins_before_sending_anything_and_never_silently_repins(platform, operator, hosts):
+    h2 = hosts["t-h2"]
+    # A user name of its own: any authentication attempt would show up in the host's sshd log.
+    body = hypervisor(h2, name="t-tofu", user="tofuprobe", hostKeyPolicy="TrustOnFirstUse",
+                      sshKeySecretRef={"name": "no-such-key"}, packages={"profile": "none"})
+    del body["spec"]["hostKey"]
+    platform.apply(body)
+    try:
+        # First contact pins; the pass after it fails on the missing key Secret, before connecting.
+        platform.wait_condition("hvn", "t-tofu", "False", "AuthenticationFailed", timeout=60)
+        obj = platform.get("hvn", "t-tofu")
+        assert obj["status"]["pinnedHostKey"] == h2.host_key
+        assert obj["metadata"]["annotations"]["rbd-operator.io/pinned-host-key"].startswith("ssh-ed25519 SHA256:")
+        assert "HostKeyPinned" in {e["reason"] for e in platform.events("t-tofu")}
+        assert "tofuprobe" not in h2.exec("cat /var/log/sshd.log"), "first contact authenticated or sent something"
+
+        # The pin vanishes from the status: refused and reported, never trusted again silently.
+        platform.kubectl("patch", "hvn", "t-tofu", "--subresource=status", "--type=json",
+                         "-p", '[{"op": "remove", "path": "/status/pinnedHostKey"}]')
+        cond = platform.wait_condition("hvn", "t-tofu", "False", "HostKeyPinLost", timeout=60)
+        assert "spec.hostKey" in cond["message"]
+        assert any(e["reason"] == "HostKeyPinLost" and e["type"] == "Warning" for e in platform.events("t-tofu"))
+        assert "pinnedHostKey" not in platform.get("hvn", "t-tofu")["status"]
+    finally:
+        platform.delete("hvn", "t-tofu", wait=True)
+
+
+def test_values_read_back_from_status_are_validated_before_use(platform, operator, hosts):
+    h1 = hosts["t-h1"]
+    platform.apply(hypervisor(h1, {}, packages=debian_packages()))
+    platform.wait_condition("hvn", h1.name, "True", timeout=300)
+    bogus = {"name": "ghost", "keyringPath": "/etc/ceph/ceph.client.x/../../hostname",
+             "secretUUID": "00000000-0000-0000-0000-000000000000", "deletionPolicy": "Delete"}
+    platform.kubectl("patch", "hvn", h1.name, "--subresource=status", "--type=json",
+                     "-p", json.dumps([{"op": "add", "path": "/status/storages/-", "value": bogus}]))
+    wait_for(lambda: any(e["reason"] == "UnsafeValue" and "keyringPath" in e["message"]
+                         for e in platform.events(h1.name)), 60, what="the bogus entry reported")
+    assert h1.ok("test -s /etc/hostname"), "a path read back from status reached the host"
+    wait_for(lambda: all(s.get("name") != "ghost" for s in platform.get("hvn", h1.name)["status"]["storages"]), 60,
+             what="the bogus entry dropped")
+
+
+def test_hosts_keep_keys_while_the_storage_exists_and_delete_policy_cleans_the_host(platform, operator, ceph,
+                                                                                      hosts, uniq):
+    h1 = hosts["t-h1"]
+    blocked, kept = f"blk-{uniq}", f"kept-{uniq}"
+    labels = {LABEL: f"keep-{uniq}"}
+    for name, policy in ((blocked, "Delete"), (kept, "Retain")):
+        platform.apply(storage(platform, name, client={"name": name}, deletionPolicy=policy,
+                               hypervisors={"nodeSelector": {"matchLabels": labels}}))
+        platform.wait_condition("rbds", name, "True")
+    platform.apply(hypervisor(h1, labels, packages=debian_packages(), deletionPolicy="Delete"))
+    keyring = {n: f"/etc/ceph/ceph.client.{n}.keyring" for n in (blocked, kept)}
+    uuids = {n: platform.get("rbds", n)["status"]["libvirtSecretUUID"] for n in (blocked, kept)}
+    for name in (blocked, kept):
+        wait_for(lambda: h1.ok(f"test -e {keyring[name]}"), 300, what=f"{name}'s keyring on the host")
+    key = client_key(platform, blocked)
+
+    # The Delete storage's deletion is blocked by a hand-made image: its key stays on the host.
+    platform.rbd_cli("create", "--size", "8", f"{blocked}/leftover")
+    platform.delete("rbds", blocked)
+    platform.wait_condition("rbds", blocked, "False", "PoolNotEmpty")
+    time.sleep(12)  # two resyncs of the host
+    assert h1.ok(f"test -e {keyring[blocked]}") and host_secret_value(h1, uuids[blocked]) == key
+
+    # Retain: the storage object goes, its pool and client stay in Ceph, and its key on the host.
+    platform.delete("rbds", kept, wait=True)
+    wait_for(lambda: any(s["name"] == kept and s.get("retained") for s in
+                         platform.get("hvn", h1.name)["status"]["storages"]), 60, what="entry marked retained")
+    assert h1.ok(f"test -e {keyring[kept]}") and uuids[kept] in h1.exec("virsh -q -c qemu:///system secret-list")
+
+    # The blocked deletion completes (pool and client gone from Ceph): then the key leaves the host.
+    platform.rbd_cli("rm", f"{blocked}/leftover")
+    wait_for(lambda: platform.get("rbds", blocked) is None, 120, what="storage deleted once empty")
+    wait_for(lambda: not h1.ok(f"test -e {keyring[blocked]}"), 60, what="keyring of the deleted storage removed")
+    assert uuids[blocked] not in h1.exec("virsh -q -c qemu:///system secret-list")
+    assert h1.ok(f"test -e {keyring[kept]}")
+
+    # deletionPolicy Delete on the HypervisorNode: what the operator wrote leaves the host first.
+    platform.delete("hvn", h1.name, wait=True)
+    assert not h1.ok(f"test -e {keyring[kept]}")
+    assert uuids[kept] not in h1.exec("virsh -q -c qemu:///system secret-list")
+    assert not h1.ok("ls /etc/apt/sources.list.d/rbd-operator-* >/dev/null 2>&1")
+    assert not h1.ok("test -e /etc/ceph/ceph.conf")
+    assert "HostCleaned" in {e["reason"] for e in platform.events(h1.name)}

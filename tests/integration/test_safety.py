@@ -140,9 +140,9 @@ def test_emptiness_counts_every_rbd_namespace_and_trash_purge_only_ours(platform
     platform.apply(image(f"ours-{uniq}", name, size="8Mi", trashRetention="2s"))
     platform.wait_condition("rbdimg", f"ours-{uniq}", "True", namespace="default")
     platform.rbd_cli("create", "--size", "8", f"{name}/handmade")
-    platform.rbd_cli("trash", "mv", f"{name}/handmade", "--expires-at", "1 sec")
     platform.delete("rbdimg", f"ours-{uniq}", "default", wait=True)
     with ceph.open_ioctx(name) as ioctx:
+        rbd.RBD().trash_move(ioctx, "handmade", delay=1)  # by hand, expiring at once
         trashed = lambda: sorted(t["name"] for t in rbd.RBD().trash_list(ioctx))  # noqa: E731
         assert trashed() == ["handmade", f"ours-{uniq}"]
         wait_for(lambda: trashed() == ["handmade"], 60, what="our trash entry purged")

@@ -350,14 +350,25 @@ class CephCluster:
         try:
             make(staging)
         except rbd.ImageExists:
-            pass  # left by a crash: ours by its name; the tag below makes sure
+            # Left by a crash: ours by its name (the tag below makes sure). A creation killed half-way
+            # leaves a name without a header: remove that remnant and create again.
+            try:
+                rbd.Image(ioctx, staging, read_only=True).close()
+            except rbd.ImageNotFound:
+                log.info("removing the remnant of an interrupted creation: %s/%s", pool, staging)
+                try:
+                    rbd.RBD().remove(ioctx, staging)
+                except rbd.ImageNotFound:
+                    pass
+                self._rbd_call(what, make, staging)
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
         with self._rbd_call(what, rbd.Image, ioctx, staging) as image:
             tag = _metadata(image, OWNER_KEY)
-            if tag not in (None, owner):
+            # librbd copies image metadata into a clone: the parent's tag is expected there.
+            if tag not in (None, owner, a.get("parent_owner")):
                 raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
-            if tag is None:
+            if tag != owner:
                 self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
         try:
             rbd.RBD().rename(ioctx, staging, name)

@@ -218,7 +218,8 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], 
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
         out.seen_key = ssh.seen_key
         out.cond("Reachable", True, "Connected", f"{spec.user}@{spec.address}:{spec.port}")
-        out.cond("HostKeyVerified", True, "Pinned", f"{pinned[0]} {fingerprint(*pinned)}")
+        out.cond("HostKeyVerified", True, "Pinned" if spec.host_key else "TrustedOnFirstUse",
+                 f"{pinned[0]} {fingerprint(*pinned)}")
         host = Host(ssh)
         out.facts = host.facts()
         out.family = host_plan.family_of(out.facts.os_id, out.facts.os_like)

@@ -126,7 +126,7 @@ def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: 
         actions.append(Action("protect-snapshot", f"{src.image}@{src.snapshot}"))
     actions.append(Action("clone", name, {"parent": src.image, "snapshot": src.snapshot,
                                           "features": spec.feature_bits, "order": spec.order,
-                                          "data_pool": spec.data_pool, **staged}))
+                                          "data_pool": spec.data_pool, "parent_owner": source.owner, **staged}))
     if spec.size is not None and spec.size != source.size:
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < source.size}))
     if src.flatten:
