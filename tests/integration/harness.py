@@ -22,12 +22,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / ".cache" / "test"
-BRIDGE, CEPH_ADDR = "rbdop1", "10.254.1.1"
+# RBD_TEST_SLOT (1-9, default 1) picks a bridge, subnet, port set and test-host prefix, so that
+# several checkouts can run their integration tests on one machine at once (slot 0 is the sandbox).
+SLOT = int(os.environ.get("RBD_TEST_SLOT", "1"))
+assert 1 <= SLOT <= 9, "RBD_TEST_SLOT must be 1..9"
+NET = f"10.254.{SLOT}"
+BRIDGE, CEPH_ADDR = f"rbdop{SLOT}", f"{NET}.1"
+HOST_PREFIX = "t-" if SLOT == 1 else f"t{SLOT}-"
 # Ports apart from the sandbox (3300/6789) so both can run at once.
-CEPH_ENV = {"CEPH_ADDR": CEPH_ADDR, "CEPH_MON_PORT_V2": "3310", "CEPH_MON_PORT_V1": "6790"}
-TEST_PORTS = {"KUBE_API_PORT": "26443", "ETCD_CLIENT_PORT": "22379", "ETCD_PEER_PORT": "22380", "KCM_PORT": "30257"}
+CEPH_ENV = {"CEPH_ADDR": CEPH_ADDR, "CEPH_MON_PORT_V2": str(3300 + 10 * SLOT), "CEPH_MON_PORT_V1": str(6789 + SLOT)}
+_BASE = 1000 * (SLOT - 1)
+TEST_PORTS = {"KUBE_API_PORT": str(26443 + _BASE), "ETCD_CLIENT_PORT": str(22379 + _BASE),
+              "ETCD_PEER_PORT": str(22380 + _BASE), "KCM_PORT": str(30257 + _BASE)}
 OPERATOR_NAMESPACE = "rbd-operator"
-LIVENESS_PORT = 18080
+LIVENESS_PORT = 18080 + SLOT - 1
 
 
 def sh(*args: str, env: dict | None = None, input: str | None = None, check: bool = True,

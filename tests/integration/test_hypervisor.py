@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from . import cephcheck
-from .harness import BRIDGE, OPERATOR_NAMESPACE, ROOT, sh, wait_for
+from .harness import BRIDGE, HOST_PREFIX, NET, OPERATOR_NAMESPACE, ROOT, sh, wait_for
 from .labhosts import LABEL, TESTHOST, LabHost, debian_packages, hypervisor, repo_url, ssh_secret
 from .manifests import storage
 
@@ -18,10 +18,10 @@ from .manifests import storage
 def hosts(platform):
     sh(TESTHOST, "prepare", timeout=1800)
     wanted = {
-        "t-h1": LabHost("t-h1", "10.254.1.11", "debian"),
-        "t-h2": LabHost("t-h2", "10.254.1.12", "debian"),
+        "t-h1": LabHost(f"{HOST_PREFIX}h1", f"{NET}.11", "debian"),
+        "t-h2": LabHost(f"{HOST_PREFIX}h2", f"{NET}.12", "debian"),
         # The seed's starting point: stock qemu-kvm/qemu-img (and with them libvirt) installed.
-        "t-r1": LabHost("t-r1", "10.254.1.21", "rpm"),
+        "t-r1": LabHost(f"{HOST_PREFIX}r1", f"{NET}.21", "rpm"),
     }
     try:
         for host in wanted.values():
@@ -159,7 +159,7 @@ def test_shell_injection_is_rejected_or_inert(platform, operator, hosts):
     h1 = hosts["t-h1"]
     for bad in ({"packages": {"install": ["qemu;touch /tmp/pwned"]}},
                 {"packages": {"repositories": [{"name": "x;touch /tmp/pwned", "baseURL": "http://a/"}]}},
-                {"address": "10.254.1.11;touch /tmp/pwned"}, {"user": "root$(touch /tmp/pwned)"}):
+                {"address": f"{NET}.11;touch /tmp/pwned"}, {"user": "root$(touch /tmp/pwned)"}):
         result = platform.apply(hypervisor(h1, name="t-inject", **bad), check=False)
         assert result.returncode != 0 and "spec." in result.stderr, result.stderr
     # A URL the schema allows but a shell would expand: it lands only in a file, never in a command.
@@ -174,13 +174,13 @@ def test_shell_injection_is_rejected_or_inert(platform, operator, hosts):
 
 def test_unreachable_host_and_missing_package_are_reported(platform, operator, hosts):
     h1 = hosts["t-h1"]
-    ghost = LabHost("t-ghost", "10.254.1.99", "debian")  # nothing listens there
+    ghost = LabHost(f"{HOST_PREFIX}ghost", f"{NET}.99", "debian")  # nothing listens there
     body = hypervisor(h1, name="t-ghost")
     body["spec"]["address"] = ghost.address
     platform.apply(body)
     try:
         cond = platform.wait_condition("hvn", "t-ghost", "False", "HostUnreachable", timeout=120)
-        assert "10.254.1.99" in cond["message"]
+        assert f"{NET}.99" in cond["message"]
         assert platform.condition("hvn", "t-ghost", "Reachable")["status"] == "False"
     finally:
         platform.delete("hvn", "t-ghost")
