@@ -30,7 +30,7 @@ NET = f"10.254.{SLOT}"
 BRIDGE, CEPH_ADDR = f"rbdop{SLOT}", f"{NET}.1"
 HOST_PREFIX = "t-" if SLOT == 1 else f"t{SLOT}-"
 # Ports apart from the sandbox (3300/6789) so both can run at once.
-CEPH_ENV = {"CEPH_ADDR": CEPH_ADDR, "CEPH_MON_PORT_V2": str(3300 + 10 * SLOT), "CEPH_MON_PORT_V1": str(6789 + SLOT)}
+CEPH_ENV = {"CEPH_ADDR": CEPH_ADDR, "CEPH_MON_PORT_V2": str(3300 + 10 * SLOT), "CEPH_MON_PORT_V1": str(6790 if SLOT == 1 else 6770 + SLOT)}
 _BASE = 1000 * (SLOT - 1)
 TEST_PORTS = {"KUBE_API_PORT": str(26443 + _BASE), "ETCD_CLIENT_PORT": str(22379 + _BASE),
               "ETCD_PEER_PORT": str(22380 + _BASE), "KCM_PORT": str(30257 + _BASE)}
