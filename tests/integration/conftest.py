@@ -4,7 +4,32 @@ import uuid
 import pytest
 import rados
 
-from .harness import Operator, Platform, start_platform, stop_platform
+from . import leakscan
+from .harness import OPERATOR_NAMESPACE, WORK, Operator, Platform, start_platform, stop_platform
+
+
+class LeakWatch:
+    """The session's leak scan (tests/leakscan.py): argv sampled all along, Secrets collected after
+    every test (keys rotated or deleted meanwhile are still searched for), hosts scanned before they
+    go, the rest at the end of the session."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.argv = leakscan.ArgvSampler()
+        self.secrets: dict[str, str] = {}
+        self.findings = leakscan.Findings()
+
+    def kubectl(self, *args: str) -> str:
+        return self.platform.kubectl(*args).stdout
+
+    def collect(self, host_runs: list = ()) -> None:
+        self.secrets.update(leakscan.collect_secrets(self.kubectl, OPERATOR_NAMESPACE, self.platform.ceph_dir,
+                                                     list(host_runs)))
+
+    def scan_hosts(self, host_runs: list) -> None:
+        self.collect(host_runs)
+        for run in host_runs:
+            leakscan.scan_host_files(self.findings, run, self.secrets)
 
 
 def pytest_collection_modifyitems(items):
@@ -25,7 +50,29 @@ def platform():
 
 
 @pytest.fixture(scope="session")
-def operator(platform: Platform):
+def leaks(platform: Platform):
+    watch = LeakWatch(platform)
+    with watch.argv:
+        yield watch
+        watch.collect()
+        final = leakscan.scan(watch.kubectl, OPERATOR_NAMESPACE, platform.ceph_dir, [],
+                              [WORK / "operator.log"], watch.argv, watch.secrets)
+    watch.findings.scanned += final.scanned
+    watch.findings.found += final.found
+    leakscan.record(WORK / "leakscan.json", watch.findings, watch.argv, "integration")
+    assert not watch.findings.found, "secrets leaked:\n" + "\n".join(watch.findings.found[:20])
+
+
+@pytest.fixture(autouse=True)
+def _collect_secrets(request):
+    """After each test that had the platform: remember the keys that exist now."""
+    yield
+    if "leaks" in request.fixturenames or "operator" in request.fixturenames:
+        request.getfixturevalue("leaks").collect()
+
+
+@pytest.fixture(scope="session")
+def operator(platform: Platform, leaks):
     op = Operator(platform)
     op.start()
     try:

@@ -15,7 +15,7 @@ from .labhosts import LABEL, TESTHOST, LabHost, debian_packages, hypervisor, rep
 from .manifests import storage
 
 @pytest.fixture(scope="module")
-def hosts(platform):
+def hosts(platform, leaks):
     sh(TESTHOST, "prepare", timeout=1800)
     wanted = {
         "t-h1": LabHost(f"{HOST_PREFIX}h1", f"{NET}.11", "debian"),
@@ -30,6 +30,7 @@ def hosts(platform):
             platform.apply(ssh_secret(host))
         yield wanted
     finally:
+        leaks.scan_hosts([host.run_dir for host in wanted.values()])  # before their files go
         for host in wanted.values():
             platform.delete("hvn", host.name)
             sh(TESTHOST, "down", host.name, check=False)

@@ -183,3 +183,24 @@ def test_keys_leave_a_host_only_when_the_storage_stops_selecting_it_or_is_really
     assert [e["name"] for e in plan.remove] == ["deselected", "deleted"]
     assert [(e["name"], e.get("retained", False), e["current"]) for e in plan.carry] == [
         ("pending", False, False), ("retained", True, False), ("legacy", True, False)]
+
+
+def test_dnf_removals_reads_every_removing_section():
+    from rbd_operator.adapters.host import dnf_removals
+    out = """Dependencies resolved.
+================================================================================
+ Package            Arch        Version             Repository            Size
+================================================================================
+Removing:
+ qemu-img           x86_64      10:1.5.3-175.el7    @local                1.9 M
+Removing dependent packages:
+ libvirt            x86_64      4.5.0-36.el7        @local                0
+ qemu-kvm           x86_64      10:1.5.3-175.el7    @local                0
+
+Transaction Summary
+================================================================================
+Remove  3 Packages
+Operation aborted.
+"""
+    assert dnf_removals(out, "") == ["qemu-img", "libvirt", "qemu-kvm"]
+    assert dnf_removals("Dependencies resolved.\nNothing to do.\n", "") == []

@@ -6,6 +6,8 @@ exception messages.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import errno
 import hashlib
 import json
@@ -13,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import rados
 import rbd
@@ -26,6 +28,7 @@ from ..reconcile.image_plan import ObservedImage, ObservedSource
 from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Image metadata: the owning RbdImage (namespace/name/uid), and the same value once this operator
 # moved the image to the trash (only such trash entries are purged).
@@ -82,6 +85,22 @@ class CephCluster:
         self.creds = creds
         self._rados: rados.Rados | None = None
         self._lock = threading.Lock()
+        self.users = 0          # sessions in progress (counted under _clusters_lock)
+        self.retired = False    # out of the cache: shut down when the last user leaves
+
+    def retire(self) -> None:
+        with _clusters_lock:
+            self.retired = True
+            idle = self.users == 0
+        if idle:
+            self.close()
+
+    def leave(self) -> None:
+        with _clusters_lock:
+            self.users -= 1
+            idle = self.retired and self.users == 0
+        if idle:
+            self.close()
 
     # -- connection ---------------------------------------------------------
     def _connect(self) -> rados.Rados:
@@ -459,24 +478,41 @@ _clusters: dict[tuple, CephCluster] = {}
 _clusters_lock = threading.Lock()
 
 
-def cluster_for(creds: Credentials) -> CephCluster:
-    """The shared connection for these credentials (created lazily, connected on first use)."""
-    stale = []
+@contextlib.contextmanager
+def session(creds: Credentials) -> Iterator[CephCluster]:
+    """The shared connection for these credentials, held for the duration of the block.
+
+    A connection retired meanwhile (forget, a rotated key) is shut down only when its last user
+    leaves: never under a thread still using it.
+    """
+    stale: list[CephCluster] = []
     with _clusters_lock:
         cluster = _clusters.get(creds.cache_key)
         if cluster is None:
             # A rotated key replaces the connection made with the old one.
-            stale = [k for k in _clusters if k[:2] == creds.cache_key[:2]]
-            stale = [_clusters.pop(k) for k in stale]
+            stale = [_clusters.pop(k) for k in [k for k in _clusters if k[:2] == creds.cache_key[:2]]]
             cluster = _clusters[creds.cache_key] = CephCluster(creds)
+        cluster.users += 1
     for old in stale:
-        old.close()
-    return cluster
+        old.retire()
+    try:
+        yield cluster
+    finally:
+        cluster.leave()
+
+
+def with_session(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate `fn(cluster, ...)` to be called as `fn(creds, ...)` within a session."""
+    @functools.wraps(fn)
+    def call(creds: Credentials, *args: Any, **kwargs: Any) -> T:
+        with session(creds) as cluster:
+            return fn(cluster, *args, **kwargs)
+    return call
 
 
 def forget(creds: Credentials) -> None:
-    """Drop a connection that failed, so that the next use reconnects."""
+    """Drop a connection that failed, so that the next use reconnects (once its users are done)."""
     with _clusters_lock:
         cluster = _clusters.pop(creds.cache_key, None)
     if cluster:
-        cluster.close()
+        cluster.retire()

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ..reconcile.host_plan import check_managed_path, check_uuid
+from .blocking import check_cancelled
 from .ssh import SshError, SshSession, tail
 
 WORK_DIR = "/run/rbd-operator"
@@ -44,7 +45,11 @@ fi
 echo "librbdVersion=$lib"
 echo "libvirtVersion=$(virsh --version 2>/dev/null)"
 if modinfo rbd >/dev/null 2>&1 || [ -d /sys/module/rbd ]; then echo krbd=true; else echo krbd=false; fi
-echo "runningDomains=$(virsh -q -c qemu:///system list --state-running --name 2>/dev/null | grep -c .)"
+# Unknown (not 0) when libvirt is installed but does not answer: the disruption guard fails closed.
+if ! command -v virsh >/dev/null 2>&1; then echo runningDomains=0
+elif doms=$(virsh -q -c qemu:///system list --state-running --name 2>/dev/null); then
+  echo "runningDomains=$(printf '%s\n' "$doms" | grep -c .)"
+else echo runningDomains=unknown; fi
 command -v rbd >/dev/null 2>&1 && echo rbdCli=true || echo rbdCli=false
 """
 
@@ -77,18 +82,44 @@ class Facts:
     librbd_version: str
     libvirt_version: str
     krbd: bool
-    running_domains: int
+    running_domains: int | None  # None: libvirt did not answer
     rbd_cli: bool
 
     def as_status(self, family: str | None) -> dict:
         return {"osId": self.os_id, "osVersion": self.os_version, "osFamily": family or "unknown",
                 "kernel": self.kernel, "qemuVersion": self.qemu_version, "qemuRbd": self.qemu_rbd,
                 "librbdVersion": self.librbd_version, "libvirtVersion": self.libvirt_version,
-                "krbd": self.krbd, "runningDomains": self.running_domains}
+                "krbd": self.krbd, **({} if self.running_domains is None else {"runningDomains": self.running_domains})}
 
 
 class PackageError(SshError):
     pass
+
+
+REPAIR_DPKG_SCRIPT = r"""
+if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ] || [ -n "$(dpkg --audit 2>/dev/null)" ]; then
+  DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confold >/dev/null 2>&1 || exit 1
+  echo repaired
+fi
+exit 0
+"""
+
+
+def dnf_removals(out: str, err: str) -> list[str]:
+    """Package names under dnf's "Removing…" sections of a transaction table (--assumeno)."""
+    if "Error" in err and "Operation aborted" not in out + err:
+        raise PackageError(classify_package_failure(err + out), f"dnf could not resolve: {tail(err or out)}")
+    names, removing = [], False
+    for line in out.splitlines():
+        if line.startswith("Transaction Summary"):
+            break
+        if line and not line.startswith(" "):
+            removing = line.startswith("Removing")
+            continue
+        fields = line.split()
+        if removing and len(fields) >= 4:
+            names.append(fields[0])
+    return names
 
 
 def classify_package_failure(output: str) -> str:
@@ -114,7 +145,7 @@ class Host:
             kernel=values.get("kernel", ""), qemu_version=values.get("qemuVersion", ""),
             qemu_rbd=values.get("qemuRbd") == "true", librbd_version=values.get("librbdVersion", ""),
             libvirt_version=values.get("libvirtVersion", ""), krbd=values.get("krbd") == "true",
-            running_domains=int(running) if running.isdigit() else 0, rbd_cli=values.get("rbdCli") == "true",
+            running_domains=int(running) if running.isdigit() else None, rbd_cli=values.get("rbdCli") == "true",
         )
 
     # -- packages -----------------------------------------------------------
@@ -124,10 +155,43 @@ class Host:
         return set(self.ssh.script(INSTALLED_SCRIPT, *packages).out.split())
 
     def _package_command(self, argv: list[str], what: str, timeout: float = 900) -> None:
+        check_cancelled(what)
         result = self.ssh.run(argv, env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout)
         if result.rc != 0:
             output = result.err + "\n" + result.out
             raise PackageError(classify_package_failure(output), f"{what} failed: {tail(result.err or result.out)}")
+
+    def simulate(self, family: str, install: list[str], remove: list[str]) -> list[str]:
+        """The packages apt/dnf would remove for these changes (dependents and conflicts included),
+        asked of the package manager itself without changing anything.
+
+        apt: one transaction (`install A B-`), as apt may remove conflicting packages on install.
+        dnf: the removal only — `dnf install` without --allowerasing never removes a package.
+        """
+        if family == "debian":
+            if not install and not remove:
+                return []
+            argv = ["apt-get", "-s", "install", "-y", *install, *(f"{p}-" for p in remove)]
+        else:
+            if not remove:
+                return []
+            argv = ["dnf", "--assumeno", "remove", *remove]
+        result = self.ssh.run(argv, env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}, timeout=300)
+        if family == "debian":
+            if result.rc != 0:
+                raise PackageError(classify_package_failure(result.err + result.out),
+                                   f"simulating the package changes failed: {tail(result.err or result.out)}")
+            return [line.split()[1] for line in result.out.splitlines() if line.startswith("Remv ")]
+        return dnf_removals(result.out, result.err)
+
+    def repair_package_db(self, family: str) -> bool:
+        """Finish a package transaction a lost connection or a crash left half-done (dpkg --configure -a)."""
+        if family != "debian":
+            return False
+        result = self.ssh.script(REPAIR_DPKG_SCRIPT, timeout=900)
+        if result.rc != 0:
+            raise PackageError("PackageCommandFailed", f"dpkg --configure -a failed: {tail(result.err or result.out)}")
+        return "repaired" in result.out
 
     def refresh_indexes(self, family: str) -> None:
         if family == "debian":
@@ -151,6 +215,7 @@ class Host:
         return True
 
     def restart_libvirtd(self) -> None:
+        check_cancelled("restarting libvirtd")
         result = self.ssh.run(["systemctl", "restart", "libvirtd"], timeout=120)
         if result.rc != 0:
             self.ssh.run(["service", "libvirtd", "restart"], timeout=120, check=True)
@@ -162,6 +227,7 @@ class Host:
         data = content.encode()
         if self.ssh.read(path) == data:
             return False
+        check_cancelled(f"writing {path}")
         directory = path.rsplit("/", 1)[0]
         self.ssh.makedirs(directory)
         self.ssh.write(path, data, mode)
@@ -172,7 +238,9 @@ class Host:
 
     def remove_file(self, path: str) -> bool:
         """Remove one of the operator's files (managed paths only)."""
-        return self.ssh.remove(check_managed_path(path))
+        check_managed_path(path)
+        check_cancelled(f"removing {path}")
+        return self.ssh.remove(path)
 
     # -- libvirt secrets ----------------------------------------------------
     def secrets(self) -> set[str]:
@@ -186,6 +254,7 @@ class Host:
 
     def define_secret(self, uuid: str, xml: str) -> None:
         check_uuid(uuid)
+        check_cancelled(f"defining libvirt secret {uuid}")
         self._scratch()
         path = f"{WORK_DIR}/{uuid}.xml"
         self.ssh.write(path, xml.encode(), 0o600)
@@ -206,6 +275,7 @@ class Host:
 
     def set_secret_value(self, uuid: str, key: str) -> None:
         check_uuid(uuid)
+        check_cancelled(f"setting libvirt secret {uuid}")
         self._scratch()
         path = f"{WORK_DIR}/{uuid}.value"
         self.ssh.write(path, key.encode(), 0o600)
@@ -215,6 +285,7 @@ class Host:
             self.ssh.remove(path)
 
     def undefine_secret(self, uuid: str) -> None:
+        check_cancelled(f"undefining libvirt secret {uuid}")
         self.ssh.run(VIRSH + ["secret-undefine", check_uuid(uuid)], timeout=60)
 
     # -- probe --------------------------------------------------------------

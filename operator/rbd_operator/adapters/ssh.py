@@ -7,18 +7,22 @@ stdin or through SFTP into files created with mode 0600, never in argv.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import shlex
 import socket
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import paramiko
 
 from ..api.errors import OperatorError
 
 CONNECT_TIMEOUT = 15.0
+KEEPALIVE_SECONDS = 15   # a silent peer is noticed; a black-holed one fails the channel timeouts below
+SFTP_TIMEOUT = 60.0      # per SFTP request
 
 
 class SshError(OperatorError):
@@ -150,6 +154,7 @@ class SshSession:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
             raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+        transport.set_keepalive(KEEPALIVE_SECONDS)
         self._transport = transport
 
     def close(self) -> None:
@@ -164,9 +169,13 @@ class SshSession:
     def run(self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 300, check: bool = False,
             env: dict[str, str] | None = None) -> Result:
         """Run argv (each element quoted) on the host; stdin is sent over the channel."""
-        assert self._transport is not None, "not connected"
         prefix = ["env"] + [f"{k}={v}" for k, v in (env or {}).items()] if env else []
         command = " ".join(shlex.quote(part) for part in prefix + argv)
+        with _io_errors(self, f"running {argv[0]}"):
+            return self._run(command, argv, stdin, timeout, check)
+
+    def _run(self, command: str, argv: list[str], stdin: bytes | None, timeout: float, check: bool) -> Result:
+        assert self._transport is not None, "not connected"
         chan = self._transport.open_session(timeout=self._timeout)
         try:
             chan.settimeout(timeout)
@@ -205,40 +214,62 @@ class SshSession:
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             assert self._transport is not None, "not connected"
-            self._sftp = paramiko.SFTPClient.from_transport(self._transport)
+            with _io_errors(self, "opening SFTP"):
+                self._sftp = paramiko.SFTPClient.from_transport(self._transport)
+                self._sftp.get_channel().settimeout(SFTP_TIMEOUT)
         return self._sftp
 
     def read(self, path: str) -> bytes | None:
-        try:
-            with self.sftp.open(path, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:  # paramiko's IOError(ENOENT, ...) is one
-            return None
+        with _io_errors(self, f"reading {path}"):
+            try:
+                with self.sftp.open(path, "rb") as fh:
+                    return fh.read()
+            except FileNotFoundError:  # paramiko's IOError(ENOENT, ...) is one
+                return None
 
     def write(self, path: str, data: bytes, mode: int) -> None:
         """Write atomically: a temporary file made with `mode` before any byte is written, then renamed."""
         tmp = f"{path}.rbd-operator.tmp"
-        with self.sftp.open(tmp, "wb") as fh:
-            fh.chmod(mode)
-            fh.write(data)
-        self.sftp.chmod(tmp, mode)
-        self.sftp.posix_rename(tmp, path)
+        with _io_errors(self, f"writing {path}"):
+            with self.sftp.open(tmp, "wb") as fh:
+                fh.chmod(mode)
+                fh.write(data)
+            self.sftp.chmod(tmp, mode)
+            self.sftp.posix_rename(tmp, path)
 
     def remove(self, path: str) -> bool:
-        try:
-            self.sftp.remove(path)
-            return True
-        except FileNotFoundError:
-            return False
+        with _io_errors(self, f"removing {path}"):
+            try:
+                self.sftp.remove(path)
+                return True
+            except FileNotFoundError:
+                return False
 
     def listdir(self, path: str) -> list[str]:
-        try:
-            return self.sftp.listdir(path)
-        except (FileNotFoundError, OSError):
-            return []
+        with _io_errors(self, f"listing {path}"):
+            try:
+                return self.sftp.listdir(path)
+            except FileNotFoundError:
+                return []
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.run(["mkdir", "-p", "-m", oct(mode)[2:], path], check=True)
+
+
+@contextlib.contextmanager
+def _io_errors(session: SshSession, what: str) -> Iterator[None]:
+    """paramiko and socket failures during a session become SshError (a condition reason)."""
+    try:
+        yield
+    except SshError:
+        raise
+    except (socket.timeout, TimeoutError):
+        raise SshError("CommandTimedOut", f"{what} on {session.address}: no answer in time") from None
+    except (paramiko.SSHException, EOFError, ConnectionError) as exc:
+        raise SshError("HostUnreachable", f"{what} on {session.address}: connection lost "
+                       f"({type(exc).__name__})") from None
+    except OSError as exc:
+        raise SshError("CommandFailed", f"{what} on {session.address}: {exc.strerror or type(exc).__name__}") from None
 
 
 def tail(text: str, limit: int = 400) -> str:

@@ -80,6 +80,11 @@ REASONS: tuple[Reason, ...] = (
     Reason("LibvirtUnavailable", (HOST,), _P, "libvirtd did not answer on the host; retried."),
     Reason("AnotherHostInMaintenance", (HOST,), _P,
            "A disruptive package change waits while another host is being changed (one at a time)."),
+    Reason("DomainsUnknown", (HOST,), _P,
+           "A package change would remove qemu/libvirt and libvirt cannot tell which domains run: it waits "
+           "(fail closed) unless spec.maintenance.allowDisruption."),
+    Reason("UnexpectedError", ALL, _P,
+           "An unexpected failure (its traceback is in the operator's log); retried with backoff."),
     Reason("StoragesPending", (HOST,), _P, "A selected RbdStorage has not published its key yet."),
     Reason("HostKeyPinned", (HOST,), _P,
            "TrustOnFirstUse: the key seen at first contact was pinned; nothing was sent in that pass."),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import re
-from typing import Any, Mapping
+import traceback
+from typing import Any, Awaitable, Callable, Mapping
 
 import kopf
 from kubernetes.client.rest import ApiException
 
-from ..adapters import kube
+from ..adapters import blocking, kube
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import CephError, Credentials, valid_cephx_key
 from ..api.conditions import Condition, get_condition, merge_conditions
@@ -23,18 +26,41 @@ CEPH_TIMEOUT = 60.0
 _locks: dict[str, asyncio.Lock] = {}
 
 
-def object_lock(uid: str) -> asyncio.Lock:
-    """One reconcile at a time per object (a handler and a timer may overlap)."""
-    lock = _locks.get(uid)
-    if lock is None:
-        lock = _locks[uid] = asyncio.Lock()
-    return lock
+class object_lock:
+    """One reconcile at a time per object (a handler and a timer may overlap).
+
+    Inside it, blocking calls are registered to this object: one abandoned on a timeout keeps the
+    object busy until its thread ends (see adapters/blocking.py); `settle` waits for that.
+    """
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        lock = _locks.get(uid)
+        if lock is None:
+            lock = _locks[uid] = asyncio.Lock()
+        self.lock = lock
+        self._token: Any = None
+
+    async def __aenter__(self) -> "object_lock":
+        await self.lock.acquire()
+        self._token = blocking.current_object.set(self.uid)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        blocking.current_object.reset(self._token)
+        self.lock.release()
+
+
+async def settle(uid: str) -> None:
+    """Before changing anything: earlier calls for this object that timed out must have ended."""
+    await blocking.wait_inflight(uid, timeout=5.0)
 
 
 def busy(uid: str) -> bool:
-    """A handler is converging this object right now: a timer tick holds an older body, so it skips."""
+    """A handler is converging this object right now (or an abandoned call of it still runs):
+    a timer tick holds an older body, so it skips."""
     lock = _locks.get(uid)
-    return lock is not None and lock.locked()
+    return (lock is not None and lock.locked()) or bool(blocking.inflight.get(uid))
 
 
 def release_lock(uid: str) -> None:
@@ -102,6 +128,30 @@ class StatusUpdate:
             self.patch.status["observedGeneration"] = self.generation
 
 
+def reported(*, timer: bool = False) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Every failure of a handler ends in a condition: an OperatorError with its reason, anything
+    else as UnexpectedError (its traceback in the log, never its message in the status: it could
+    quote anything). kopf's own retry signals pass through."""
+    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(fn)
+        async def handler(**kwargs: Any) -> None:
+            try:
+                await fn(**kwargs)
+            except (kopf.TemporaryError, kopf.PermanentError, asyncio.CancelledError):
+                raise
+            except OperatorError as exc:
+                StatusUpdate(kwargs["body"], kwargs["patch"], timer=timer).error(exc, kwargs.get("retry", 0))
+            except Exception as exc:  # noqa: BLE001 - reported, retried
+                logger = kwargs.get("logger") or logging.getLogger(__name__)
+                logger.error("unexpected %s in %s:\n%s", type(exc).__name__, fn.__name__,
+                             "".join(traceback.format_tb(exc.__traceback__)))
+                StatusUpdate(kwargs["body"], kwargs["patch"], timer=timer).fail(
+                    "UnexpectedError", f"{type(exc).__name__} in {fn.__name__} (see the operator's log); retried",
+                    backoff(kwargs.get("retry", 0)))
+        return handler
+    return decorate
+
+
 async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:
     """Credentials from the admin Secret the spec references (keys userID, userKey).
 
@@ -109,7 +159,7 @@ async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Creden
     """
     ref = SecretRef(ref.name, kube.check_secret_namespace(ref.namespace, ref.name))
     try:
-        data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30)
+        data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool="kube")
     except ApiException as exc:
         raise CephError("AuthFailed", f"cannot read admin Secret {ref.namespace}/{ref.name}: "
                         f"HTTP {exc.status} {exc.reason}") from None

@@ -13,7 +13,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import kube
-from ..adapters.blocking import run_blocking
+from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
 from ..adapters.ssh import first_contact as ssh_first_contact
@@ -22,7 +22,7 @@ from ..api.hypervisor import HostSpec, parse_host, parse_host_key
 from ..reconcile import host_plan
 from ..reconcile.host_plan import HostStorage
 from ..reconcile.selector import matches
-from .common import RESYNC_SECONDS, StatusUpdate, backoff, busy, object_lock, release_lock
+from .common import reported, RESYNC_SECONDS, StatusUpdate, backoff, busy, object_lock, release_lock, settle
 
 PLURAL = "hypervisornodes"
 # Set with status.pinnedHostKey: a pin that vanished from the status is noticed, never re-trusted.
@@ -95,7 +95,7 @@ async def _host_storages(selected: list[tuple[str, dict]]) -> tuple[list[HostSto
         ref = status.get("clientSecretRef") or {}
         try:
             data, version = await run_blocking(kube.read_secret_versioned, ref.get("namespace"), ref.get("name"),
-                                               timeout=30)
+                                               timeout=30, pool="kube")
             if not data or not data.get("userKey"):
                 problems[name] = ("StoragesPending", f"{name}: client Secret {ref.get('name')} has no key yet")
                 continue
@@ -122,18 +122,28 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
         out.note("RepositoriesConfigured", "wrote " + ", ".join(changed_repos))
         host.refresh_indexes(family)
 
+    if host.repair_package_db(family):
+        out.note("PackageDatabaseRepaired", "an interrupted dpkg run was completed (dpkg --configure -a)")
     want = host_plan.desired_packages(spec, family)
     installed = host.installed(sorted(set(want) | set(spec.remove) | {"libvirt", "libvirt-daemon"}))
     to_remove = [p for p in spec.remove if p in installed]
     to_install = [p for p in want if p not in installed]
-    risky = host_plan.disruptive(to_remove)
+    # What apt/dnf would really take away (dependents, conflicts), not just the names in the spec.
+    would_remove = host.simulate(family, to_install, to_remove)
+    risky = host_plan.disruptive(would_remove)
     changed = False
     if risky:
-        if facts.running_domains and not spec.allow_disruption:
-            message = (f"removing {', '.join(risky)} would stop {facts.running_domains} running domain(s); "
-                       "set spec.maintenance.allowDisruption: true to allow it")
-            out.cond("DisruptionBlocked", True, "RunningDomains", message)
-            out.cond("PackagesReady", False, "RunningDomains", f"package changes wait for maintenance: {message}")
+        if facts.running_domains != 0 and not spec.allow_disruption:
+            if facts.running_domains is None:
+                message = (f"removing {', '.join(risky)} could stop running domains, and libvirt does not answer "
+                           "to tell; set spec.maintenance.allowDisruption: true to proceed anyway")
+                reason = "DomainsUnknown"
+            else:
+                message = (f"removing {', '.join(risky)} would stop {facts.running_domains} running domain(s); "
+                           "set spec.maintenance.allowDisruption: true to allow it")
+                reason = "RunningDomains"
+            out.cond("DisruptionBlocked", True, reason, message)
+            out.cond("PackagesReady", False, reason, f"package changes wait for maintenance: {message}")
             return False
         if not _disruption.acquire(blocking=False):
             out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
@@ -279,7 +289,7 @@ def _pin(spec: HostSpec, status: dict, annotations: dict) -> tuple[str, bytes] |
 async def _first_contact(spec: HostSpec, update: StatusUpdate, body: kopf.Body, patch: kopf.Patch) -> None:
     """Trust on first use: learn and pin the key; nothing is sent to the host in this pass."""
     key_type, blob = await run_blocking(ssh_first_contact, spec.address, spec.port, timeout=60,
-                                        reason="HostUnreachable")
+                                        reason="HostUnreachable", pool="ssh")
     shown = f"{key_type} {fingerprint(key_type, blob)}"
     update.set(pinnedHostKey=f"{key_type} {base64.b64encode(blob).decode()}", hostKeyFingerprint=shown)
     patch.metadata.setdefault("annotations", {})[PIN_ANNOTATION] = shown
@@ -289,7 +299,7 @@ async def _first_contact(spec: HostSpec, update: StatusUpdate, body: kopf.Body, 
                      f"pinned {shown} at first contact; nothing was sent yet, the next pass converges", event=False)
 
 
-async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
+async def converge(name: str, uid: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
                    patch: kopf.Patch, storages: kopf.Index, logger: logging.Logger, retry: int = 0,
                    timer: bool = False) -> None:
     update = StatusUpdate(body, patch, timer=timer)
@@ -303,6 +313,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
         return
     sel = _selected(dict(labels), storages)
     try:
+        await settle(uid)
         pinned = _pin(parsed, dict(status), dict(body.get("metadata", {}).get("annotations") or {}))
         if pinned is None:  # first contact: needs no key, sends nothing
             await _first_contact(parsed, update, body, patch)
@@ -310,12 +321,12 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
             if not timer:
                 raise kopf.TemporaryError("host key pinned; converging next", delay=1)
             return
-        key = await run_blocking(_ssh_key, parsed, timeout=30)
+        key = await run_blocking(_ssh_key, parsed, timeout=30, pool="kube")
         host_storages, problems = await _host_storages(sel.ready)
         previous = host_plan.plan_previous_storages(list(status.get("storages") or []),
                                                     {s.name for s in host_storages}, sel.selecting, sel.existing)
         out = await run_blocking(_converge_host, parsed, key, pinned, host_storages, previous, sel.policies,
-                                 timeout=HOST_TIMEOUT)
+                                 timeout=HOST_TIMEOUT, pool="ssh")
     except OperatorError as exc:
         if isinstance(exc, SshError) or exc.reason in ("HostUnreachable", "Timeout"):
             reached = exc.reason not in ("HostUnreachable", "AuthenticationFailed", "Timeout")
@@ -357,14 +368,16 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+@reported()
 async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
                     patch: kopf.Patch, uid: str, retry: int, storages: kopf.Index, logger: logging.Logger,
                     **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, body, spec, status, labels, patch, storages, logger, retry)
+        await converge(name, uid, body, spec, status, labels, patch, storages, logger, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reported(timer=True)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, labels: kopf.Labels,
                  patch: kopf.Patch, uid: str, meta: kopf.Meta, storages: kopf.Index, logger: logging.Logger,
                  **_: Any) -> None:
@@ -372,7 +385,7 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Statu
     if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
-        await converge(name, body, spec, status, labels, patch, storages, logger, timer=True)
+        await converge(name, uid, body, spec, status, labels, patch, storages, logger, timer=True)
 
 
 def _clean_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], held: list[dict]) -> list[str]:
@@ -403,20 +416,22 @@ def _delete_policy(spec: kopf.Spec, **_: Any) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_delete_policy)
+@reported()
 async def clean(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, uid: str,
                 retry: int, logger: logging.Logger, **_: Any) -> None:
     """deletionPolicy Delete: take the operator's files and secrets off the host before the object goes."""
     update = StatusUpdate(body, patch)
     async with object_lock(uid):
         try:
+            await settle(uid)
             parsed = parse_host(name, spec)
             pinned = _pin(parsed, dict(status), dict(body.get("metadata", {}).get("annotations") or {}))
             if pinned is None:
                 logger.info("host %s was never pinned, so it received nothing: nothing to remove", parsed.address)
             else:
-                key = await run_blocking(_ssh_key, parsed, timeout=30)
+                key = await run_blocking(_ssh_key, parsed, timeout=30, pool="kube")
                 removed = await run_blocking(_clean_host, parsed, key, pinned, list(status.get("storages") or []),
-                                             timeout=600, reason="Timeout")
+                                             timeout=600, reason="Timeout", pool="ssh")
                 kopf.event(body, type="Normal", reason="HostCleaned",
                            message="removed " + (", ".join(removed) if removed else "nothing (already clean)"))
         except OperatorError as exc:

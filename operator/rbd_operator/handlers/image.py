@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import ceph, kube
-from ..adapters.blocking import run_blocking
+from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
@@ -19,7 +19,7 @@ from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.image_plan import ObservedImage, plan_image
 from ..reconcile.ownership import image_owner, staging_name
 from ..reconcile.selector import matches_namespaces
-from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock
+from .common import reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock, settle
 
 PLURAL = "rbdimages"
 ACTION_REASONS = {
@@ -54,7 +54,7 @@ async def _storage_for(spec: ImageSpec, namespace: str | None, storages: kopf.In
         raise Waiting("StorageNotReady", f"RbdStorage {spec.storage!r} is invalid: {exc.message}") from None
     if tenancy and storage.image_namespaces is not None:
         try:
-            labels = await run_blocking(kube.namespace_labels, namespace, timeout=30)
+            labels = await run_blocking(kube.namespace_labels, namespace, timeout=30, pool="kube")
         except ApiException as exc:  # fail closed: without the labels, no access
             raise OperatorError("ApiError", f"cannot read namespace {namespace!r}: HTTP {exc.status}") from None
         if labels is None or not matches_namespaces(storage.image_namespaces, labels):
@@ -72,9 +72,9 @@ class ImageOutcome:
     done: list
 
 
-def _converge_image(creds: Credentials, storage: StorageSpec, spec: ImageSpec, owner: str,
+@ceph.with_session
+def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: str,
                     live: Callable[[str], bool], logger: logging.Logger) -> ImageOutcome:
-    cluster = ceph.cluster_for(creds)
     pool = storage.pool.name
     observed = cluster.observe_image(pool, spec.name)
     source = None
@@ -87,6 +87,7 @@ def _converge_image(creds: Credentials, storage: StorageSpec, spec: ImageSpec, o
     if actions:
         logger.info("librbd, pool %s: %s", pool, "; ".join(a.describe() for a in actions))
     for action in actions:
+        check_cancelled(action.describe())
         cluster.apply_image_action(pool, action)
     if actions:
         observed = cluster.observe_image(pool, spec.name)
@@ -106,6 +107,7 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     try:
+        await settle(uid)
         parsed = parse_image(name, spec)
         storage, creds = await _storage_for(parsed, namespace, storages)
         outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid),
@@ -129,6 +131,7 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+@reported()
 async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                     retry: int, storages: kopf.Index, image_uids: kopf.Index,
                     logger: logging.Logger, **_: Any) -> None:
@@ -137,6 +140,7 @@ async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec,
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reported(timer=True)
 async def resync(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                  meta: kopf.Meta, storages: kopf.Index, image_uids: kopf.Index,
                  logger: logging.Logger, **_: Any) -> None:
@@ -147,9 +151,9 @@ async def resync(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
                        timer=True)
 
 
-def _delete_image(creds: Credentials, pool: str, spec: ImageSpec, owner: str) -> ObservedImage | None:
+@ceph.with_session
+def _delete_image(cluster: ceph.CephCluster, pool: str, spec: ImageSpec, owner: str) -> ObservedImage | None:
     """Move the image to the trash if it is ours and not in use; return it when it is in use."""
-    cluster = ceph.cluster_for(creds)
     observed = cluster.observe_image(pool, spec.name)
     if observed is None:
         cluster.remove_staged_image(pool, staging_name(owner), owner)  # a creation cut short by a crash
@@ -158,11 +162,13 @@ def _delete_image(creds: Credentials, pool: str, spec: ImageSpec, owner: str) ->
         return None  # never ours (not adopted, or another object's): left as it is
     if observed.watchers:
         return observed
+    check_cancelled(f"trashing {pool}/{spec.name}")
     cluster.trash_image(pool, spec.name, spec.trash_retention_seconds, owner)
     return None
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
+@reported()
 async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                  retry: int, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     try:
@@ -185,6 +191,7 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
         return status.error(exc, retry)
     async with object_lock(uid):
         try:
+            await settle(uid)
             in_use = await run_blocking(_delete_image, creds, storage.pool.name, parsed, owner_id(namespace, name, uid),
                                         timeout=CEPH_TIMEOUT, reason="CephUnreachable")
         except OperatorError as exc:

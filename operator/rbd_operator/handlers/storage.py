@@ -13,7 +13,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import ceph, kube
-from ..adapters.blocking import run_blocking
+from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..api.errors import OperatorError, SpecError
 from ..api.storage import StorageSpec, parse_storage
@@ -22,7 +22,8 @@ from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.ownership import staging_name
 from ..reconcile.selector import matches
 from ..reconcile.storage_plan import plan_client, plan_pool
-from .common import CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock
+from .common import (reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock,
+                     release_lock, settle)
 
 PLURAL = "rbdstorages"
 # UUIDv5 namespace for libvirt secrets: the same storage gets the same UUID on every host.
@@ -97,10 +98,10 @@ class CephOutcome:
     done: list
 
 
-def _converge_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
+@ceph.with_session
+def _converge_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
                    live: frozenset[str], logger: logging.Logger) -> CephOutcome:
     """Runs in a worker thread: observe, plan (ownership decided before any change), act, observe again."""
-    cluster = ceph.cluster_for(creds)
     fsid = cluster.fsid()
     pools = cluster.pools()
     entity = spec.client.entity
@@ -114,6 +115,7 @@ def _converge_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpec
     client_actions = plan_client(entity, want_caps, have_caps, owners, uid, spec.client.adopt, live.__contains__)
     done = []
     for action in pool_actions + client_actions:
+        check_cancelled(action.describe())
         logger.info("Ceph: %s", action.describe())
         cluster.apply_storage_action(action)
         done.append(action)
@@ -155,10 +157,12 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RbdStorage", "name": name, "uid": uid,
              "controller": True, "blockOwnerDeletion": True}
     try:
+        await settle(uid)
         parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
         # Before Ceph is touched: the client Secret's name must be free or ours.
-        await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30)
+        await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30,
+                           pool="kube")
         peers, live = _peers(name, parsed, storages)
         outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, logger,
                                      timeout=CEPH_TIMEOUT, reason="CephUnreachable")
@@ -180,7 +184,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     labels = {f"{GROUP}/storage": name}
     try:
         change, key_version = await run_blocking(kube.ensure_secret, namespace, parsed.client.secret_name, secret,
-                                                 owner, labels, timeout=30)
+                                                 owner, labels, timeout=30, pool="kube")
     except OperatorError as exc:
         return status.error(exc, retry)
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried
@@ -220,6 +224,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+@reported()
 async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
                     storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
@@ -227,6 +232,7 @@ async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Pat
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reported(timer=True)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
                  storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     """Drift detection: caps or pool settings changed by hand are restored; monitors refreshed."""
@@ -236,14 +242,14 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
 
 
-def _delete_in_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
+@ceph.with_session
+def _delete_in_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
                     logger: logging.Logger) -> dict[str, int] | None:
     """Delete what this storage owns: its pool if empty, its share of the client.
 
     Returns the contents that block the pool's deletion, None when done. A pool or client that
     is not this storage's (never was, or adopted by another) is left as it is.
     """
-    cluster = ceph.cluster_for(creds)
     pools = cluster.pools()
     # The pool, and a pool a crashed creation left under this storage's staging name (ours by that name).
     for pool_name, ours in ((spec.pool.name, (uid,)), (staging_name(uid), (uid, None))):
@@ -256,6 +262,7 @@ def _delete_in_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpe
         contents = cluster.pool_contents(pool_name)
         if any(contents[k] for k in ("images", "trash", "objects")):
             return contents
+        check_cancelled(f"deleting pool {pool_name}")
         logger.info("Ceph: deleting pool %s", pool_name)
         cluster.delete_pool(pool_name)
     entity = spec.client.entity
@@ -278,6 +285,7 @@ def _delete_in_ceph(creds: Credentials, storage: str, uid: str, spec: StorageSpe
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
+@reported()
 async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
                  storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     try:
@@ -292,6 +300,7 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     status = StatusUpdate(body, patch)
     async with object_lock(uid):
         try:
+            await settle(uid)
             creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
             peers, _ = _peers(name, parsed, storages)
             blocking = await run_blocking(_delete_in_ceph, creds, name, uid, parsed, peers, logger,
