@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help deps run sandbox-up sandbox-down test unit contract integration bench clean
+.PHONY: help deps run sandbox-up sandbox-down test unit contract integration bench faults clean
 
 help:
 	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
 	@echo "make sandbox-up    the same sandbox in the background;  make sandbox-down stops it"
 	@echo "make test          unit and integration tests (real kube-apiserver, etcd, Ceph)"
 	@echo "make bench         benchmarks, figures in .bench/results.json"
+	@echo "make faults        fault matrix, generated bad inputs, leak scan: .bench/faults.json"
 
 deps:
 	hack/install-deps.sh
@@ -38,6 +39,9 @@ integration: deps
 bench: deps
 	$(PY) bench/images.py
 	$(PY) bench/hosts.py
+
+faults: deps
+	$(PY) bench/faults.py
 
 clean: sandbox-down
 	rm -rf .cache/test .bench

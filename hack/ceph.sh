@@ -5,6 +5,9 @@
 #   hack/ceph.sh up DIR      bootstrap a fresh cluster in DIR and start it
 #   hack/ceph.sh down DIR    stop it (TERM, then KILL) and delete DIR entirely
 #   hack/ceph.sh status DIR  print `ceph -s`; exit 0 if running and healthy enough
+#   hack/ceph.sh kill|start|pause|resume DIR DAEMON   fault injection (make faults): DAEMON is
+#       mon.a, mgr.x or osd.0; kill = SIGKILL (start brings it back on its store: fine for the mon
+#       and mgr; the OSD is memstore, so it is paused/resumed instead: SIGSTOP/SIGCONT)
 #
 # Environment:
 #   CEPH_ADDR          IPv4/IPv6 address daemons bind to (default 127.0.0.1);
@@ -45,7 +48,7 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: $PROG up|down|status DIR
+usage: $PROG up|down|status DIR | kill|start|pause|resume DIR DAEMON
 environment: CEPH_ADDR (127.0.0.1) CEPH_MON_PORT_V2 (3300) CEPH_MON_PORT_V1 (6789)
              CEPH_PORT_BASE CEPH_MEMSTORE_BYTES CEPH_UP_TIMEOUT CEPH_STOP_TIMEOUT
 EOF
@@ -444,14 +447,29 @@ cmd_status() {
   UP_TIMEOUT=10 rados_helper health || { log "not healthy"; return 1; }
 }
 
+# kill|start|pause|resume one daemon (fault injection)
+cmd_daemon() {
+  local cmd=$1 name=$2 type=${2%%.*} pid
+  [[ " ${DAEMONS[*]} " == *" $name "* ]] || die "unknown daemon $name (one of ${DAEMONS[*]})"
+  case $cmd in
+    kill) for pid in $(cluster_pids "$type"); do kill -KILL "$pid"; done
+          for pid in $(cluster_pids "$type"); do signal_wait KILL 5 "$pid" || die "$name survived SIGKILL"; done ;;
+    start) [[ -z $(cluster_pids "$type") ]] || die "$name is running"; start_daemon "$name" ;;
+    pause) for pid in $(cluster_pids "$type"); do kill -STOP "$pid"; done ;;
+    resume) for pid in $(cluster_pids "$type"); do kill -CONT "$pid"; done ;;
+  esac
+  log "$cmd $name"
+}
+
 main() {
-  (($# == 2)) || usage
+  (($# >= 2)) || usage
   local cmd=$1
   setup "$2"
   case $cmd in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    kill|start|pause|resume) (($# == 3)) || usage; cmd_daemon "$cmd" "$3" ;;
     *) usage ;;
   esac
 }

@@ -123,6 +123,8 @@ def dnf_removals(out: str, err: str) -> list[str]:
 
 
 def classify_package_failure(output: str) -> str:
+    if re.search(r"Could not get lock|Unable to lock|Waiting for process with pid|another copy is running", output):
+        return "PackageManagerBusy"
     if re.search(r"Unable to locate package|has no installation candidate|No match for argument|"
                  r"Unable to find a match", output):
         return "PackageNotFound"

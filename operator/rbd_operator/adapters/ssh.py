@@ -23,6 +23,7 @@ from ..api.errors import OperatorError
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_SECONDS = 15   # a silent peer is noticed; a black-holed one fails the channel timeouts below
 SFTP_TIMEOUT = 60.0      # per SFTP request
+DEAD_PEER_SECONDS = 30   # unacknowledged data for this long: the connection is dead
 
 
 class SshError(OperatorError):
@@ -66,6 +67,7 @@ def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes
         sock = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:
         raise SshError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}") from None
+    _dead_peer_detection(sock)
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
     try:
@@ -94,6 +96,17 @@ def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes
         transport.close()
         raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
     return transport
+
+
+def _dead_peer_detection(sock: socket.socket) -> None:
+    """A host that vanishes (link cut, black hole) fails the connection in about DEAD_PEER_SECONDS,
+    instead of TCP's ~15 minutes of retransmissions: keepalive probes when idle, a user timeout
+    when data is unacknowledged."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
+                          ("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def first_contact(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> tuple[str, bytes]:

@@ -77,6 +77,7 @@ REASONS: tuple[Reason, ...] = (
     Reason("CommandTimedOut", (HOST,), _P, "A command on the host did not finish in time; retried."),
     Reason("Timeout", (HOST,), _P, "Converging the host took too long; retried."),
     Reason("RepositoryUnreachable", (HOST,), _P, "A package repository could not be reached; retried."),
+    Reason("PackageManagerBusy", (HOST,), _P, "apt/dnf is locked by another run on the host; retried."),
     Reason("LibvirtUnavailable", (HOST,), _P, "libvirtd did not answer on the host; retried."),
     Reason("AnotherHostInMaintenance", (HOST,), _P,
            "A disruptive package change waits while another host is being changed (one at a time)."),
