@@ -335,10 +335,14 @@ class Operator:
                 and (reason is None or r.data.get("reason") == reason)
                 and (name is None or r.data.get("involvedObject", {}).get("name") == name)]
 
-    def annotation_patches(self, plural: str, name: str) -> list[dict]:
-        """The metadata.annotations of every merge-patch of the object itself."""
-        return [r.data["metadata"]["annotations"] for r in self.patches(plural, name, status=False)
-                if isinstance(r.data, dict) and "annotations" in r.data.get("metadata", {})]
+    def kopf_states(self, plural: str, name: str) -> list[dict]:
+        """kopf's own bookkeeping (status.kopf: diffbase, progress) in every status patch of the object."""
+        return [r.data["status"]["kopf"] for r in self.patches(plural, name, status=True)
+                if isinstance(r.data, dict) and isinstance(r.data.get("status", {}).get("kopf"), dict)]
+
+    def handled(self, plural: str, name: str) -> list[dict]:
+        """The specs kopf recorded as handled (status.kopf.diffbase), oldest first."""
+        return [json.loads(k["diffbase"]) for k in self.kopf_states(plural, name) if k.get("diffbase")]
 
     def log(self, name: str, prefix: str) -> list[logging.LogRecord]:
         """kopf's per-object log records (from the operator's thread) starting with `prefix`."""
@@ -352,9 +356,9 @@ class Operator:
         raise LookupError(f"no {plural} {name!r} in the emulator")
 
     def progress(self, plural: str, name: str, handler: str = "reconcile") -> list[dict]:
-        """kopf's per-handler progress records (retries, delays) as written to the annotations."""
-        key = f"{ANNOTATION_PREFIX}{handler}"
-        return [json.loads(a[key]) for a in self.annotation_patches(plural, name) if a.get(key)]
+        """kopf's per-handler progress records (retries, delays) as written to status.kopf.progress."""
+        return [k["progress"][handler] for k in self.kopf_states(plural, name)
+                if isinstance(k.get("progress"), dict) and k["progress"].get(handler)]
 
 
 class _Records(logging.Handler):
@@ -456,16 +460,16 @@ def undeclared_status_fields(status: dict, schema: dict, path: str = "status") -
 
 
 def check_bookkeeping(op: Operator, plural: str, name: str) -> None:
-    """Status goes through /status with schema fields only; kopf's own state goes to our annotations."""
+    """Status goes through /status with schema fields only (kopf's own state in status.kopf); patches of
+    the object itself are kopf's finalizer only: no annotation is written."""
     status_schema = crd_schema(plural)["properties"]["status"]
     for request in op.patches(plural, name, status=True):
         assert set(request.data) == {"status"}, request.data
         assert undeclared_status_fields(request.data["status"], status_schema) == []
     for request in op.patches(plural, name, status=False):
-        if isinstance(request.data, dict):  # merge patch: kopf's annotations
+        if isinstance(request.data, dict):  # merge patch: never annotations, never status
             assert "status" not in request.data, request.data
-            annotations = request.data.get("metadata", {}).get("annotations", {})
-            assert all(key.startswith(ANNOTATION_PREFIX) for key in annotations), annotations
+            assert not request.data.get("metadata", {}).get("annotations"), request.data
         else:  # JSON patch: kopf's finalizer
             assert not any(op_["path"].startswith("/status") for op_ in request.data), request.data
             for op_ in request.data:

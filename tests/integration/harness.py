@@ -21,7 +21,8 @@ from typing import Any, Callable
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / ".cache" / "test"
+WORK = ROOT / ".cache" / ("test" if int(os.environ.get("RBD_TEST_SLOT", "1")) == 1
+                          else f"test-slot{os.environ['RBD_TEST_SLOT']}")
 # RBD_TEST_SLOT (1-9, default 1) picks a bridge, subnet, port set and test-host prefix, so that
 # several checkouts can run their integration tests on one machine at once (slot 0 is the sandbox).
 SLOT = int(os.environ.get("RBD_TEST_SLOT", "1"))

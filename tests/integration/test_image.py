@@ -1,6 +1,7 @@
 """RbdImage against the real control plane and Ceph."""
 
 import signal
+import time
 
 import pytest
 import rbd
@@ -177,3 +178,22 @@ def test_operator_killed_mid_work_converges_without_duplicates(platform, operato
         platform.delete("rbdimg", n, "default")
     for n in names:
         wait_for(lambda: platform.get("rbdimg", n, "default") is None, 120, what=f"{n} deleted")
+
+
+def test_drift_is_restored_by_the_storage_sweep_and_idle_images_cost_no_writes(platform, ceph, pool, uniq):
+    name = f"drift-{uniq}"
+    platform.apply(image(name, pool, size="1Gi"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name) as img:
+        img.resize(GI // 2, allow_shrink=True)
+        img.update_features(rbd.RBD_FEATURE_FAST_DIFF, False)
+    # The sweep (one pool listing + header reads per interval, no per-image timer) notices and reconciles.
+    wait_for(lambda: rbd_image(ceph, pool, name)["size"] == GI, 30, what="size restored")
+    wait_for(lambda: rbd_image(ceph, pool, name)["features"] & rbd.RBD_FEATURE_FAST_DIFF, 30, what="fast-diff back")
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    # Idle: two more intervals write nothing to the object.
+    time.sleep(1)
+    version = platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"]
+    time.sleep(11)
+    assert platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"] == version
+    platform.delete("rbdimg", name, "default", wait=True)

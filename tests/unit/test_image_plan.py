@@ -114,3 +114,20 @@ def test_missing_data_pool():
     with pytest.raises(SpecError) as err:
         plan_image(image(size="1Gi", dataPool="ec"), None, OWNER, data_pool_exists=False)
     assert err.value.reason == "DataPoolNotFound"
+
+
+def test_sweep_asks_for_a_reconcile_only_when_the_status_is_no_longer_true():
+    from rbd_operator.reconcile.image_plan import sweep_verdict
+    spec = image(size="1Gi")
+    ok = ("True", "Converged")
+    assert not sweep_verdict(spec, observed(), OWNER, ok), "nothing changed: no write"
+    assert sweep_verdict(spec, observed(size=2 * GI), OWNER, ok), "grown by hand: shrink refused now"
+    assert not sweep_verdict(spec, observed(size=2 * GI), OWNER, ("False", "ShrinkNotAllowed")), "already said"
+    assert sweep_verdict(spec, observed(size=GI // 2), OWNER, ok), "shrunk by hand: grow back"
+    assert sweep_verdict(spec, observed(features=("layering",)), OWNER, ok), "features changed by hand"
+    assert sweep_verdict(spec, None, OWNER, ok), "deleted by hand: recreate"
+    assert not sweep_verdict(spec, None, OWNER, None), "not made yet: kopf retries it"
+    assert sweep_verdict(spec, observed(owner="ns/other/9"), OWNER, ok, live=lambda uid: True)
+    assert sweep_verdict(spec, observed(), OWNER, ("False", "CephUnreachable")), "back to normal"
+    assert sweep_verdict(spec, observed(), OWNER, ok, namespace_allowed=False)
+    assert not sweep_verdict(spec, observed(), OWNER, ("False", "NamespaceNotAllowed"), namespace_allowed=False)

@@ -66,6 +66,11 @@ def test_full_spec():
     ({"client": {"caps": {"mon": "allow *"}}}, "spec.client.caps", "InvalidSpec"),
     ({"client": {"caps": {"mon": "profile rbd", "osd": "allow rwx"}}}, "spec.client.caps", "InvalidSpec"),
     ({"pool": {"adopt": "yes"}}, "spec.pool.adopt", "InvalidSpec"),
+    # Values Ceph would refuse only after the pool exists are refused before anything is done.
+    ({"pool": {"parameters": {"compression_mode": "0"}}}, "spec.pool.parameters.compression_mode", "InvalidSpec"),
+    ({"pool": {"parameters": {"target_size_ratio": "7"}}}, "spec.pool.parameters.target_size_ratio", "InvalidSpec"),
+    ({"pool": {"parameters": {"noscrub": "maybe"}}}, "spec.pool.parameters.noscrub", "InvalidSpec"),
+    ({"pool": {"parameters": {"min_size": "0"}}}, "spec.pool.parameters.min_size", "InvalidSpec"),
     ({"imageNamespaces": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
      "spec.imageNamespaces.matchExpressions[0]", "InvalidSpec"),
 ])

@@ -64,6 +64,11 @@ class Credentials:
         return self.monitors, self.user, hashlib.sha256(self.key.encode()).hexdigest()
 
 
+# errnos librados answers with when no monitor (or OSD) is there to answer.
+_UNREACHABLE = frozenset({errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENOTCONN,
+                          errno.ESHUTDOWN, errno.ECONNRESET})
+
+
 def _errno_of(exc: Exception) -> int | None:
     code = getattr(exc, "errno", None)
     return abs(code) if isinstance(code, int) else None
@@ -73,7 +78,7 @@ def _classify(exc: Exception, what: str) -> CephError:
     code = _errno_of(exc)
     if isinstance(exc, rados.PermissionDeniedError) or code in (errno.EACCES, errno.EPERM):
         return CephError("AuthFailed", f"{what}: permission denied (check the admin Secret's userID/userKey)", code)
-    if isinstance(exc, rados.TimedOut) or code in (errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH):
+    if isinstance(exc, rados.TimedOut) or code in _UNREACHABLE:
         return CephError("CephUnreachable", f"{what}: no answer from the monitors in time", code)
     return CephError("CephCommandFailed", f"{what}: {type(exc).__name__} (errno {code})", code)
 
@@ -163,7 +168,8 @@ class CephCluster:
         if ret < 0:
             if -ret in tuple(ok):
                 return None
-            reason = "AuthFailed" if -ret in (errno.EACCES, errno.EPERM) else "CephCommandFailed"
+            reason = ("AuthFailed" if -ret in (errno.EACCES, errno.EPERM) else
+                      "CephUnreachable" if -ret in _UNREACHABLE else "CephCommandFailed")
             # `status` is Ceph's own message; mon command replies never echo keys.
             raise CephError(reason, f"{prefix}: {status or errno.errorcode.get(-ret, ret)}", -ret)
         return json.loads(out) if out else None
@@ -331,6 +337,14 @@ class CephCluster:
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
 
+    @staticmethod
+    def _parent(image: rbd.Image) -> dict | None:
+        try:
+            spec = image.get_parent_image_spec()
+        except rbd.ImageNotFound:
+            return None
+        return {"pool": spec["pool_name"], "image": spec["image_name"], "snapshot": spec["snap_name"]}
+
     def observe_image(self, pool: str, name: str) -> ObservedImage | None:
         with self.ioctx(pool) as ioctx:
             try:
@@ -340,14 +354,45 @@ class CephCluster:
             except (rbd.Error, rados.Error) as exc:
                 raise _classify(exc, f"opening image {pool}/{name}") from None
             with image:
-                try:
-                    parent = image.get_parent_image_spec()
-                    parent = {"pool": parent["pool_name"], "image": parent["image_name"], "snapshot": parent["snap_name"]}
-                except rbd.ImageNotFound:
-                    parent = None
+                parent = self._parent(image)
                 watchers = sorted({w["addr"] for w in image.watchers_list()})
                 return ObservedImage(size=image.size(), features=image.features(), id=image.id(),
                                      parent=parent, watchers=watchers, owner=_metadata(image, OWNER_KEY))
+
+    def image_headers(self, pool: str, names: set[str]) -> dict[str, ObservedImage]:
+        """Size, features, owner tag and parent of many images from one listing and their header
+        objects' omap, read in parallel (no image is opened: no watch, no lock, no refresh).
+
+        The drift sweep's view; watchers are not part of it.
+        """
+        out: dict[str, ObservedImage] = {}
+        keys = ("size", "features", "parent", f"metadata_{OWNER_KEY}")
+        with self.ioctx(pool) as ioctx:
+            listed = [e for e in self._rbd_call("rbd ls", rbd.RBD().list2, ioctx) if e["name"] in names]
+            for start in range(0, len(listed), 64):
+                batch = []
+                for entry in listed[start:start + 64]:
+                    op = rados.ReadOpCtx()
+                    op.__enter__()
+                    it, _ = ioctx.get_omap_vals_by_keys(op, keys)
+                    batch.append((entry, op, it, ioctx.operate_aio_read_op(op, f"rbd_header.{entry['id']}")))
+                for entry, op, it, completion in batch:
+                    try:
+                        completion.wait_for_complete_and_cb()
+                        if completion.get_return_value() < 0:
+                            continue  # removed meanwhile, or being created
+                        vals = dict(it)
+                    finally:
+                        op.__exit__(None, None, None)
+                    if "size" not in vals or "features" not in vals:
+                        continue
+                    owner = vals.get(f"metadata_{OWNER_KEY}")
+                    out[entry["name"]] = ObservedImage(
+                        size=int.from_bytes(vals["size"][:8], "little"),
+                        features=int.from_bytes(vals["features"][:8], "little"), id=entry["id"],
+                        parent={"present": True} if vals.get("parent") else None,
+                        owner=owner.decode() if owner else None)
+        return out
 
     def observe_source(self, pool: str, name: str, snapshot: str) -> ObservedSource:
         with self.ioctx(pool) as ioctx:
@@ -362,7 +407,7 @@ class CephCluster:
                     return ObservedSource(True, False, size=image.size(), owner=owner)
                 return ObservedSource(True, True, image.is_protected_snap(snapshot), image.size(), owner=owner)
 
-    def _create_staged(self, ioctx: rados.Ioctx, pool: str, name: str, a: dict, make: Any) -> None:
+    def _create_staged(self, ioctx: rados.Ioctx, pool: str, name: str, a: dict, make: Any) -> ObservedImage:
         """Make the image under its staging name (unless a crashed run did), tag it, rename it into place."""
         staging, owner = a["staging"], a["owner"]
         what = f"creating {pool}/{name}"
@@ -389,6 +434,8 @@ class CephCluster:
                 raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
             if tag != owner:
                 self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
+            created = ObservedImage(size=image.size(), features=image.features(), id=image.id(),
+                                    parent=self._parent(image), owner=owner)
         try:
             rbd.RBD().rename(ioctx, staging, name)
         except rbd.ImageExists:
@@ -398,17 +445,19 @@ class CephCluster:
                             "nothing of it was changed") from None
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
+        return created
 
-    def apply_image_action(self, pool: str, action: Action) -> None:
+    def apply_image_action(self, pool: str, action: Action) -> ObservedImage | None:
+        """Carry out one step; `create` and `clone` return what they made (no second look needed)."""
         kind, name, a = action.kind, action.target, action.args
         what = f"{kind} {pool}/{name}"
         with self.ioctx(pool) as ioctx:
             if kind == "create":
-                self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().create(
+                return self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().create(
                     ioctx, staging, a["size"], order=a["order"], old_format=False, features=a["features"],
                     data_pool=a["data_pool"]))
             elif kind == "clone":
-                self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().clone(
+                return self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().clone(
                     ioctx, a["parent"], a["snapshot"], ioctx, staging, features=a["features"], order=a["order"],
                     data_pool=a["data_pool"]))
             elif kind == "protect-snapshot":
@@ -429,6 +478,7 @@ class CephCluster:
                         self._rbd_call(what, image.flatten)
                     else:  # pragma: no cover
                         raise ValueError(f"unknown image action {kind}")
+        return None
 
     def remove_staged_image(self, pool: str, staging: str, owner: str) -> bool:
         """Remove an image a crashed creation left under its staging name (only if it carries our tag or none)."""

@@ -98,6 +98,23 @@ def namespace_labels(name: str) -> dict[str, str] | None:
     return labels
 
 
+POKE_ANNOTATION = "resync.rbd-operator.io/requested"
+
+
+def poke(group: str, version: str, plural: str, namespace: str, name: str) -> None:
+    """Have kopf reconcile an object now: a changed annotation is a change of its essence.
+
+    (Its prefix differs from kopf's own storage prefix, whose annotations kopf ignores.)
+    """
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    body = {"metadata": {"annotations": {POKE_ANNOTATION: str(time.time())}}}
+    try:
+        api.patch_namespaced_custom_object(group, version, namespace, plural, name, body)
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to reconcile
+            raise
+
+
 def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 

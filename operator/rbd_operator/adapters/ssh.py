@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import io
 import shlex
@@ -209,6 +210,8 @@ class SshSession:
                     raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s")
                 time.sleep(0.01)
             rc = chan.recv_exit_status()
+            if rc == -1:  # the channel closed without an exit status: the connection is gone
+                raise SshError("HostUnreachable", f"connection to {self.address} lost while {argv[0]} ran")
         except socket.timeout:
             raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s") from None
         finally:
@@ -269,6 +272,10 @@ class SshSession:
         self.run(["mkdir", "-p", "-m", oct(mode)[2:], path], check=True)
 
 
+_NETWORK_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNRESET,
+                             errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN, errno.EHOSTDOWN, errno.ENETDOWN})
+
+
 @contextlib.contextmanager
 def _io_errors(session: SshSession, what: str) -> Iterator[None]:
     """paramiko and socket failures during a session become SshError (a condition reason)."""
@@ -282,7 +289,8 @@ def _io_errors(session: SshSession, what: str) -> Iterator[None]:
         raise SshError("HostUnreachable", f"{what} on {session.address}: connection lost "
                        f"({type(exc).__name__})") from None
     except OSError as exc:
-        raise SshError("CommandFailed", f"{what} on {session.address}: {exc.strerror or type(exc).__name__}") from None
+        reason = "HostUnreachable" if exc.errno in _NETWORK_ERRNOS else "CommandFailed"
+        raise SshError(reason, f"{what} on {session.address}: {exc.strerror or type(exc).__name__}") from None
 
 
 def tail(text: str, limit: int = 400) -> str:

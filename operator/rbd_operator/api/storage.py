@@ -25,6 +25,40 @@ POOL_PARAMETERS = frozenset({
     "scrub_min_interval", "scrub_max_interval", "deep_scrub_interval",
     "recovery_priority", "recovery_op_priority", "pg_num_min", "pg_num_max",
 })
+# Values Ceph accepts, checked before Ceph is touched (a value Ceph refuses after the pool was
+# created would leave a half-converged pool behind a refused spec).
+_PARAM_ENUMS = {
+    "compression_mode": {"none", "passive", "aggressive", "force"},
+    "compression_algorithm": {"none", "snappy", "zlib", "zstd", "lz4"},
+    "pg_autoscale_mode": {"on", "off", "warn"},
+    "csum_type": {"none", "crc32c", "crc32c_16", "crc32c_8", "xxhash32", "xxhash64"},
+}
+_PARAM_BOOLS = {"noscrub", "nodeep-scrub", "nodelete", "nopgchange", "nosizechange", "fast_read"}
+_PARAM_RATIOS = {"compression_required_ratio", "target_size_ratio"}
+_PARAM_FLOATS = {"scrub_min_interval", "scrub_max_interval", "deep_scrub_interval"}
+_PARAM_RANGES = {"min_size": (1, 10), "recovery_priority": (-10, 10), "recovery_op_priority": (1, 63),
+                 "pg_num_min": (1, 32768), "pg_num_max": (1, 32768)}
+
+
+def _valid_parameter(key: str, text: str) -> bool:
+    if key in _PARAM_ENUMS:
+        return text in _PARAM_ENUMS[key]
+    if key in _PARAM_BOOLS:
+        return text in ("true", "false", "1", "0")
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    if key in _PARAM_RATIOS:
+        return 0.0 <= number <= 1.0
+    if key in _PARAM_FLOATS:
+        return 0.0 <= number < 2 ** 31
+    if not number.is_integer():
+        return False
+    low, high = _PARAM_RANGES.get(key, (0, 2 ** 62))
+    return low <= number <= high
+
+
 _PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -164,8 +198,8 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
             raise SpecError(f"spec.pool.parameters.{key}", "is not a pool setting the operator manages "
                             f"(allowed: {', '.join(sorted(POOL_PARAMETERS))})")
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        if not _PARAM_VALUE.match(text):
-            raise SpecError(f"spec.pool.parameters.{key}", f"{text!r} is not a valid value")
+        if not _PARAM_VALUE.match(text) or not _valid_parameter(key, text):
+            raise SpecError(f"spec.pool.parameters.{key}", f"{text!r} is not a valid value for {key}")
         parameters[key] = text
     application = pool.get("application") or "rbd"
     if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", application):

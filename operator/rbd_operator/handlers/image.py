@@ -13,19 +13,24 @@ from .. import GROUP, VERSION
 from ..adapters import ceph, kube
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
+from ..api.conditions import get_condition
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.storage import StorageSpec, parse_storage
-from ..reconcile.image_plan import ObservedImage, plan_image
+from ..reconcile.image_plan import ObservedImage, plan_image, sweep_verdict
 from ..reconcile.ownership import image_owner, staging_name
 from ..reconcile.selector import matches_namespaces
-from .common import reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock, settle
+from .common import (CEPH_TIMEOUT, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock, reported,
+                     settle)
 
 PLURAL = "rbdimages"
 ACTION_REASONS = {
     "create": "Created", "clone": "Cloned", "resize": "Resized", "flatten": "Flattened",
     "update-features": "FeaturesUpdated", "protect-snapshot": "SnapshotProtected", "set-owner": "Adopted",
 }
+
+
+CREATION = frozenset({"create", "clone", "protect-snapshot"})
 
 
 def owner_id(namespace: str, name: str, uid: str) -> str:
@@ -36,6 +41,64 @@ def owner_id(namespace: str, name: str, uid: str) -> str:
 def image_uids(uid: str, **_: Any) -> dict:
     """Every RbdImage's uid: an image tagged with a uid not listed here belongs to a gone object."""
     return {uid: True}
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """An RbdImage as the drift sweep of its storage sees it (from the index, no API call)."""
+    namespace: str
+    name: str
+    uid: str
+    spec: ImageSpec
+    ready: tuple[str, str] | None
+    deleting: bool
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def images_by_storage(name: str, namespace: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                      **_: Any) -> dict | None:
+    """RbdImages by the storage they name (valid specs only: invalid ones never reached Ceph)."""
+    try:
+        parsed = parse_image(name, spec)
+    except SpecError:
+        return None
+    cond = get_condition(status.get("conditions"), "Ready")
+    ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
+        "generation") else None
+    return {parsed.storage: Tracked(namespace, name, uid, parsed, ready, bool(meta.get("deletionTimestamp")))}
+
+
+@ceph.with_session
+def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
+    return cluster.image_headers(pool, names)
+
+
+async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, images_by_storage: kopf.Index,
+                image_uids: kopf.Index, logger: logging.Logger) -> int:
+    """Drift detection for all images of one storage: one listing of the pool and one read of each
+    image's header per interval (instead of a timer and an image open per image). Images whose status
+    no longer tells the truth are poked (an annotation: kopf then reconciles them); nothing else is
+    written. Returns how many were poked."""
+    tracked = [t for t in list(images_by_storage.get(storage_name, [])) if not t.deleting]
+    if not tracked:
+        return 0
+    headers = await run_blocking(_headers, creds, storage.pool.name, {t.spec.name for t in tracked},
+                                 timeout=CEPH_TIMEOUT, reason="CephUnreachable")
+    allowed: dict[str, bool] = {}
+    poked = 0
+    for t in tracked:
+        if storage.image_namespaces is not None and t.namespace not in allowed:
+            labels = await run_blocking(kube.namespace_labels, t.namespace, timeout=30, pool="kube")
+            allowed[t.namespace] = labels is not None and matches_namespaces(storage.image_namespaces, labels)
+        verdict = sweep_verdict(t.spec, headers.get(t.spec.name), owner_id(t.namespace, t.name, t.uid), t.ready,
+                                storage.pool.quota_max_bytes or 0, image_uids.__contains__,
+                                allowed.get(t.namespace, True))
+        if verdict and not busy(t.uid):
+            logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
+                        t.ready[1] if t.ready else "no status")
+            await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool="kube")
+            poked += 1
+    return poked
 
 
 async def _storage_for(spec: ImageSpec, namespace: str | None, storages: kopf.Index, *, tenancy: bool = True,
@@ -86,11 +149,14 @@ def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: Image
     actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live)
     if actions:
         logger.info("librbd, pool %s: %s", pool, "; ".join(a.describe() for a in actions))
+    made = None
     for action in actions:
         check_cancelled(action.describe())
-        cluster.apply_image_action(pool, action)
+        made = cluster.apply_image_action(pool, action) or made
     if actions:
-        observed = cluster.observe_image(pool, spec.name)
+        # A creation reports what it made; anything more than that is looked at again.
+        only_made = made is not None and all(a.kind in CREATION for a in actions)
+        observed = made if only_made else cluster.observe_image(pool, spec.name)
     if observed is None:
         raise CephError("ImageNotFound", f"image {pool}/{spec.name} vanished while being converged")
     return ImageOutcome(observed, actions)
@@ -117,8 +183,10 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
             ceph.forget(creds)
         return status.error(exc, retry)
 
+    # One event per reconcile that changed an existing image; none on the happy path of a creation
+    # (the status says it all, and an Event per image costs the API server as much as the image).
     visible = [a for a in outcome.done if a.kind in ACTION_REASONS]
-    if visible:  # one event per reconcile that changed something
+    if visible and not all(a.kind in CREATION for a in visible):
         kopf.event(body, type="Normal", reason=ACTION_REASONS[visible[0].kind],
                    message="; ".join(a.describe() for a in visible))
     _report_image(status, outcome.image)
@@ -128,27 +196,16 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
     status.flush()
 
 
+# No resume handler and no timer per image: each storage's sweep re-verifies its images (after a
+# restart too), so that thousands of idle images cost one pool listing per interval, not a reconcile each.
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                     retry: int, storages: kopf.Index, image_uids: kopf.Index,
                     logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
         await converge(name, namespace, body, spec, patch, uid, storages, image_uids, logger, retry)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-@reported(timer=True)
-async def resync(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                 meta: kopf.Meta, storages: kopf.Index, image_uids: kopf.Index,
-                 logger: logging.Logger, **_: Any) -> None:
-    if meta.get("deletionTimestamp") or busy(uid):
-        return
-    async with object_lock(uid):
-        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, logger,
-                       timer=True)
 
 
 @ceph.with_session

@@ -22,6 +22,7 @@ from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.ownership import staging_name
 from ..reconcile.selector import matches
 from ..reconcile.storage_plan import plan_client, plan_pool
+from . import image as image_handlers
 from .common import (reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock,
                      release_lock, settle)
 
@@ -223,7 +224,6 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
                     storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
@@ -231,15 +231,41 @@ async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Pat
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
 
 
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@reported()
+async def resume(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
+                 storages: kopf.Index, hypervisors: kopf.Index, images_by_storage: kopf.Index,
+                 image_uids: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+    """After a restart: converge, then re-verify every image of the storage at once."""
+    async with object_lock(uid):
+        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
+    await _sweep(name, spec, images_by_storage, image_uids, logger)
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 @reported(timer=True)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
-                 storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
-    """Drift detection: caps or pool settings changed by hand are restored; monitors refreshed."""
+                 storages: kopf.Index, hypervisors: kopf.Index, images_by_storage: kopf.Index,
+                 image_uids: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+    """Drift detection: caps or pool settings changed by hand are restored, monitors refreshed, and
+    the storage's images swept (image.sweep)."""
     if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
+    await _sweep(name, spec, images_by_storage, image_uids, logger)
+
+
+async def _sweep(name: str, spec: kopf.Spec, images_by_storage: kopf.Index, image_uids: kopf.Index,
+                 logger: logging.Logger) -> None:
+    if not images_by_storage.get(name):
+        return
+    try:
+        parsed = parse_storage(name, spec)
+        creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
+        await image_handlers.sweep(name, parsed, creds, images_by_storage, image_uids, logger)
+    except (OperatorError, ApiException) as exc:  # the storage's own condition already tells; next interval
+        logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))
 
 
 @ceph.with_session

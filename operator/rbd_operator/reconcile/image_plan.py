@@ -145,3 +145,23 @@ def _plan_features(spec: ImageSpec, have_bits: int) -> list[Action]:
     if enable:
         actions.append(Action("update-features", spec.name, {"features": enable, "enabled": True}))
     return actions
+
+
+def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: str, ready: tuple[str, str] | None,
+                  quota_max_bytes: int = 0, live: Callable[[str], bool] = _always,
+                  namespace_allowed: bool = True) -> bool:
+    """Whether the drift sweep must have this image reconciled: its status no longer tells the truth.
+
+    `observed` comes from the image's header (no open); `ready` is the status's Ready (status, reason).
+    Nothing changed in Ceph and a status that says so: False, and no API write follows.
+    """
+    if not namespace_allowed:
+        return ready != ("False", "NamespaceNotAllowed")
+    if observed is None:
+        # Gone (deleted by hand): recreate. Not made yet: kopf's own retries are on it.
+        return ready is not None and ready[0] == "True"
+    try:
+        actions = plan_image(spec, observed, owner, quota_max_bytes, None, True, live)
+    except (SpecError, Waiting, Refused) as exc:
+        return ready != ("False", exc.reason)
+    return bool(actions) or ready != ("True", "Converged")
