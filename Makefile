@@ -38,6 +38,7 @@ integration: deps
 
 bench: deps
 	$(PY) bench/images.py
+	$(PY) bench/scale.py
 	$(PY) bench/hosts.py
 
 faults: deps

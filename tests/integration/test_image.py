@@ -45,8 +45,11 @@ def test_create_grow_and_refuse_shrink(platform, ceph, pool, uniq):
     got = rbd_image(ceph, pool, name)
     assert got["size"] == GI
     assert got["features"] & rbd.RBD_FEATURE_EXCLUSIVE_LOCK and got["features"] & rbd.RBD_FEATURE_FAST_DIFF
-    status = platform.get("rbdimg", name, "default")["status"]
+    obj = platform.get("rbdimg", name, "default")
+    status = obj["status"]
     assert status["sizeBytes"] == GI and status["imageId"] == got["id"]
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name, read_only=True) as img:
+        assert img.metadata_get("rbd-operator.io/owner") == f"default/{name}/{obj['metadata']['uid']}"
     assert status["features"] == ["layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten"]
 
     platform.apply(image(name, pool, size="2Gi"))

@@ -411,8 +411,10 @@ class CephCluster:
         """Make the image under its staging name (unless a crashed run did), tag it, rename it into place."""
         staging, owner = a["staging"], a["owner"]
         what = f"creating {pool}/{name}"
+        fresh = False
         try:
             make(staging)
+            fresh = True
         except rbd.ImageExists:
             # Left by a crash: ours by its name (the tag below makes sure). A creation killed half-way
             # leaves a name without a header: remove that remnant and create again.
@@ -427,15 +429,9 @@ class CephCluster:
                 self._rbd_call(what, make, staging)
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
-        with self._rbd_call(what, rbd.Image, ioctx, staging) as image:
-            tag = _metadata(image, OWNER_KEY)
-            # librbd copies image metadata into a clone: the parent's tag is expected there.
-            if tag not in (None, owner, a.get("parent_owner")):
-                raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
-            if tag != owner:
-                self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
-            created = ObservedImage(size=image.size(), features=image.features(), id=image.id(),
-                                    parent=self._parent(image), owner=owner)
+        created = self._tag_new(ioctx, staging, a) if fresh and "parent" not in a else None
+        if created is None:
+            created = self._tag_opened(ioctx, pool, staging, a)
         try:
             rbd.RBD().rename(ioctx, staging, name)
         except rbd.ImageExists:
@@ -446,6 +442,32 @@ class CephCluster:
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
         return created
+
+    def _tag_new(self, ioctx: rados.Ioctx, staging: str, a: dict) -> ObservedImage | None:
+        """Tag an image this call just created, without opening it: its id from rbd_id.<name> and
+        the owner tag straight into its header with cls_rbd's metadata_set (what librbd's own
+        metadata_set does; a fresh image has no watcher to notify). None: use the slow path."""
+        try:
+            raw = ioctx.read(f"rbd_id.{staging}", 256)
+            length = int.from_bytes(raw[:4], "little")
+            image_id = raw[4:4 + length].decode()
+            ioctx.execute(f"rbd_header.{image_id}", "rbd", "metadata_set", _encode_map({OWNER_KEY: a["owner"]}))
+        except (rados.Error, UnicodeDecodeError, ValueError) as exc:
+            log.debug("tagging %s without opening it failed (%s); opening it", staging, type(exc).__name__)
+            return None
+        return ObservedImage(size=a["size"], features=a["features"], id=image_id, parent=None, owner=a["owner"])
+
+    def _tag_opened(self, ioctx: rados.Ioctx, pool: str, staging: str, a: dict) -> ObservedImage:
+        what, owner = f"tagging {pool}/{staging}", a["owner"]
+        with self._rbd_call(what, rbd.Image, ioctx, staging) as image:
+            tag = _metadata(image, OWNER_KEY)
+            # librbd copies image metadata into a clone: the parent's tag is expected there.
+            if tag not in (None, owner, a.get("parent_owner")):
+                raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
+            if tag != owner:
+                self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
+            return ObservedImage(size=image.size(), features=image.features(), id=image.id(),
+                                 parent=self._parent(image), owner=owner)
 
     def apply_image_action(self, pool: str, action: Action) -> ObservedImage | None:
         """Carry out one step; `create` and `clone` return what they made (no second look needed)."""
@@ -508,6 +530,15 @@ class CephCluster:
                 return
             except (rbd.Error, rados.Error) as exc:
                 raise _classify(exc, what) from None
+
+
+def _encode_map(values: dict[str, str]) -> bytes:
+    """Ceph's encoding of a map<string, bufferlist> (cls_rbd metadata_set's argument)."""
+    out = bytearray(len(values).to_bytes(4, "little"))
+    for key, value in values.items():
+        for part in (key.encode(), value.encode()):
+            out += len(part).to_bytes(4, "little") + part
+    return bytes(out)
 
 
 def _metadata(image: rbd.Image, key: str) -> str | None:

@@ -49,7 +49,7 @@ class Tracked:
     namespace: str
     name: str
     uid: str
-    spec: ImageSpec
+    spec: dict
     ready: tuple[str, str] | None
     deleting: bool
 
@@ -57,15 +57,15 @@ class Tracked:
 @kopf.index(GROUP, VERSION, PLURAL)
 def images_by_storage(name: str, namespace: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                       **_: Any) -> dict | None:
-    """RbdImages by the storage they name (valid specs only: invalid ones never reached Ceph)."""
-    try:
-        parsed = parse_image(name, spec)
-    except SpecError:
+    """RbdImages by the storage they name. Kept cheap (it runs on every event of every image): the
+    sweep parses the specs."""
+    storage = spec.get("storage")
+    if not isinstance(storage, str):
         return None
     cond = get_condition(status.get("conditions"), "Ready")
     ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
         "generation") else None
-    return {parsed.storage: Tracked(namespace, name, uid, parsed, ready, bool(meta.get("deletionTimestamp")))}
+    return {storage: Tracked(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")))}
 
 
 @ceph.with_session
@@ -79,18 +79,24 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, ima
     image's header per interval (instead of a timer and an image open per image). Images whose status
     no longer tells the truth are poked (an annotation: kopf then reconciles them); nothing else is
     written. Returns how many were poked."""
-    tracked = [t for t in list(images_by_storage.get(storage_name, [])) if not t.deleting]
+    tracked = []
+    for t in list(images_by_storage.get(storage_name, [])):
+        try:
+            tracked.append((t, parse_image(t.name, t.spec)))
+        except SpecError:
+            continue  # never reached Ceph; its condition says so
+    tracked = [(t, spec) for t, spec in tracked if not t.deleting]
     if not tracked:
         return 0
-    headers = await run_blocking(_headers, creds, storage.pool.name, {t.spec.name for t in tracked},
+    headers = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
                                  timeout=CEPH_TIMEOUT, reason="CephUnreachable")
     allowed: dict[str, bool] = {}
     poked = 0
-    for t in tracked:
+    for t, spec in tracked:
         if storage.image_namespaces is not None and t.namespace not in allowed:
             labels = await run_blocking(kube.namespace_labels, t.namespace, timeout=30, pool="kube")
             allowed[t.namespace] = labels is not None and matches_namespaces(storage.image_namespaces, labels)
-        verdict = sweep_verdict(t.spec, headers.get(t.spec.name), owner_id(t.namespace, t.name, t.uid), t.ready,
+        verdict = sweep_verdict(spec, headers.get(spec.name), owner_id(t.namespace, t.name, t.uid), t.ready,
                                 storage.pool.quota_max_bytes or 0, image_uids.__contains__,
                                 allowed.get(t.namespace, True))
         if verdict and not busy(t.uid):
@@ -98,6 +104,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, ima
                         t.ready[1] if t.ready else "no status")
             await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool="kube")
             poked += 1
+    logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
     return poked
 
 
