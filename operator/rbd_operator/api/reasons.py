@@ -144,6 +144,42 @@ REASONS: tuple[Reason, ...] = (
 
 BY_NAME = {r.name: r for r in REASONS}
 
+# Reasons of Events only (Normal events narrating what was done; Warnings repeat a condition's reason).
+EVENT_REASONS = {
+    "PoolCreated": "A pool was created (under its staging name, marked, renamed into place).",
+    "PoolUpdated": "A pool setting was set to the spec's value.",
+    "QuotaUpdated": "A pool quota was set to the spec's value.",
+    "PoolInitialized": "rbd pool init ran on the pool.",
+    "ApplicationEnabled": "An application was enabled on the pool.",
+    "PoolAdopted": "An existing pool was adopted: its owner recorded in Ceph.",
+    "ClientOwnerRecorded": "The storage was recorded as an owner of its cephx user.",
+    "ClientCreated": "A cephx user was created.",
+    "CapsCorrected": "A cephx user's caps were set to what the spec wants.",
+    "ClientSecretUpdated": "The client Secret was created or updated.",
+    "Deleted": "What the storage owned was deleted.",
+    "Created": "An image was created.",
+    "Cloned": "An image was cloned.",
+    "Resized": "An image was resized.",
+    "Flattened": "A clone was flattened.",
+    "FeaturesUpdated": "Dynamic image features were enabled or disabled.",
+    "SnapshotProtected": "A clone source snapshot was protected.",
+    "Adopted": "An existing image was adopted: its owner tag set.",
+    "Trashed": "An image was moved to the RBD trash.",
+    "RepositoriesConfigured": "Repository files were written or removed on a host.",
+    "PackageDatabaseRepaired": "An interrupted dpkg run was completed (dpkg --configure -a).",
+    "PackagesRemoved": "Packages were removed from a host.",
+    "PackagesInstalled": "Packages were installed on a host.",
+    "ConfigRestored": "libvirtd.conf was restored from its .rpmsave copy.",
+    "CephConfigWritten": "/etc/ceph/ceph.conf was written on a host.",
+    "KeyringWritten": "A client keyring was written on a host (0600).",
+    "SecretDefined": "A libvirt secret was defined on a host.",
+    "SecretUpdated": "A libvirt secret's value was set to the client's key.",
+    "StorageRemoved": "A storage's keyring and libvirt secret were removed from a host.",
+    "HostKeyPinned": "Trust on first use: the host key seen at first contact is pinned.",
+    "HostCleaned": "deletionPolicy Delete: the operator's files and secrets were removed from the host.",
+    "UnsafeValue": "A status entry failed validation and was ignored.",
+}
+
 
 def health_of(reason: str) -> Health:
     """How a Ready=False condition with this reason should be read; unknown reasons are DEGRADED (fail closed)."""
