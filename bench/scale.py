@@ -62,8 +62,10 @@ def event_count(core: kubernetes.client.CoreV1Api) -> int:
 
 
 def writes_between(before: tuple[dict, int], after: tuple[dict, int]) -> int:
-    changed = sum(1 for key, version in after[0].items() if before[0].get(key) != version)
-    return changed + max(0, after[1] - before[1])
+    changed = [key for key, version in after[0].items() if before[0].get(key) != version]
+    if changed:
+        print(f"    changed: {changed[:10]}", flush=True)
+    return len(changed) + max(0, after[1] - before[1])
 
 
 def snapshot(api: kubernetes.client.CustomObjectsApi, core: kubernetes.client.CoreV1Api) -> tuple[dict, int]:
@@ -90,7 +92,7 @@ def main() -> int:
         wait_ready(platform, NAMESPACE, IMAGES, timeout=3600)
         result["converge_s"] = round(time.monotonic() - start, 1)
         print(f"  {IMAGES} images converged in {result['converge_s']}s", flush=True)
-        time.sleep(10)  # let the last status writes land
+        time.sleep(RESYNC)  # let the last status writes land (and Ceph's pool statistics catch up)
 
         pid = operator.proc.pid
         before, cpu0, t0 = snapshot(api, core), cpu_seconds(pid), time.monotonic()

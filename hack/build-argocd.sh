@@ -13,7 +13,7 @@ if [ -x "$out/argocd" ]; then
   echo "$out"; exit 0
 fi
 command -v go >/dev/null || { echo "build-argocd: go is required" >&2; exit 1; }
-version=$(awk '$1=="github.com/argoproj/argo-cd/v3" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")
+version=$(grep -oE 'github.com/argoproj/argo-cd/v3 v[0-9][0-9.]*' "$mod/go.mod" | head -1 | cut -d' ' -f2)
 tmp="$out.tmp.$$"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT

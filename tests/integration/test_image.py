@@ -127,8 +127,9 @@ def test_in_use_image_is_not_deleted_and_trash_is_restorable(platform, ceph, poo
         try:
             platform.delete("rbdimg", name, "default")
             cond = platform.wait_condition("rbdimg", name, "False", "InUse", namespace="default")
-            assert "watchers" in cond["message"]
-            assert platform.get("rbdimg", name, "default")["status"]["watchers"]
+            status = platform.get("rbdimg", name, "default")["status"]
+            assert status["watchers"] and status["usedBy"]
+            assert "in use by" in cond["message"] and status["usedBy"][0]["address"] in cond["message"]
             assert rbd_image(ceph, pool, name) is not None
         finally:
             holder.close()

@@ -131,3 +131,11 @@ def test_sweep_asks_for_a_reconcile_only_when_the_status_is_no_longer_true():
     assert sweep_verdict(spec, observed(), OWNER, ("False", "CephUnreachable")), "back to normal"
     assert sweep_verdict(spec, observed(), OWNER, ok, namespace_allowed=False)
     assert not sweep_verdict(spec, observed(), OWNER, ("False", "NamespaceNotAllowed"), namespace_allowed=False)
+
+
+def test_used_by_names_the_hypervisor_of_each_watcher():
+    from rbd_operator.reconcile.image_plan import describe_users, used_by
+    nodes = {"10.0.0.11": "hv1"}
+    users = used_by(["10.0.0.11:0/3418127", "10.0.0.11:0/99", "10.0.0.99:0/1", "v1:[fd00::5]:0/7"], nodes)
+    assert users == [{"node": "hv1", "address": "10.0.0.11"}, {"address": "10.0.0.99"}, {"address": "fd00::5"}]
+    assert describe_users(users) == "HypervisorNode hv1 (10.0.0.11), 10.0.0.99, fd00::5"

@@ -33,9 +33,11 @@ _disruption = threading.Lock()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def hypervisors(name: str, labels: kopf.Labels, status: kopf.Status, **_: Any) -> dict:
-    """Hosts by name with their labels and what they hold (RbdStorage status summarises it)."""
-    return {name: {"labels": dict(labels), "storages": [dict(s) for s in status.get("storages") or []]}}
+def hypervisors(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict:
+    """Hosts by name with their labels, address and what they hold (RbdStorage status summarises it;
+    RbdImage status.usedBy names hosts by address)."""
+    return {name: {"labels": dict(labels), "address": spec.get("address"),
+                   "storages": [dict(s) for s in status.get("storages") or []]}}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ..api.conditions import get_condition
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.storage import StorageSpec, parse_storage
-from ..reconcile.image_plan import ObservedImage, plan_image, sweep_verdict
+from ..reconcile.image_plan import ObservedImage, describe_users, plan_image, sweep_verdict, used_by
 from ..reconcile.ownership import image_owner, staging_name
 from ..reconcile.selector import matches_namespaces
 from .common import (CEPH_TIMEOUT, StatusUpdate, admin_credentials, backoff, busy, object_lock, release_lock, reported,
@@ -169,13 +169,18 @@ def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: Image
     return ImageOutcome(observed, actions)
 
 
-def _report_image(status: StatusUpdate, image: ObservedImage) -> None:
+def node_addresses(hypervisors: kopf.Index) -> dict[str, str]:
+    return {e["address"]: name for name, entries in list(hypervisors.items()) for e in entries if e.get("address")}
+
+
+def _report_image(status: StatusUpdate, image: ObservedImage, hypervisors: kopf.Index) -> None:
     status.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id,
-               parent=image.parent, watchers=image.watchers)
+               parent=image.parent, watchers=image.watchers,
+               usedBy=used_by(image.watchers, node_addresses(hypervisors)))
 
 
 async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                   storages: kopf.Index, image_uids: kopf.Index,
+                   storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
                    logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
@@ -196,7 +201,7 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
     if visible and not all(a.kind in CREATION for a in visible):
         kopf.event(body, type="Normal", reason=ACTION_REASONS[visible[0].kind],
                    message="; ".join(a.describe() for a in visible))
-    _report_image(status, outcome.image)
+    _report_image(status, outcome.image, hypervisors)
     status.set(pool=storage.pool.name)
     status.condition("Ready", True, "Converged", f"{storage.pool.name}/{parsed.name} matches the spec",
                      event=not visible)
@@ -209,10 +214,10 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                    retry: int, storages: kopf.Index, image_uids: kopf.Index,
+                    retry: int, storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
                     logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, logger, retry)
+        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, hypervisors, logger, retry)
 
 
 @ceph.with_session
@@ -234,7 +239,8 @@ def _delete_image(cluster: ceph.CephCluster, pool: str, spec: ImageSpec, owner: 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @reported()
 async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                 retry: int, storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                 retry: int, storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger,
+                 **_: Any) -> None:
     try:
         parsed = parse_image(name, spec)
     except SpecError:
@@ -261,9 +267,10 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
         except OperatorError as exc:
             return status.error(exc, retry)
     if in_use:
-        status.set(watchers=in_use.watchers)
-        return status.fail("InUse", f"{storage.pool.name}/{parsed.name} has watchers "
-                           f"({', '.join(in_use.watchers)}); not deleting", min(30.0, backoff(retry)))
+        users = used_by(in_use.watchers, node_addresses(hypervisors))
+        status.set(watchers=in_use.watchers, usedBy=users)
+        return status.fail("InUse", f"{storage.pool.name}/{parsed.name} is in use by {describe_users(users)}; "
+                           "not deleting", min(30.0, backoff(retry)))
     message = (f"{storage.pool.name}/{parsed.name} moved to the RBD trash, "
                f"restorable for {parsed.trash_retention_seconds}s")
     logger.info("librbd: %s", message)

@@ -165,3 +165,25 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: str, r
     except (SpecError, Waiting, Refused) as exc:
         return ready != ("False", exc.reason)
     return bool(actions) or ready != ("True", "Converged")
+
+
+def used_by(watchers: list[str], nodes: dict[str, str]) -> list[dict[str, str]]:
+    """Who uses an image: each watcher (librbd "ip:port/nonce") mapped to the HypervisorNode whose
+    address is its IP (`nodes`: address -> node name); the plain address when none matches."""
+    out, seen = [], set()
+    for watcher in watchers:
+        addr = watcher
+        for prefix in ("v1:", "v2:", "any:"):
+            addr = addr[len(prefix):] if addr.startswith(prefix) else addr
+        ip = addr.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        entry = {"node": nodes.get(ip, ""), "address": ip} if ip in nodes else {"address": ip}
+        key = (entry.get("node"), ip)
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
+def describe_users(users: list[dict[str, str]]) -> str:
+    return ", ".join(f"HypervisorNode {u['node']} ({u['address']})" if u.get("node") else u["address"]
+                     for u in users)
