@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help deps run sandbox-up sandbox-down test unit contract integration bench faults clean
+.PHONY: help deps run sandbox-up sandbox-down test unit contract argocd-health integration bench faults generate clean
 
 help:
 	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
@@ -25,10 +25,13 @@ sandbox-down:
 	hack/sandbox.sh down
 
 test: deps
-	$(PY) -m pytest -ra tests/unit tests/contract tests/integration
+	$(PY) -m pytest -ra tests/unit tests/contract tests/argocd tests/integration
 
 contract: deps
 	$(PY) -m pytest -ra tests/contract
+
+argocd-health: deps
+	$(PY) -m pytest -ra tests/argocd
 
 unit: deps
 	$(PY) -m pytest -ra tests/unit
@@ -40,6 +43,9 @@ bench: deps
 	$(PY) bench/images.py
 	$(PY) bench/scale.py
 	$(PY) bench/hosts.py
+
+generate:
+	$(PY) hack/gen-argocd.py
 
 faults: deps
 	$(PY) bench/faults.py

@@ -132,8 +132,9 @@ def test_cases(kind: str) -> list[tuple[str, dict, str, str]]:
                           expected, f"{reason}: {reason} here"))
     transient = reasons_for(kind, Health.PROGRESSING)
     if transient:
+        # Argo CD itself reports any object being deleted as Progressing ("Pending deletion").
         cases.append(("deleting-transient", _obj(kind, 2, _ready("False", transient[0], "waiting"), deleting=True),
-                      "Progressing", f"{transient[0]}: waiting"))
+                      "Progressing", "Pending deletion"))
     return cases
 
 

@@ -37,7 +37,7 @@ def evaluate(argocd: Path, obj: Path) -> tuple[str, str]:
 
 
 def test_cases_exist_for_every_kind():
-    kinds = {d.parent.name for d, _ in CASES}
+    kinds = {d.name for d, _ in CASES}
     assert kinds == {"RbdStorage", "RbdImage", "HypervisorNode"} and len(CASES) > 60
 
 
