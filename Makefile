@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help deps run sandbox-up sandbox-down test unit contract argocd-health integration bench faults generate clean
+.PHONY: help deps run sandbox-up sandbox-down test unit contract argocd-health integration gitops-e2e bench faults generate clean
 
 help:
 	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
 	@echo "make sandbox-up    the same sandbox in the background;  make sandbox-down stops it"
 	@echo "make test          unit and integration tests (real kube-apiserver, etcd, Ceph)"
 	@echo "make bench         benchmarks, figures in .bench/results.json"
+	@echo "make gitops-e2e    a real Argo CD (application-controller, repo-server) syncing the operator's kinds"
 	@echo "make faults        fault matrix, generated bad inputs, leak scan: .bench/faults.json"
 
 deps:
@@ -43,6 +44,9 @@ bench: deps
 	$(PY) bench/images.py
 	$(PY) bench/scale.py
 	$(PY) bench/hosts.py
+
+gitops-e2e: deps
+	$(PY) -m pytest -ra tests/gitops
 
 generate:
 	$(PY) hack/gen-argocd.py

@@ -14,7 +14,9 @@ DEB_PACKAGES=(
   # test hosts: sshd, debootstrap, network namespaces
   openssh-server openssh-client debootstrap iproute2
   # tooling
-  python3-venv openssl curl ca-certificates procps psmisc
+  python3-venv openssl curl ca-certificates procps psmisc git
+  # make gitops-e2e: Argo CD's cache
+  redis-server
 )
 
 missing=()

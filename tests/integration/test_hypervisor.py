@@ -90,6 +90,22 @@ def test_storage_reaches_two_debian_hosts_and_follows_key_rotation(platform, ope
              what="storage status counts both hosts current again")
     assert key not in operator.log_text() and new_key not in operator.log_text()
 
+    # Rotation as a feature: raising spec.client.rotateKeyGeneration replaces the key in Ceph (same caps),
+    # the Secret follows and the storage's change reaches both hosts without waiting for their resync.
+    caps = cephcheck.caps(ceph, f"client.hv-{uniq}")
+    platform.apply(storage(platform, name, client={"name": f"hv-{uniq}", "rotateKeyGeneration": 1},
+                           deletionPolicy="Delete", hypervisors={"nodeSelector": {"matchLabels": {LABEL: name}}}))
+    wait_for(lambda: client_key(platform, name) not in (key, new_key), 60, what="rotated key published")
+    rotated = client_key(platform, name)
+    assert cephcheck.key(ceph, f"client.hv-{uniq}") == rotated and cephcheck.caps(ceph, f"client.hv-{uniq}") == caps
+    for host in (h1, h2):
+        wait_for(lambda: host_secret_value(host, uuid) == rotated, 90, what=f"rotated key on {host.name}")
+        assert rotated in host.exec(f"cat /etc/ceph/ceph.client.hv-{uniq}.keyring")
+    wait_for(lambda: platform.get("rbds", name)["status"].get("keyGeneration") == 1, 30, what="generation recorded")
+    wait_for(lambda: {"KeyRotated", "HostsCurrent"} <= {e["reason"] for e in platform.events(name)}, 90,
+             what="rotation and rollout events")
+    assert rotated not in operator.log_text()
+
     # A host that is no longer selected loses the keyring and the secret.
     platform.kubectl("label", "hvn", h2.name, f"{LABEL}-")
     wait_for(lambda: not h2.ok(f"test -e /etc/ceph/ceph.client.hv-{uniq}.keyring"), 90, what="keyring removed")

@@ -204,3 +204,21 @@ Operation aborted.
 """
     assert dnf_removals(out, "") == ["qemu-img", "libvirt", "qemu-kvm"]
     assert dnf_removals("Dependencies resolved.\nNothing to do.\n", "") == []
+
+
+def test_hosts_to_update_after_a_storage_change():
+    from rbd_operator.handlers.hypervisor import hosts_to_update
+    spec = {"hypervisors": {"nodeSelector": {"matchLabels": {"rbd": "yes"}}}}
+    status = {"keyVersion": "7", "libvirtSecretUUID": UUID}
+    current = {"name": "vm", "keyVersion": "7", "secretUUID": UUID, "current": True}
+    index = {
+        "fresh": [{"labels": {"rbd": "yes"}, "storages": []}],                         # selected, holds nothing
+        "stale": [{"labels": {"rbd": "yes"}, "storages": [{**current, "keyVersion": "6"}]}],  # old key
+        "done": [{"labels": {"rbd": "yes"}, "storages": [current]}],
+        "left": [{"labels": {}, "storages": [current]}],                                # no longer selected
+        "kept": [{"labels": {}, "storages": [{**current, "retained": True}]}],
+        "other": [{"labels": {}, "storages": []}],
+    }
+    assert hosts_to_update("vm", False, spec, status, index) == ["fresh", "left", "stale"]
+    assert hosts_to_update("vm", True, spec, status, index) == ["done", "left", "stale"]
+    assert hosts_to_update("vm", False, spec, {}, index) == ["left"], "no key yet: only removals"

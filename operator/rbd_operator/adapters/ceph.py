@@ -6,12 +6,15 @@ exception messages.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import errno
 import hashlib
 import json
 import logging
+import os
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +70,13 @@ class Credentials:
 # errnos librados answers with when no monitor (or OSD) is there to answer.
 _UNREACHABLE = frozenset({errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENOTCONN,
                           errno.ESHUTDOWN, errno.ECONNRESET})
+
+
+def new_cephx_key() -> str:
+    """A fresh cephx secret as Ceph encodes it: type 1 (AES), created time, length 16, 16 random bytes."""
+    now = time.time()
+    raw = struct.pack("<HIIH", 1, int(now), int((now % 1) * 1e9), 16) + os.urandom(16)
+    return base64.b64encode(raw).decode()
 
 
 def _errno_of(exc: Exception) -> int | None:
@@ -272,6 +282,24 @@ class CephCluster:
             self.mon("auth caps", entity=target, caps=_caps_list(a["caps"]))
         else:  # pragma: no cover - a plan only holds the kinds above
             raise ValueError(f"unknown storage action {kind}")
+
+    def rotate_key(self, entity: str) -> None:
+        """Replace the user's key in place (same caps): `auth import` of a keyring with a fresh key.
+
+        The key is generated here and reaches the monitor only in the command's input buffer.
+        """
+        caps = self.client_caps(entity)
+        if caps is None:
+            raise CephError("CephCommandFailed", f"{entity} does not exist; nothing to rotate")
+        lines = [f"[{entity}]", f"\tkey = {new_cephx_key()}"]
+        lines += [f'\tcaps {service} = "{cap}"' for service, cap in sorted(caps.items())]
+        try:
+            ret, _, status = self.rados.mon_command(json.dumps({"prefix": "auth import"}),
+                                                    ("\n".join(lines) + "\n").encode(), timeout=OP_TIMEOUT)
+        except rados.Error as exc:
+            raise _classify(exc, "auth import") from None
+        if ret < 0:
+            raise CephError("CephCommandFailed", f"auth import: {status or errno.errorcode.get(-ret, ret)}", -ret)
 
     def delete_client(self, entity: str) -> None:
         self.mon("auth del", entity=entity, ok=(errno.ENOENT,))

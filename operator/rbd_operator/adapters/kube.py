@@ -101,7 +101,7 @@ def namespace_labels(name: str) -> dict[str, str] | None:
 POKE_ANNOTATION = "resync.rbd-operator.io/requested"
 
 
-def poke(group: str, version: str, plural: str, namespace: str, name: str) -> None:
+def poke(group: str, version: str, plural: str, namespace: str | None, name: str) -> None:
     """Have kopf reconcile an object now: a changed annotation is a change of its essence.
 
     (Its prefix differs from kopf's own storage prefix, whose annotations kopf ignores.)
@@ -109,7 +109,10 @@ def poke(group: str, version: str, plural: str, namespace: str, name: str) -> No
     api = kubernetes.client.CustomObjectsApi(core().api_client)
     body = {"metadata": {"annotations": {POKE_ANNOTATION: str(time.time())}}}
     try:
-        api.patch_namespaced_custom_object(group, version, namespace, plural, name, body)
+        if namespace:
+            api.patch_namespaced_custom_object(group, version, namespace, plural, name, body)
+        else:
+            api.patch_cluster_custom_object(group, version, plural, name, body)
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to reconcile
             raise

@@ -156,6 +156,8 @@ EVENT_REASONS = {
     "ClientCreated": "A cephx user was created.",
     "CapsCorrected": "A cephx user's caps were set to what the spec wants.",
     "ClientSecretUpdated": "The client Secret was created or updated.",
+    "KeyRotated": "spec.client.rotateKeyGeneration was raised: the user has a new key in Ceph.",
+    "HostsCurrent": "Every selected host holds the client's current key (a rotation's rollout is complete).",
     "Deleted": "What the storage owned was deleted.",
     "Created": "An image was created.",
     "Cloned": "An image was cloned.",

@@ -120,6 +120,7 @@ class ClientSpec:
     cache_pool: str | None = None
     secret_name: str = ""
     adopt: bool = False
+    rotate_key_generation: int = 0
 
     @property
     def entity(self) -> str:
@@ -246,7 +247,9 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         pool=PoolSpec(pool_name, pg_num, replicas, max_bytes, max_objects, parameters, application,
                       adopt=_flag(pool, "adopt", "spec.pool")),
         client=ClientSpec(client_name, profile, caps, cache_pool, secret_name,
-                          adopt=_flag(client, "adopt", "spec.client")),
+                          adopt=_flag(client, "adopt", "spec.client"),
+                          rotate_key_generation=_positive_int(client.get("rotateKeyGeneration", 0),
+                                                              "spec.client.rotateKeyGeneration", allow_zero=True)),
         node_selector=dict(selector),
         deletion_policy=policy,
         image_namespaces=image_namespaces,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,6 +412,64 @@ def _clean_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], hel
             host.remove_file(conf)
             removed.append(conf)
     return removed
+
+
+# -- changes reach hosts in seconds ----------------------------------------------------------------
+# Every event of an RbdStorage (its status carries the key version, secret UUID and monitors) is
+# compared with what each HypervisorNode reports; hosts that must change are poked (an annotation:
+# kopf reconciles them now) instead of waiting for their next resync. Hosts converge in parallel,
+# bounded by the SSH pool.
+_POKE_AGAIN_SECONDS = 60.0
+_poked: dict[tuple[str, str], tuple[tuple, float]] = {}
+_seen: dict[str, tuple] = {}  # the last state of each storage (monitors changes concern every host)
+
+
+def hosts_to_update(name: str, deleted: bool, spec: dict, status: dict, hypervisors: dict) -> list[str]:
+    """Hosts whose status shows they do not hold this storage as it is now (or hold it but should not)."""
+    selector = (spec.get("hypervisors") or {}).get("nodeSelector")
+    out = []
+    for host, entries in hypervisors.items():
+        for entry in entries:
+            held = [s for s in entry["storages"] if s.get("name") == name and not s.get("retained")]
+            if not deleted and matches(selector, entry["labels"]):
+                if not status.get("keyVersion"):
+                    continue  # no key published yet
+                current = any(s.get("current") and s.get("keyVersion") == status.get("keyVersion")
+                              and s.get("secretUUID") == status.get("libvirtSecretUUID") for s in held)
+                if not current:
+                    out.append(host)
+            elif held:
+                out.append(host)
+    return sorted(set(out))
+
+
+@kopf.on.event(GROUP, VERSION, "rbdstorages")
+async def propagate(type: str | None, name: str, body: kopf.Body, hypervisors: kopf.Index, logger: logging.Logger,
+                    **_: Any) -> None:
+    spec, status = dict(body.get("spec") or {}), dict(body.get("status") or {})
+    deleted = type == "DELETED"
+    state = (deleted, status.get("keyVersion"), status.get("libvirtSecretUUID"),
+             repr(status.get("monitors")), repr((spec.get("hypervisors") or {}).get("nodeSelector")))
+    now = time.monotonic()
+    monitors_changed = name in _seen and _seen[name][3] != state[3]
+    _seen[name] = state
+    targets = hosts_to_update(name, deleted, spec, status, {h: list(e) for h, e in list(hypervisors.items())})
+    if monitors_changed and not deleted:
+        selector = (spec.get("hypervisors") or {}).get("nodeSelector")
+        targets = sorted(set(targets) | {h for h, entries in list(hypervisors.items())
+                                          for e in entries if matches(selector, e["labels"])})
+    for host in targets:
+        last = _poked.get((host, name))
+        if last and last[0] == state and now - last[1] < _POKE_AGAIN_SECONDS:
+            continue
+        _poked[(host, name)] = (state, now)
+        logger.info("RbdStorage %s changed: reconciling HypervisorNode %s now", name, host)
+        try:
+            await run_blocking(kube.poke, GROUP, VERSION, PLURAL, None, host, timeout=30, pool="kube")
+        except (ApiException, OperatorError) as exc:  # the host's own resync catches up
+            logger.warning("could not poke HypervisorNode %s: %s", host, getattr(exc, "status", exc))
+    if deleted:
+        _seen.pop(name, None)
 
 
 def _delete_policy(spec: kopf.Spec, **_: Any) -> bool:

@@ -33,7 +33,7 @@ ACTION_REASONS = {
     "create-pool": "PoolCreated", "set-pool": "PoolUpdated", "set-quota": "QuotaUpdated",
     "rbd-pool-init": "PoolInitialized", "enable-application": "ApplicationEnabled",
     "set-pool-owner": "PoolAdopted", "set-client-owners": "ClientOwnerRecorded",
-    "create-client": "ClientCreated", "set-caps": "CapsCorrected",
+    "create-client": "ClientCreated", "set-caps": "CapsCorrected", "rotate-key": "KeyRotated",
 }
 
 
@@ -101,7 +101,7 @@ class CephOutcome:
 
 @ceph.with_session
 def _converge_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
-                   live: frozenset[str], logger: logging.Logger) -> CephOutcome:
+                   live: frozenset[str], rotated: int, logger: logging.Logger) -> CephOutcome:
     """Runs in a worker thread: observe, plan (ownership decided before any change), act, observe again."""
     fsid = cluster.fsid()
     pools = cluster.pools()
@@ -122,6 +122,12 @@ def _converge_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: Stor
         done.append(action)
     if pool_actions:
         pools = cluster.pools()
+    if spec.client.rotate_key_generation > rotated and uid in cluster.client_owners(entity):
+        # Raised spec.client.rotateKeyGeneration: a new key in Ceph; the Secret and the hosts follow.
+        check_cancelled(f"rotating the key of {entity}")
+        logger.info("Ceph: rotating the key of %s (generation %d)", entity, spec.client.rotate_key_generation)
+        cluster.rotate_key(entity)
+        done.append(Action("rotate-key", entity, {"generation": spec.client.rotate_key_generation}))
     purged = cluster.purge_expired_trash(spec.pool.name)
     if purged:
         logger.info("Purged %d trashed image(s) whose retention ended", purged)
@@ -165,7 +171,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30,
                            pool="kube")
         peers, live = _peers(name, parsed, storages)
-        outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, logger,
+        rotated = int((body.get("status") or {}).get("keyGeneration") or 0)
+        outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, rotated, logger,
                                      timeout=CEPH_TIMEOUT, reason="CephUnreachable")
     except OperatorError as exc:
         if creds and exc.reason in ("CephUnreachable", "AuthFailed"):
@@ -207,7 +214,15 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
         libvirtSecretUUID=secret_uuid,
         hosts=hosts_summary(parsed, secret_uuid, key_version, name, hypervisors),
+        keyVersion=key_version,
+        keyGeneration=max(parsed.client.rotate_key_generation,
+                          int((body.get("status") or {}).get("keyGeneration") or 0)),
     )
+    hosts = status.patch.status.get("hosts") if "hosts" in status.patch.status else None
+    before = (body.get("status") or {}).get("hosts") or {}
+    if hosts and hosts["selected"] and hosts["current"] == hosts["selected"] and before.get("current") != hosts["current"]:
+        kopf.event(body, type="Normal", reason="HostsCurrent",
+                   message=f"all {hosts['selected']} selected host(s) hold the current key of {parsed.client.entity}")
     status.condition("PoolReady", True, "PoolConverged", f"pool {pool.name} (id {outcome.pool_id})"
                      + (f" pg_num {pool.pg_num}" if pool.pg_num else ""))
     status.condition("ClientReady", True, "ClientConverged",
