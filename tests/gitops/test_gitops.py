@@ -60,8 +60,9 @@ class Argo:
                                 env={**os.environ, "GOTOOLCHAIN": "go1.27.4", "GOFLAGS": "-mod=mod"}).stdout.strip()
         self.kubectl("apply", "--server-side", "-f", f"{module}/manifests/crds/application-crd.yaml",
                      "-f", f"{module}/manifests/crds/appproject-crd.yaml")
-        self.kubectl("wait", "--for=condition=Established", "crd/applications.argoproj.io",
-                     "crd/appprojects.argoproj.io", "--timeout=60s")
+        wait_for(lambda: self.kubectl("wait", "--for=condition=Established", "crd/applications.argoproj.io",
+                                      "crd/appprojects.argoproj.io", "--timeout=10s", check=False).returncode == 0,
+                 60, interval=1, what="Argo CD's CRDs established")
         self.kubectl("create", "namespace", "argocd", check=False)
         cm = yaml.safe_load((ROOT / "deploy" / "argocd" / "argocd-cm.yaml").read_text())
         cm["metadata"]["namespace"] = "argocd"
@@ -74,7 +75,13 @@ class Argo:
                     "metadata": {"name": "storage", "namespace": "argocd"},
                     "spec": {"sourceRepos": ["*"], "destinations": [{"server": "*", "namespace": "*"}],
                              "clusterResourceWhitelist": [{"group": "*", "kind": "*"}]}})
-        env = {**os.environ, "ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.platform.kubeconfig),
+        # The repo-server runs the helper scripts Argo CD's image puts on PATH (git-verify-wrapper.sh,
+        # gpg-wrapper.sh): taken from the same module, at run time, into our work dir.
+        (ARGO / "bin").mkdir(exist_ok=True)
+        for script in ("git-verify-wrapper.sh", "gpg-wrapper.sh"):
+            shutil.copy(f"{module}/hack/{script}", ARGO / "bin" / script)
+            (ARGO / "bin" / script).chmod(0o755)
+        env = {**os.environ, "PATH": f"{ARGO / 'bin'}:{os.environ['PATH']}", "ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.platform.kubeconfig),
                "ARGOCD_TLS_DATA_PATH": str(ARGO / "tls"), "ARGOCD_SSH_DATA_PATH": str(ARGO / "ssh"),
                "ARGOCD_GNUPGHOME": str(ARGO / "gpg/keys"), "ARGOCD_GPG_DATA_PATH": str(ARGO / "gpg/source"),
                "ARGOCD_GPG_ENABLED": "false", "TMPDIR": str(ARGO / "tmp"), "HOME": str(ARGO),
@@ -82,12 +89,13 @@ class Argo:
         self._spawn("redis", ["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no"], env)
         self._spawn("repo-server", [str(self.bin / "argocd-repo-server"), "--port", str(PORTS["repo"]),
-                                    "--metrics-port", str(PORTS["metrics_repo"]), "--disable-tls",
-                                    "--redis", f"127.0.0.1:{PORTS['redis']}", "--loglevel", "info"], env)
+                                    "--metrics-port", str(PORTS["metrics_repo"]),
+                                    "--redis", f"127.0.0.1:{PORTS['redis']}", "--loglevel", "info",
+                                    "--revision-cache-expiration", "5s"], env)
         self._spawn("application-controller", [
             str(self.bin / "argocd-application-controller"), "--namespace", "argocd",
             "--kubeconfig", str(self.platform.kubeconfig), "--redis", f"127.0.0.1:{PORTS['redis']}",
-            "--repo-server", f"127.0.0.1:{PORTS['repo']}", "--repo-server-plaintext", "--persist-resource-health",
+            "--repo-server", f"127.0.0.1:{PORTS['repo']}", "--persist-resource-health",
             "--metrics-port", str(PORTS["metrics_ctrl"]), "--app-resync", "10", "--loglevel", "info",
             "--status-processors", "2", "--operation-processors", "2"], env)
 

@@ -5,7 +5,9 @@ import pytest
 import rados
 
 from . import leakscan
-from .harness import OPERATOR_NAMESPACE, WORK, Operator, Platform, start_platform, stop_platform
+from .harness import (BRIDGE, HOST_PREFIX, NET, OPERATOR_NAMESPACE, WORK, Operator, Platform, sh, start_platform,
+                      stop_platform)
+from .labhosts import TESTHOST, LabHost, ssh_secret
 
 
 class LeakWatch:
@@ -101,3 +103,26 @@ def ceph(platform: Platform):
 def uniq():
     """A short unique suffix so tests never collide on pool, client or image names."""
     return uuid.uuid4().hex[:6]
+
+
+@pytest.fixture(scope="session")
+def hosts(platform, leaks):
+    sh(TESTHOST, "prepare", timeout=1800)
+    wanted = {
+        "t-h1": LabHost(f"{HOST_PREFIX}h1", f"{NET}.11", "debian"),
+        "t-h2": LabHost(f"{HOST_PREFIX}h2", f"{NET}.12", "debian"),
+        # The seed's starting point: stock qemu-kvm/qemu-img (and with them libvirt) installed.
+        "t-r1": LabHost(f"{HOST_PREFIX}r1", f"{NET}.21", "rpm"),
+    }
+    try:
+        for host in wanted.values():
+            env = {"TESTHOST_NO_REPO": "1"} if host.family == "debian" else {"TESTHOST_PREINSTALL": "qemu-kvm qemu-img"}
+            sh(TESTHOST, "up", host.name, BRIDGE, f"{host.address}/24", host.family, env=env, timeout=900)
+            platform.apply(ssh_secret(host))
+        yield wanted
+    finally:
+        leaks.scan_hosts([host.run_dir for host in wanted.values()])  # before their files go
+        for host in wanted.values():
+            platform.delete("hvn", host.name)
+            sh(TESTHOST, "down", host.name, check=False)
+        sh(TESTHOST, "repo-down", check=False)

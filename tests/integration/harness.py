@@ -239,3 +239,19 @@ class Operator:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def teardown_slot() -> None:
+    """Stop whatever a run of this slot left behind (an interrupted pytest skips its fixtures):
+    `RBD_TEST_SLOT=N python -m tests.integration.harness`."""
+    sh("pkill", "-f", f"rbd-operator --kubeconfig {WORK}/operator.kubeconfig", check=False)
+    sh("pkill", "-f", f"bin/argocd.*{TEST_PORTS['KUBE_API_PORT']}", check=False)
+    for run in (ROOT / ".cache" / "testhosts" / "run").glob(f"{HOST_PREFIX}*"):
+        sh(str(ROOT / "hack" / "testhosts" / "testhost.sh"), "down", run.name, check=False)
+    sh(str(ROOT / "hack" / "kube.sh"), "down", str(WORK / "kube"), env=TEST_PORTS, check=False)
+    sh(str(ROOT / "hack" / "ceph.sh"), "down", str(WORK / "ceph"), env=CEPH_ENV, check=False)
+    sh(str(ROOT / "hack" / "net.sh"), "down", BRIDGE, check=False)
+
+
+if __name__ == "__main__":
+    teardown_slot()

@@ -14,29 +14,6 @@ from .harness import BRIDGE, HOST_PREFIX, NET, OPERATOR_NAMESPACE, ROOT, sh, wai
 from .labhosts import LABEL, TESTHOST, LabHost, debian_packages, hypervisor, repo_url, ssh_secret
 from .manifests import storage
 
-@pytest.fixture(scope="module")
-def hosts(platform, leaks):
-    sh(TESTHOST, "prepare", timeout=1800)
-    wanted = {
-        "t-h1": LabHost(f"{HOST_PREFIX}h1", f"{NET}.11", "debian"),
-        "t-h2": LabHost(f"{HOST_PREFIX}h2", f"{NET}.12", "debian"),
-        # The seed's starting point: stock qemu-kvm/qemu-img (and with them libvirt) installed.
-        "t-r1": LabHost(f"{HOST_PREFIX}r1", f"{NET}.21", "rpm"),
-    }
-    try:
-        for host in wanted.values():
-            env = {"TESTHOST_NO_REPO": "1"} if host.family == "debian" else {"TESTHOST_PREINSTALL": "qemu-kvm qemu-img"}
-            sh(TESTHOST, "up", host.name, BRIDGE, f"{host.address}/24", host.family, env=env, timeout=900)
-            platform.apply(ssh_secret(host))
-        yield wanted
-    finally:
-        leaks.scan_hosts([host.run_dir for host in wanted.values()])  # before their files go
-        for host in wanted.values():
-            platform.delete("hvn", host.name)
-            sh(TESTHOST, "down", host.name, check=False)
-        sh(TESTHOST, "repo-down", check=False)
-
-
 def client_key(platform, storage_name: str) -> str:
     secret = platform.get("secret", f"{storage_name}-client", OPERATOR_NAMESPACE)
     return base64.b64decode(secret["data"]["userKey"]).decode()

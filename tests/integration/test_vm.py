@@ -1,0 +1,101 @@
+"""The chain VMmanager's and Eucalyptus's procedures exist for, proven by a guest: a QEMU (TCG) domain on a
+converged host boots from an RbdImage with the storage's client and libvirt secret, migrates live to a
+second converged host (shared storage), and runs on the RPM-family host after the seed's package swap."""
+
+from __future__ import annotations
+
+import time
+
+import rbd
+
+from .harness import sh, wait_for
+from .labhosts import LABEL, TESTHOST, debian_packages, hypervisor, repo_url
+from .manifests import image, storage
+from .vmproof import MARKER, boot_sector, domain_xml
+
+VIRSH = "virsh -q -c qemu:///system"
+
+
+def define_and_start(host, xml: str, name: str) -> None:
+    sh(TESTHOST, "exec", host.name, "sh", "-c", f"{VIRSH} define /dev/stdin >/dev/null && {VIRSH} start {name}",
+       input=xml)
+
+
+def serial(host, path: str) -> str:
+    return host.exec(f"cat {path} 2>/dev/null", check=False)
+
+
+def running(host) -> list[str]:
+    return host.exec(f"{VIRSH} list --state-running --name", check=False).split()
+
+
+def poke(platform, name: str, namespace: str = "default") -> None:
+    platform.kubectl("annotate", "--overwrite", "rbdimg", name, "-n", namespace,
+                     f"resync.rbd-operator.io/requested={time.time()}")
+
+
+def used_by(platform, name: str) -> list[str]:
+    return [u.get("node") for u in (platform.get("rbdimg", name, "default")["status"].get("usedBy") or [])]
+
+
+def test_vm_boots_from_rbd_migrates_live_and_runs_on_the_rpm_host(platform, operator, ceph, hosts, uniq):
+    h1, h2, r1 = hosts["t-h1"], hosts["t-h2"], hosts["t-r1"]
+    name = f"vm-{uniq}"
+    labels = {LABEL: name}
+    platform.apply(storage(platform, name, client={"name": name}, deletionPolicy="Retain",
+                           hypervisors={"nodeSelector": {"matchLabels": labels}}))
+    platform.wait_condition("rbds", name, "True")
+    for host in (h1, h2):
+        platform.apply(hypervisor(host, labels, packages=debian_packages()))
+    # The seed's RPM host, after its package swap (qemu-kvm-rhev & co, priority-2 repository).
+    platform.apply(hypervisor(r1, labels, packages={
+        "profile": "none", "repositories": [{"name": "ceph-qemu", "baseURL": repo_url("rpm"), "trusted": True,
+                                             "priority": 2}],
+        "remove": ["qemu-kvm", "qemu-img"], "install": ["qemu-kvm-rhev", "qemu-img-rhev"]}))
+    for host in (h1, h2, r1):
+        platform.wait_condition("hvn", host.name, "True", timeout=600)
+    wait_for(lambda: platform.get("rbds", name)["status"]["hosts"]["current"] == 3, 120, what="3 hosts current")
+
+    disk = f"disk-{uniq}"
+    platform.apply(image(disk, name, size="16Mi"))
+    platform.wait_condition("rbdimg", disk, "True", namespace="default")
+    with ceph.open_ioctx(name) as ioctx, rbd.Image(ioctx, disk) as img:
+        img.write(boot_sector(), 0)
+
+    status = platform.get("rbds", name)["status"]
+    v2 = status["monitors"][0]["v2"].rsplit(":", 1)
+    log = f"/var/log/libvirt/qemu/{name}-serial.log"
+    xml = domain_xml(name, name, disk, [(v2[0], int(v2[1]))], name, status["libvirtSecretUUID"], log)
+
+    # 1. Boots on h1: QEMU read the image as client.<name> with the key from the libvirt secret.
+    define_and_start(h1, xml, name)
+    wait_for(lambda: MARKER.decode() in serial(h1, log), 120, what=f"the guest's marker on {h1.name}")
+    poke(platform, disk)
+    wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy names the host")
+
+    # 2. Live migration to h2 over shared storage (h1 reaches h2's libvirtd over SSH, host key pinned).
+    key = (h2.run_dir / "id_ed25519").read_text()
+    sh(TESTHOST, "exec", h1.name, "sh", "-c",
+       "umask 077; mkdir -p /root/.ssh && cat > /root/.ssh/id_migrate", input=key)
+    sh(TESTHOST, "exec", h1.name, "sh", "-c", "cat >> /root/.ssh/known_hosts",
+       input=f"{h2.address} {h2.host_key}\n")
+    h1.exec(f"{VIRSH} migrate --live --persistent --undefinesource {name} "
+            f"'qemu+ssh://{h2.address}/system?keyfile=/root/.ssh/id_migrate&no_verify=0'")
+    wait_for(lambda: name in running(h2) and name not in running(h1), 60, what="the domain running on h2")
+    poke(platform, disk)
+    wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="usedBy follows the migration")
+
+    # Deleting the image is refused while the VM uses it, naming the host.
+    platform.delete("rbdimg", disk, "default")
+    cond = platform.wait_condition("rbdimg", disk, "False", "InUse", namespace="default")
+    assert f"HypervisorNode {h2.name}" in cond["message"]
+
+    # 3. The same domain on the RPM-family host, after the seed's package swap.
+    h2.exec(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}", check=False)
+    define_and_start(r1, xml, name)
+    wait_for(lambda: MARKER.decode() in serial(r1, log), 120, what=f"the guest's marker on {r1.name}")
+    assert r1.ok("rpm -q qemu-kvm-rhev >/dev/null")
+    r1.exec(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}", check=False)
+    h1.exec("rm -f /root/.ssh/id_migrate")
+    wait_for(lambda: platform.get("rbdimg", disk, "default") is None, 90, what="deleted once no VM uses it")
+    platform.delete("rbds", name)
