@@ -27,8 +27,10 @@ KEY_PLACES = (re.compile(r"^etc/ceph/ceph\.client\.[^/]+\.keyring$"), re.compile
 
 
 def ssh_key_fragments(text: str) -> set[str]:
-    """Distinctive pieces of a PEM/OpenSSH private key: its full body lines (64+ base64 chars)."""
-    return {line.strip() for line in text.splitlines() if len(line.strip()) >= 60 and "-----" not in line}
+    """Distinctive pieces of a PEM/OpenSSH private key: its full body lines (60+ base64 chars) but the
+    first, which every OpenSSH key of a type shares (magic, cipher "none", key type)."""
+    body = [line.strip() for line in text.splitlines() if line.strip() and "-----" not in line]
+    return {line for line in body[1:] if len(line) >= 60}
 
 
 @dataclass

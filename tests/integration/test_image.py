@@ -1,5 +1,6 @@
 """RbdImage against the real control plane and Ceph."""
 
+import json
 import signal
 import time
 
@@ -200,4 +201,21 @@ def test_drift_is_restored_by_the_storage_sweep_and_idle_images_cost_no_writes(p
     version = platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"]
     time.sleep(11)
     assert platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"] == version
+    platform.delete("rbdimg", name, "default", wait=True)
+
+
+def test_qos_limits_are_applied_shown_and_restored(platform, ceph, pool, uniq):
+    name = f"qos-{uniq}"
+    platform.apply(image(name, pool, size="64Mi", qos={"iopsLimit": 100, "bpsLimit": "10Mi", "writeIopsLimit": 50}))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+
+    def limits() -> dict:
+        out = platform.rbd_cli("config", "image", "ls", f"{pool}/{name}", "--format", "json")
+        return {e["name"]: int(e["value"]) for e in json.loads(out) if e["name"].startswith("rbd_qos_")
+                and e["source"] == "image"}
+    assert limits() == {"rbd_qos_iops_limit": 100, "rbd_qos_bps_limit": 10 * 2**20, "rbd_qos_write_iops_limit": 50}
+    wait_for(lambda: platform.get("rbdimg", name, "default")["status"].get("qos") ==
+             {"bpsLimit": 10 * 2**20, "iopsLimit": 100, "writeIopsLimit": 50}, 30, what="qos in status")
+    platform.rbd_cli("config", "image", "set", f"{pool}/{name}", "rbd_qos_iops_limit", "5")
+    wait_for(lambda: limits()["rbd_qos_iops_limit"] == 100, 30, what="a hand-changed limit restored")
     platform.delete("rbdimg", name, "default", wait=True)

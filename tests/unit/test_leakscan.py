@@ -31,6 +31,8 @@ def test_finds_a_key_in_argv_and_in_host_files_but_not_where_keys_belong(tmp_pat
     assert found.found == ["k in h1:/var/log/syslog"] and found.scanned == 1
 
 
-def test_ssh_key_fragments_are_body_lines():
-    pem = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQy\n-----END OPENSSH PRIVATE KEY-----\n"
-    assert leakscan.ssh_key_fragments(pem) == {"b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"}
+def test_ssh_key_fragments_are_body_lines_but_the_shared_header():
+    header = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"
+    unique = "QyNTUxOQAAACBkZWFkYmVlZmRlYWRiZWVmZGVhZGJlZWZkZWFkYmVlZgAAAJgAAAAAAAAA"
+    pem = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{header}\n{unique}\nQy\n-----END OPENSSH PRIVATE KEY-----\n"
+    assert leakscan.ssh_key_fragments(pem) == {unique}

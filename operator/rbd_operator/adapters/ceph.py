@@ -25,7 +25,7 @@ import rbd
 
 from ..api.cephx import valid_cephx_key  # noqa: F401 - re-exported
 from ..api.errors import OperatorError
-from ..api.image import features_to_bits
+from ..api.image import QOS_SETTINGS, features_to_bits
 from ..reconcile.actions import Action
 from ..reconcile.image_plan import ObservedImage, ObservedSource
 from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
@@ -39,6 +39,7 @@ OWNER_KEY = "rbd-operator.io/owner"
 TRASHED_KEY = "rbd-operator.io/trashed-by"
 # mon config-key (+ entity): the RbdStorage uids owning a cephx user, JSON {"owners": [...]}.
 CLIENT_OWNERS_KEY = "rbd-operator.io/clients/"
+QOS_KEYS = tuple(QOS_SETTINGS.values())
 # Objects rbd keeps in a pool even when it holds no image.
 RBD_POOL_METADATA = frozenset({
     "rbd_directory", "rbd_info", "rbd_trash", "rbd_children", "rbd_mirroring",
@@ -384,8 +385,10 @@ class CephCluster:
             with image:
                 parent = self._parent(image)
                 watchers = sorted({w["addr"] for w in image.watchers_list()})
+                qos = {k: int(v) for k in QOS_KEYS if (v := _metadata(image, f"conf_{k}")) is not None
+                       and v.isdigit()}
                 return ObservedImage(size=image.size(), features=image.features(), id=image.id(),
-                                     parent=parent, watchers=watchers, owner=_metadata(image, OWNER_KEY))
+                                     parent=parent, watchers=watchers, owner=_metadata(image, OWNER_KEY), qos=qos)
 
     def image_headers(self, pool: str, names: set[str]) -> dict[str, ObservedImage]:
         """Size, features, owner tag and parent of many images from one listing and their header
@@ -394,7 +397,7 @@ class CephCluster:
         The drift sweep's view; watchers are not part of it.
         """
         out: dict[str, ObservedImage] = {}
-        keys = ("size", "features", "parent", f"metadata_{OWNER_KEY}")
+        keys = ("size", "features", "parent", f"metadata_{OWNER_KEY}", *(f"metadata_conf_{k}" for k in QOS_KEYS))
         with self.ioctx(pool) as ioctx:
             listed = [e for e in self._rbd_call("rbd ls", rbd.RBD().list2, ioctx) if e["name"] in names]
             for start in range(0, len(listed), 64):
@@ -415,7 +418,9 @@ class CephCluster:
                     if "size" not in vals or "features" not in vals:
                         continue
                     owner = vals.get(f"metadata_{OWNER_KEY}")
-                    out[entry["name"]] = ObservedImage(
+                    qos = {k: int(v) for k in QOS_KEYS if (v := vals.get(f"metadata_conf_{k}", b"").decode())
+                           .isdigit()}
+                    out[entry["name"]] = ObservedImage(qos=qos, 
                         size=int.from_bytes(vals["size"][:8], "little"),
                         features=int.from_bytes(vals["features"][:8], "little"), id=entry["id"],
                         parent={"present": True} if vals.get("parent") else None,
@@ -526,6 +531,9 @@ class CephCluster:
                         self._rbd_call(what, image.update_features, bits, a["enabled"])
                     elif kind == "flatten":
                         self._rbd_call(what, image.flatten)
+                    elif kind == "set-qos":
+                        for key, value in sorted(a["qos"].items()):
+                            self._rbd_call(what, image.config_set, key, str(value))
                     else:  # pragma: no cover
                         raise ValueError(f"unknown image action {kind}")
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .errors import SpecError
@@ -36,6 +36,15 @@ FEATURE_DEPENDENCIES = {
 DEFAULT_FEATURES = ("layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten")
 DELETION_POLICIES = ("Delete", "Retain")
 DEFAULT_TRASH_RETENTION = "24h"
+# spec.qos field -> librbd image setting (stored as image config: `rbd config image ls`); 0 = unlimited.
+QOS_SETTINGS = {
+    "iopsLimit": "rbd_qos_iops_limit",
+    "bpsLimit": "rbd_qos_bps_limit",
+    "readIopsLimit": "rbd_qos_read_iops_limit",
+    "writeIopsLimit": "rbd_qos_write_iops_limit",
+    "readBpsLimit": "rbd_qos_read_bps_limit",
+    "writeBpsLimit": "rbd_qos_write_bps_limit",
+}
 _DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
 
@@ -59,6 +68,7 @@ class ImageSpec:
     deletion_policy: str
     trash_retention_seconds: int
     adopt: bool = False
+    qos: Mapping[str, int] | None = None  # librbd setting -> value; None: QoS not managed
 
     @property
     def feature_bits(self) -> int:
@@ -117,6 +127,33 @@ def parse_size(value: Any, path: str = "spec.size") -> int:
     return size
 
 
+def parse_qos(raw: Any, path: str) -> dict[str, int] | None:
+    """spec.qos (or an RbdStorage's imageDefaults.qos) -> {librbd setting: value}; None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be an object of limits (iopsLimit, bpsLimit, ...)")
+    out = {}
+    for field_name, value in raw.items():
+        if field_name not in QOS_SETTINGS:
+            raise SpecError(f"{path}.{field_name}", f"unknown limit (known: {', '.join(QOS_SETTINGS)})")
+        try:
+            number = parse_quantity(value)
+        except ValueError as exc:
+            raise SpecError(f"{path}.{field_name}", str(exc)) from None
+        if not 0 <= number < 2 ** 63:
+            raise SpecError(f"{path}.{field_name}", f"{value!r} is out of range (0 = unlimited)")
+        out[QOS_SETTINGS[field_name]] = number
+    return out
+
+
+def effective_qos(image: ImageSpec, defaults: Mapping[str, int] | None) -> ImageSpec:
+    """The image's limits over the storage's defaults (the image wins per limit)."""
+    if image.qos is None and defaults is None:
+        return image
+    return replace(image, qos={**(defaults or {}), **(image.qos or {})})
+
+
 def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
     """Validate an RbdImage spec and fill in defaults. Raises SpecError."""
     storage = spec.get("storage")
@@ -172,4 +209,5 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         deletion_policy=policy,
         trash_retention_seconds=retention,
         adopt=bool(spec.get("adopt", False)),
+        qos=parse_qos(spec.get("qos"), "spec.qos"),
     )

@@ -166,6 +166,7 @@ EVENT_REASONS = {
     "FeaturesUpdated": "Dynamic image features were enabled or disabled.",
     "SnapshotProtected": "A clone source snapshot was protected.",
     "Adopted": "An existing image was adopted: its owner tag set.",
+    "QosUpdated": "The image's rbd_qos_* limits were set to the spec's (or the storage's imageDefaults).",
     "Trashed": "An image was moved to the RBD trash.",
     "RepositoriesConfigured": "Repository files were written or removed on a host.",
     "PackageDatabaseRepaired": "An interrupted dpkg run was completed (dpkg --configure -a).",

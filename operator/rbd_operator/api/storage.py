@@ -10,6 +10,11 @@ from .errors import SpecError
 from .names import check_client_name, check_pool_name
 from .quantity import parse_quantity
 
+
+def parse_qos(raw: Any, path: str) -> Any:
+    from .image import parse_qos as parse  # noqa: PLC0415 - image imports this module
+    return parse(raw, path)
+
 CAPS_PROFILES = ("rbd", "legacy")
 DELETION_POLICIES = ("Retain", "Delete")
 CAPS_SERVICES = ("mon", "osd", "mgr")
@@ -140,6 +145,7 @@ class StorageSpec:
     node_selector: Mapping[str, Any] = field(default_factory=dict)
     deletion_policy: str = "Retain"
     image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
+    image_qos: Mapping[str, int] | None = None  # imageDefaults.qos: librbd setting -> value
 
 
 def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -253,6 +259,7 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         node_selector=dict(selector),
         deletion_policy=policy,
         image_namespaces=image_namespaces,
+        image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
     )
 
 

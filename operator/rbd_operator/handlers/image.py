@@ -15,7 +15,7 @@ from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..api.conditions import get_condition
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
-from ..api.image import ImageSpec, bits_to_features, parse_image
+from ..api.image import QOS_SETTINGS, ImageSpec, bits_to_features, effective_qos, parse_image
 from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.image_plan import ObservedImage, describe_users, plan_image, sweep_verdict, used_by
 from ..reconcile.ownership import image_owner, staging_name
@@ -27,6 +27,7 @@ PLURAL = "rbdimages"
 ACTION_REASONS = {
     "create": "Created", "clone": "Cloned", "resize": "Resized", "flatten": "Flattened",
     "update-features": "FeaturesUpdated", "protect-snapshot": "SnapshotProtected", "set-owner": "Adopted",
+    "set-qos": "QosUpdated",
 }
 
 
@@ -96,7 +97,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, ima
         if storage.image_namespaces is not None and t.namespace not in allowed:
             labels = await run_blocking(kube.namespace_labels, t.namespace, timeout=30, pool="kube")
             allowed[t.namespace] = labels is not None and matches_namespaces(storage.image_namespaces, labels)
-        verdict = sweep_verdict(spec, headers.get(spec.name), owner_id(t.namespace, t.name, t.uid), t.ready,
+        verdict = sweep_verdict(effective_qos(spec, storage.image_qos), headers.get(spec.name), owner_id(t.namespace, t.name, t.uid), t.ready,
                                 storage.pool.quota_max_bytes or 0, image_uids.__contains__,
                                 allowed.get(t.namespace, True))
         if verdict and not busy(t.uid):
@@ -153,6 +154,7 @@ def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: Image
     data_pool_exists = True
     if observed is None and spec.data_pool:
         data_pool_exists = spec.data_pool in cluster.pools()
+    spec = effective_qos(spec, storage.image_qos)
     actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live)
     if actions:
         logger.info("librbd, pool %s: %s", pool, "; ".join(a.describe() for a in actions))
@@ -169,13 +171,18 @@ def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: Image
     return ImageOutcome(observed, actions)
 
 
+def qos_status(qos: dict[str, int]) -> dict[str, int]:
+    names = {v: k for k, v in QOS_SETTINGS.items()}
+    return {names[k]: v for k, v in sorted(qos.items()) if k in names}
+
+
 def node_addresses(hypervisors: kopf.Index) -> dict[str, str]:
     return {e["address"]: name for name, entries in list(hypervisors.items()) for e in entries if e.get("address")}
 
 
 def _report_image(status: StatusUpdate, image: ObservedImage, hypervisors: kopf.Index) -> None:
     status.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id,
-               parent=image.parent, watchers=image.watchers,
+               parent=image.parent, watchers=image.watchers, qos=qos_status(image.qos),
                usedBy=used_by(image.watchers, node_addresses(hypervisors)))
 
 

@@ -24,6 +24,7 @@ class ObservedImage:
     parent: dict | None = None
     watchers: list[str] = field(default_factory=list)
     owner: str | None = None
+    qos: dict[str, int] = field(default_factory=dict)  # rbd_qos_* settings stored on the image
 
 
 @dataclass
@@ -98,6 +99,10 @@ def plan_image(
                             "loses data; set spec.allowShrink: true to allow it", reason="ShrinkNotAllowed")
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < observed.size}))
     actions += _plan_features(spec, observed.features)
+    if spec.qos:
+        drift = {k: v for k, v in spec.qos.items() if observed.qos.get(k, 0) != v}
+        if drift:
+            actions.append(Action("set-qos", name, {"qos": drift}))
     if spec.source and spec.source.flatten and observed.parent:
         actions.append(Action("flatten", name))
     return actions
@@ -108,9 +113,11 @@ def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: 
     (one `create`/`clone` step does all three, resuming a staged image left by a crash)."""
     name = spec.name
     staged = {"owner": owner, "staging": staging_name(owner)}
+    limits = {k: v for k, v in (spec.qos or {}).items() if v}
+    qos = [Action("set-qos", name, {"qos": limits})] if limits else []
     if spec.source is None:
         create = {"size": spec.size, "features": spec.feature_bits, "order": spec.order, "data_pool": spec.data_pool}
-        return [Action("create", name, {**create, **staged})]
+        return [Action("create", name, {**create, **staged})] + qos
     src = spec.source
     if source is None or not source.image_exists:
         raise Waiting("SourceNotFound", f"clone source image {src.image!r} does not exist")
@@ -131,7 +138,7 @@ def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: 
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < source.size}))
     if src.flatten:
         actions.append(Action("flatten", name))
-    return actions
+    return actions + qos
 
 
 def _plan_features(spec: ImageSpec, have_bits: int) -> list[Action]:
