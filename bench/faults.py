@@ -420,6 +420,10 @@ def osd_down(ctx: Ctx, i: int) -> Trial:
         t.check(ctx.alive(), "operator died while the OSD was stopped")
     finally:
         ctx.ceph_sh("resume", "osd.0")
+        # A lone OSD stopped for minutes comes back with laggy PGs (expired read leases) that only a
+        # new osdmap ends; in a real cluster its peers' failure reports do that. Here: mark it down,
+        # it re-asserts itself and re-peers.
+        sh("ceph", "-c", str(ctx.platform.ceph_conf), "osd", "down", "0", timeout=60)
     if not wait_images_ready(ctx, names, 300):
         t.fail("not all images Ready after the OSD came back")
     check_images_once(ctx, names, t)
