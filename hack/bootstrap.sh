@@ -13,7 +13,8 @@ k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 k apply --server-side --force-conflicts -k "$root/crds/" >/dev/null
 k wait --for=condition=Established --timeout=60s \
-  crd/rbdstorages.rbd-operator.io crd/rbdimages.rbd-operator.io crd/hypervisornodes.rbd-operator.io >/dev/null
+  crd/rbdstorages.rbd-operator.io crd/rbdimages.rbd-operator.io crd/rbdsnapshots.rbd-operator.io \
+  crd/hypervisornodes.rbd-operator.io >/dev/null
 
 printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' "$ns" | k apply -f - >/dev/null
 

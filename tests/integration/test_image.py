@@ -219,3 +219,49 @@ def test_qos_limits_are_applied_shown_and_restored(platform, ceph, pool, uniq):
     platform.rbd_cli("config", "image", "set", f"{pool}/{name}", "rbd_qos_iops_limit", "5")
     wait_for(lambda: limits()["rbd_qos_iops_limit"] == 100, 30, what="a hand-changed limit restored")
     platform.delete("rbdimg", name, "default", wait=True)
+
+
+def snapshot(name: str, image_name: str, namespace: str = "default", **spec) -> dict:
+    return {"apiVersion": "rbd-operator.io/v1alpha1", "kind": "RbdSnapshot",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"image": image_name, **spec}}
+
+
+def test_snapshot_clone_flatten_and_deletion_waits_for_clones(platform, ceph, pool, uniq):
+    base, snap, child = f"sbase-{uniq}", f"snap-{uniq}", f"schild-{uniq}"
+    platform.apply(image(base, pool, size="64Mi"))
+    platform.wait_condition("rbdimg", base, "True", namespace="default")
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, base) as img:
+        img.write(b"template data", 0)
+    platform.apply(snapshot(snap, base))
+    platform.wait_condition("rbdsnap", snap, "True", namespace="default")
+    status = platform.get("rbdsnap", snap, "default")["status"]
+    assert status["readyToUse"] is True and status["sizeBytes"] == 64 * 2**20 and status["createdAt"]
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, base, read_only=True) as img:
+        assert snap in [s["name"] for s in img.list_snaps()]
+        uid = platform.get("rbdsnap", snap, "default")["metadata"]["uid"]
+        assert img.metadata_get(f"rbd-operator.io/snapshot.{snap}") == f"default/{snap}/{uid}"
+
+    # A clone from the RbdSnapshot (same namespace), size taken from the snapshot.
+    platform.apply(image(child, pool, source={"rbdSnapshot": snap}))
+    platform.wait_condition("rbdimg", child, "True", namespace="default")
+    got = rbd_image(ceph, pool, child)
+    assert got["parent"] == base and got["size"] == 64 * 2**20
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, child, read_only=True) as img:
+        assert img.read(0, 13) == b"template data"
+
+    # Deleting the snapshot waits while the clone depends on it, naming the clone.
+    platform.delete("rbdsnap", snap, "default")
+    cond = platform.wait_condition("rbdsnap", snap, "False", "HasClones", namespace="default")
+    assert child in cond["message"]
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, base, read_only=True) as img:
+        assert snap in [s["name"] for s in img.list_snaps()]
+
+    # Flatten the clone: then the snapshot goes (unprotected and removed by the operator).
+    platform.apply(image(child, pool, source={"rbdSnapshot": snap, "flatten": True}))
+    wait_for(lambda: rbd_image(ceph, pool, child)["parent"] is None, 60, what="flattened")
+    wait_for(lambda: platform.get("rbdsnap", snap, "default") is None, 120, what="snapshot deleted")
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, base, read_only=True) as img:
+        assert snap not in [s["name"] for s in img.list_snaps()]
+    platform.wait_condition("rbdimg", child, "True", namespace="default")
+    for name in (child, base):
+        platform.delete("rbdimg", name, "default", wait=True)

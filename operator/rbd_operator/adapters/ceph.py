@@ -27,6 +27,7 @@ from ..api.cephx import valid_cephx_key  # noqa: F401 - re-exported
 from ..api.errors import OperatorError
 from ..api.image import QOS_SETTINGS, features_to_bits
 from ..reconcile.actions import Action
+from .blocking import check_cancelled
 from ..reconcile.image_plan import ObservedImage, ObservedSource
 from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
 
@@ -40,6 +41,8 @@ TRASHED_KEY = "rbd-operator.io/trashed-by"
 # mon config-key (+ entity): the RbdStorage uids owning a cephx user, JSON {"owners": [...]}.
 CLIENT_OWNERS_KEY = "rbd-operator.io/clients/"
 QOS_KEYS = tuple(QOS_SETTINGS.values())
+# Image metadata (on the snapshotted image): the RbdSnapshot owning snapshot <name>, ns/name/uid.
+SNAPSHOT_OWNER_PREFIX = "rbd-operator.io/snapshot."
 # Objects rbd keeps in a pool even when it holds no image.
 RBD_POOL_METADATA = frozenset({
     "rbd_directory", "rbd_info", "rbd_trash", "rbd_children", "rbd_mirroring",
@@ -493,6 +496,10 @@ class CephCluster:
     def _tag_opened(self, ioctx: rados.Ioctx, pool: str, staging: str, a: dict) -> ObservedImage:
         what, owner = f"tagging {pool}/{staging}", a["owner"]
         with self._rbd_call(what, rbd.Image, ioctx, staging) as image:
+            if "parent" in a:  # a clone got the parent's metadata: drop the records that are about the parent
+                for key, _ in list(self._rbd_call(what, image.metadata_list)):
+                    if key.startswith(SNAPSHOT_OWNER_PREFIX) or key == TRASHED_KEY:
+                        self._rbd_call(what, image.metadata_remove, key)
             tag = _metadata(image, OWNER_KEY)
             # librbd copies image metadata into a clone: the parent's tag is expected there.
             if tag not in (None, owner, a.get("parent_owner")):
@@ -551,6 +558,58 @@ class CephCluster:
                 raise _classify(exc, f"opening {pool}/{staging}") from None
             self._rbd_call(f"removing {pool}/{staging}", rbd.RBD().remove, ioctx, staging)
             return True
+
+    # -- snapshots ----------------------------------------------------------
+    def snapshot(self, pool: str, image_name: str, image_owner: str, snap: str, owner: str, adopt: bool,
+                 decide: Any) -> dict:
+        """Create (or adopt) snapshot `snap` of an image this operator owns for `image_owner`.
+
+        The owner record (image metadata) is written before the snapshot is taken: a crash in
+        between leaves a record of ours and no snapshot, which the re-run completes.
+        `decide(record)` raises Refused when the existing snapshot is not ours to manage.
+        """
+        what = f"snapshot {pool}/{image_name}@{snap}"
+        with self.ioctx(pool) as ioctx, self._rbd_call(what, rbd.Image, ioctx, image_name) as image:
+            if _metadata(image, OWNER_KEY) != image_owner:
+                raise CephError("NotOwned", f"image {pool}/{image_name} is not the RbdImage's; nothing was changed")
+            record = _metadata(image, SNAPSHOT_OWNER_PREFIX + snap)
+            exists = any(s["name"] == snap for s in image.list_snaps())
+            if exists:
+                decide(record)
+            if record != owner:
+                check_cancelled(what)
+                self._rbd_call(what, image.metadata_set, SNAPSHOT_OWNER_PREFIX + snap, owner)
+            if not exists:
+                check_cancelled(what)
+                self._rbd_call(what, image.create_snap, snap)
+            info = next(s for s in image.list_snaps() if s["name"] == snap)
+            created = self._rbd_call(what, image.get_snap_timestamp, info["id"])
+            return {"size": int(info["size"]), "created": created, "created_now": not exists}
+
+    def delete_snapshot(self, pool: str, image_name: str, snap: str, owner: str) -> list[str]:
+        """Remove a snapshot of ours (unprotecting it); its dependent clones (names) block it."""
+        what = f"removing {pool}/{image_name}@{snap}"
+        with self.ioctx(pool) as ioctx:
+            try:
+                image = rbd.Image(ioctx, image_name)
+            except rbd.ImageNotFound:
+                return []
+            with image:
+                if _metadata(image, SNAPSHOT_OWNER_PREFIX + snap) != owner:
+                    return []  # not ours (any more): left as it is
+                if any(s["name"] == snap for s in image.list_snaps()):
+                    image.set_snap(snap)
+                    children = [f"{c['pool']}/{c['image']}" + (" (in the trash)" if c.get("trash") else "")
+                                for c in self._rbd_call(what, image.list_children2)]
+                    image.set_snap(None)
+                    if children:
+                        return children
+                    check_cancelled(what)
+                    if image.is_protected_snap(snap):
+                        self._rbd_call(what, image.unprotect_snap, snap)
+                    self._rbd_call(what, image.remove_snap, snap)
+                self._rbd_call(what, image.metadata_remove, SNAPSHOT_OWNER_PREFIX + snap)
+        return []
 
     def trash_image(self, pool: str, name: str, delay: int, owner: str) -> None:
         """Move the image to the trash if it is still ours; mark it as trashed by us first (for the purge)."""

@@ -45,14 +45,16 @@ QOS_SETTINGS = {
     "readBpsLimit": "rbd_qos_read_bps_limit",
     "writeBpsLimit": "rbd_qos_write_bps_limit",
 }
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
 
 @dataclass(frozen=True)
 class CloneSource:
-    image: str
+    image: str              # image name in the pool ("" until an rbdSnapshot reference is resolved)
     snapshot: str
     flatten: bool = False
+    rbd_snapshot: str | None = None  # an RbdSnapshot of the same namespace, resolved by the handler
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,18 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
     if raw_source:
         if not isinstance(raw_source, Mapping):
             raise SpecError("spec.source", "must be an object with image and snapshot")
-        source = CloneSource(
-            image=check_image_name("spec.source.image", raw_source.get("image")),
-            snapshot=check_image_name("spec.source.snapshot", raw_source.get("snapshot")),
-            flatten=bool(raw_source.get("flatten", False)),
-        )
+        ref = raw_source.get("rbdSnapshot")
+        if ref is not None:
+            if not isinstance(ref, str) or not _K8S_NAME.match(ref) or raw_source.get("image") \
+                    or raw_source.get("snapshot"):
+                raise SpecError("spec.source", "needs rbdSnapshot (an RbdSnapshot name), or image and snapshot")
+            source = CloneSource("", "", bool(raw_source.get("flatten", False)), rbd_snapshot=ref)
+        else:
+            source = CloneSource(
+                image=check_image_name("spec.source.image", raw_source.get("image")),
+                snapshot=check_image_name("spec.source.snapshot", raw_source.get("snapshot")),
+                flatten=bool(raw_source.get("flatten", False)),
+            )
 
     raw_size = spec.get("size")
     if raw_size is None and source is None:

@@ -27,8 +27,8 @@ class Health(str, Enum):
     SUSPENDED = "Suspended"
 
 
-STORAGE, IMAGE, HOST = "RbdStorage", "RbdImage", "HypervisorNode"
-ALL = (STORAGE, IMAGE, HOST)
+STORAGE, IMAGE, HOST, SNAPSHOT = "RbdStorage", "RbdImage", "HypervisorNode", "RbdSnapshot"
+ALL = (STORAGE, IMAGE, HOST, SNAPSHOT)
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,22 @@ REASONS: tuple[Reason, ...] = (
     Reason("SecretsInSync", (HOST,), _H, "SecretsReady: libvirt secrets hold the current keys."),
     Reason("NotBlocked", (HOST,), _H, "DisruptionBlocked=False."),
     # -- transient: the operator retries -----------------------------------------------------
-    Reason("CephUnreachable", (STORAGE, IMAGE), _P, "No answer from the monitors in time; retried."),
+    Reason("CephUnreachable", (STORAGE, IMAGE, SNAPSHOT), _P, "No answer from the monitors in time; retried."),
     Reason("SecretWriteFailed", (STORAGE,), _P, "The client Secret could not be written; retried."),
     Reason("PoolNotEmpty", (STORAGE,), _P,
            "Deletion with deletionPolicy Delete waits until the pool (all namespaces) holds no image, "
            "trashed image or object."),
-    Reason("StorageNotFound", (IMAGE,), _P, "The RbdStorage named in spec.storage does not exist (yet)."),
-    Reason("StorageNotReady", (IMAGE,), _P, "The RbdStorage has not created its pool yet, or is invalid."),
+    Reason("StorageNotFound", (IMAGE, SNAPSHOT), _P, "The RbdStorage named in spec.storage does not exist (yet)."),
+    Reason("StorageNotReady", (IMAGE, SNAPSHOT), _P, "The RbdStorage has not created its pool yet, or is invalid."),
     Reason("SourceNotFound", (IMAGE,), _P, "The clone source image does not exist (yet)."),
     Reason("SnapshotNotFound", (IMAGE,), _P, "The clone source snapshot does not exist (yet)."),
-    Reason("ImageNotFound", (IMAGE,), _P, "The image vanished while being converged; retried."),
+    Reason("ImageNotFound", (IMAGE, SNAPSHOT), _P,
+           "The image vanished while being converged, or a snapshot's RbdImage does not exist (yet); retried."),
     Reason("InUse", (IMAGE,), _P, "Deletion waits until the image has no watchers (no VM uses it)."),
-    Reason("ApiError", (STORAGE, IMAGE, HOST), _P,
+    Reason("HasClones", (SNAPSHOT,), _P,
+           "Deletion waits until the snapshot's dependent clones are flattened or gone (the message names them)."),
+    Reason("SnapshotPending", (IMAGE,), _P, "The RbdSnapshot a clone names does not exist or is not ready yet."),
+    Reason("ApiError", (STORAGE, IMAGE, HOST, SNAPSHOT), _P,
            "The Kubernetes API failed a request the operator needed (fail closed: nothing done); retried."),
     Reason("HostUnreachable", (HOST,), _P, "No TCP connection or SSH handshake with the host; retried."),
     Reason("CommandTimedOut", (HOST,), _P, "A command on the host did not finish in time; retried."),
@@ -91,22 +95,22 @@ REASONS: tuple[Reason, ...] = (
            "TrustOnFirstUse: the key seen at first contact was pinned; nothing was sent in that pass."),
     # -- a person has to act -----------------------------------------------------------------
     Reason("InvalidSpec", ALL, _D, "The spec cannot work as written; the message names the field."),
-    Reason("InvalidName", (STORAGE, IMAGE), _D, "A pool, image or client name breaks the naming rules."),
+    Reason("InvalidName", (STORAGE, IMAGE, SNAPSHOT), _D, "A pool, image or client name breaks the naming rules."),
     Reason("InvalidSize", (IMAGE,), _D, "spec.size is not a positive quantity."),
     Reason("InvalidFeatures", (IMAGE,), _D, "Unknown image features or a missing dependency."),
     Reason("InvalidPackage", (HOST,), _D, "A package name is not valid."),
-    Reason("AuthFailed", (STORAGE, IMAGE), _D,
+    Reason("AuthFailed", (STORAGE, IMAGE, SNAPSHOT), _D,
            "The admin Secret is missing, unreadable or holds a key Ceph refuses."),
-    Reason("CephCommandFailed", (STORAGE, IMAGE), _D, "Ceph refused a command; the message says why."),
+    Reason("CephCommandFailed", (STORAGE, IMAGE, SNAPSHOT), _D, "Ceph refused a command; the message says why."),
     Reason("PoolNotFound", (STORAGE, IMAGE), _D, "The storage's pool is gone from Ceph."),
     Reason("CachePoolNotFound", (STORAGE,), _D, "spec.client.cachePool names a pool that does not exist."),
     Reason("DataPoolNotFound", (IMAGE,), _D, "spec.dataPool names a pool that does not exist."),
     Reason("SizeExceedsQuota", (IMAGE,), _D, "spec.size is larger than the pool's quota."),
     Reason("ShrinkNotAllowed", (IMAGE,), _D, "Shrinking loses data; needs spec.allowShrink."),
-    Reason("NotOwned", (STORAGE, IMAGE), _D,
+    Reason("NotOwned", (STORAGE, IMAGE, SNAPSHOT), _D,
            "The pool, client or image exists in Ceph and was not made by the operator: set the adopt "
            "field to take it over; nothing was changed."),
-    Reason("OwnedByOther", (STORAGE, IMAGE), _D,
+    Reason("OwnedByOther", (STORAGE, IMAGE, SNAPSHOT), _D,
            "The pool, client or image belongs to another object of the operator; nothing was changed."),
     Reason("SecretOutsideNamespace", (STORAGE, HOST), _D,
            "A Secret reference names a namespace other than the operator's; nothing was read."),
@@ -126,7 +130,7 @@ REASONS: tuple[Reason, ...] = (
     Reason("NoKernelRbd", (HOST,), _D, "The kernel lacks the rbd module (profile kernel-rbd)."),
     Reason("MultipleClusters", (HOST,), _D, "Storages of several Ceph clusters select one host."),
     Reason("ProbeFailed", (HOST,), _D, "`rbd ls` as the storage's client failed on the host."),
-    Reason("UnsafeValue", (STORAGE, IMAGE, HOST), _D,
+    Reason("UnsafeValue", (STORAGE, IMAGE, HOST, SNAPSHOT), _D,
            "A value about to reach a host path, file or command (from a spec, a status, a Secret or Ceph) failed "
            "validation; nothing of it was sent."),
     Reason("HostKeyPinLost", (HOST,), _D,
@@ -168,6 +172,9 @@ EVENT_REASONS = {
     "Adopted": "An existing image was adopted: its owner tag set.",
     "QosUpdated": "The image's rbd_qos_* limits were set to the spec's (or the storage's imageDefaults).",
     "Trashed": "An image was moved to the RBD trash.",
+    "SnapshotCreated": "A snapshot was taken (its owner recorded in the image's metadata first).",
+    "SnapshotAdopted": "An existing snapshot was adopted by an RbdSnapshot.",
+    "SnapshotRemoved": "A snapshot was removed (unprotected first).",
     "RepositoriesConfigured": "Repository files were written or removed on a host.",
     "PackageDatabaseRepaired": "An interrupted dpkg run was completed (dpkg --configure -a).",
     "PackagesRemoved": "Packages were removed from a host.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import kopf
@@ -145,9 +145,12 @@ class ImageOutcome:
 
 @ceph.with_session
 def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: str,
-                    live: Callable[[str], bool], logger: logging.Logger) -> ImageOutcome:
+                    live: Callable[[str], bool], logger: logging.Logger,
+                    unresolved: OperatorError | None = None) -> ImageOutcome:
     pool = storage.pool.name
     observed = cluster.observe_image(pool, spec.name)
+    if observed is None and unresolved is not None:
+        raise unresolved  # a clone to make from an RbdSnapshot that cannot be resolved (yet)
     source = None
     if observed is None and spec.source:
         source = cluster.observe_source(pool, spec.source.image, spec.source.snapshot)
@@ -186,17 +189,40 @@ def _report_image(status: StatusUpdate, image: ObservedImage, hypervisors: kopf.
                usedBy=used_by(image.watchers, node_addresses(hypervisors)))
 
 
+def resolve_snapshot(spec: ImageSpec, namespace: str, snapshots_by_key: kopf.Index,
+                     images_by_key: kopf.Index) -> ImageSpec:
+    """`spec.source.rbdSnapshot` -> the pool image and snapshot it stands for (same namespace only)."""
+    source = spec.source
+    if source is None or source.rbd_snapshot is None:
+        return spec
+    snaps = list(snapshots_by_key.get((namespace, source.rbd_snapshot), []))
+    if not snaps or not snaps[0].get("ready"):
+        raise Waiting("SnapshotPending", f"RbdSnapshot {namespace}/{source.rbd_snapshot} does not exist or is not "
+                      "ready yet (waiting for it)")
+    images = list(images_by_key.get((namespace, snaps[0]["image"]), []))
+    if not images:
+        raise Waiting("SnapshotPending", f"the RbdImage of RbdSnapshot {namespace}/{source.rbd_snapshot} is gone")
+    return replace(spec, source=replace(source, image=images[0]["image"], snapshot=snaps[0]["name"]))
+
+
 async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                    storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
+                   snapshots_by_key: kopf.Index, images_by_key: kopf.Index,
                    logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     try:
         await settle(uid)
         parsed = parse_image(name, spec)
+        unresolved = None
+        try:  # needed only to make the clone: an existing image does not need its snapshot any more
+            parsed = resolve_snapshot(parsed, namespace, snapshots_by_key, images_by_key)
+        except Waiting as exc:
+            unresolved = exc
         storage, creds = await _storage_for(parsed, namespace, storages)
         outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid),
-                                     image_uids.__contains__, logger, timeout=CEPH_TIMEOUT, reason="CephUnreachable")
+                                     image_uids.__contains__, logger, unresolved, timeout=CEPH_TIMEOUT,
+                                     reason="CephUnreachable")
     except OperatorError as exc:
         if creds and exc.reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
@@ -222,9 +248,11 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
 @reported()
 async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
                     retry: int, storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
-                    logger: logging.Logger, **_: Any) -> None:
+                    snapshots_by_key: kopf.Index, images_by_key: kopf.Index, logger: logging.Logger,
+                    **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, hypervisors, logger, retry)
+        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, hypervisors,
+                       snapshots_by_key, images_by_key, logger, retry)
 
 
 @ceph.with_session

@@ -10,6 +10,7 @@ local transient = {
   ImageNotFound = true,
   InUse = true,
   SnapshotNotFound = true,
+  SnapshotPending = true,
   SourceNotFound = true,
   StorageNotFound = true,
   StorageNotReady = true,
