@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "rbd_operator"
 # call name -> index of the positional argument holding a condition reason
 CONDITION_CALLS = {"condition": 2, "fail": 0, "Waiting": 0, "CephError": 0, "SshError": 0, "PackageError": 0,
-                   "Refused": 0, "OperatorError": 0, "CallTimedOut": 0, "cond": 2}
+                   "Refused": 0, "OperatorError": 0, "CallTimedOut": 0, "cond": 2, "ImportFailed": 0}
 EVENT_CALLS = {"note": 0}
 
 

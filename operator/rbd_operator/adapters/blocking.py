@@ -35,6 +35,8 @@ _SIZES = {
     "ceph": int(os.environ.get("RBD_OPERATOR_CEPH_WORKERS", "16")),
     "ssh": int(os.environ.get("RBD_OPERATOR_SSH_WORKERS", "16")),
     "kube": int(os.environ.get("RBD_OPERATOR_KUBE_WORKERS", "8")),
+    # Template imports are long: few at once, never in the Ceph pool's way.
+    "import": int(os.environ.get("RBD_OPERATOR_IMPORTS", "2")),
 }
 _executors = {kind: concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"{kind}-worker")
               for kind, n in _SIZES.items()}

@@ -27,6 +27,7 @@ from ..api.cephx import valid_cephx_key  # noqa: F401 - re-exported
 from ..api.errors import OperatorError
 from ..api.image import QOS_SETTINGS, features_to_bits
 from ..reconcile.actions import Action
+from . import importer
 from .blocking import check_cancelled
 from ..reconcile.image_plan import ObservedImage, ObservedSource
 from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
@@ -509,7 +510,8 @@ class CephCluster:
             return ObservedImage(size=image.size(), features=image.features(), id=image.id(),
                                  parent=self._parent(image), owner=owner)
 
-    def apply_image_action(self, pool: str, action: Action) -> ObservedImage | None:
+    def apply_image_action(self, pool: str, action: Action,
+                           progress: "importer.Progress | None" = None) -> ObservedImage | None:
         """Carry out one step; `create` and `clone` return what they made (no second look needed)."""
         kind, name, a = action.kind, action.target, action.args
         what = f"{kind} {pool}/{name}"
@@ -518,6 +520,12 @@ class CephCluster:
                 return self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().create(
                     ioctx, staging, a["size"], order=a["order"], old_format=False, features=a["features"],
                     data_pool=a["data_pool"]))
+            elif kind == "import":
+                def fill(staging: str) -> None:
+                    a["size"] = importer.import_into(ioctx, a["url"], a["sha256"], tuple(a["prefixes"]), staging,
+                                                     a["scratch"], a["min_size"], a["limit"], progress or
+                                                     importer.Progress(), a["features"])
+                return self._create_staged(ioctx, pool, name, a, fill)
             elif kind == "clone":
                 return self._create_staged(ioctx, pool, name, a, lambda staging: rbd.RBD().clone(
                     ioctx, a["parent"], a["snapshot"], ioctx, staging, features=a["features"], order=a["order"],

@@ -118,6 +118,12 @@ def poke(group: str, version: str, plural: str, namespace: str | None, name: str
             raise
 
 
+def patch_status(group: str, version: str, plural: str, namespace: str, name: str, status: dict) -> None:
+    """A status merge patch outside a handler's own (progress of a long operation)."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    api.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": status})
+
+
 def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 

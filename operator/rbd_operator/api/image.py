@@ -46,6 +46,8 @@ QOS_SETTINGS = {
     "writeBpsLimit": "rbd_qos_write_bps_limit",
 }
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]{1,2000}$")
+_SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
 
@@ -55,6 +57,8 @@ class CloneSource:
     snapshot: str
     flatten: bool = False
     rbd_snapshot: str | None = None  # an RbdSnapshot of the same namespace, resolved by the handler
+    url: str | None = None           # import a qcow2/raw template from here instead of cloning
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,17 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         if not isinstance(raw_source, Mapping):
             raise SpecError("spec.source", "must be an object with image and snapshot")
         ref = raw_source.get("rbdSnapshot")
-        if ref is not None:
+        url = raw_source.get("url")
+        if url is not None:
+            if not isinstance(url, str) or not _URL.match(url) or any(raw_source.get(k) for k in
+                                                                       ("image", "snapshot", "rbdSnapshot")):
+                raise SpecError("spec.source.url", f"{str(url)[:100]!r} is not an http(s) URL (and a source is a "
+                                "URL, an rbdSnapshot, or image and snapshot)")
+            sha = raw_source.get("sha256")
+            if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+                raise SpecError("spec.source.sha256", "must be 64 hexadecimal digits")
+            source = CloneSource("", "", False, url=url, sha256=sha.lower() if sha else None)
+        elif ref is not None:
             if not isinstance(ref, str) or not _K8S_NAME.match(ref) or raw_source.get("image") \
                     or raw_source.get("snapshot"):
                 raise SpecError("spec.source", "needs rbdSnapshot (an RbdSnapshot name), or image and snapshot")

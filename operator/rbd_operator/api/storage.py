@@ -146,6 +146,7 @@ class StorageSpec:
     deletion_policy: str = "Retain"
     image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
     image_qos: Mapping[str, int] | None = None  # imageDefaults.qos: librbd setting -> value
+    import_prefixes: tuple[str, ...] = ()  # imports.allowedURLPrefixes; empty: no imports
 
 
 def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -259,6 +260,7 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         node_selector=dict(selector),
         deletion_policy=policy,
         image_namespaces=image_namespaces,
+        import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
         image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
     )
 
@@ -286,6 +288,22 @@ def privileged_grants(caps: Mapping[str, str]) -> list[str]:
                 if not rbd_children and (not _OSD_SCOPED.search(grant) or "*" in grant or not profile_ok):
                     bad.append(f"osd '{grant}'")
     return bad
+
+
+_URL_PREFIX = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$")
+
+
+def _prefixes(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("spec.imports.allowedURLPrefixes", "must be a list of http(s) URL prefixes")
+    for i, prefix in enumerate(raw):
+        # A prefix ends at a path boundary, so that https://a.example does not allow https://a.example.evil.
+        if not isinstance(prefix, str) or not _URL_PREFIX.match(prefix) or prefix.count("/") < 3:
+            raise SpecError(f"spec.imports.allowedURLPrefixes[{i}]", f"{prefix!r} is not an http(s) URL prefix "
+                            "ending in a path (such as https://images.example.com/templates/)")
+    return tuple(raw)
 
 
 def _flag(spec: Mapping[str, Any], key: str, path: str) -> bool:

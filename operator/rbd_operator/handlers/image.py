@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -10,7 +11,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
-from ..adapters import ceph, kube
+from ..adapters import ceph, importer, kube
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..api.conditions import get_condition
@@ -31,7 +32,9 @@ ACTION_REASONS = {
 }
 
 
-CREATION = frozenset({"create", "clone", "protect-snapshot"})
+CREATION = frozenset({"create", "clone", "protect-snapshot", "import"})
+IMPORT_TIMEOUT = 6 * 3600.0
+IMPORT_REPORT_SECONDS = 5.0
 
 
 def owner_id(namespace: str, name: str, uid: str) -> str:
@@ -146,7 +149,7 @@ class ImageOutcome:
 @ceph.with_session
 def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: str,
                     live: Callable[[str], bool], logger: logging.Logger,
-                    unresolved: OperatorError | None = None) -> ImageOutcome:
+                    unresolved: OperatorError | None = None, progress: importer.Progress | None = None) -> ImageOutcome:
     pool = storage.pool.name
     observed = cluster.observe_image(pool, spec.name)
     if observed is None and unresolved is not None:
@@ -158,13 +161,14 @@ def _converge_image(cluster: ceph.CephCluster, storage: StorageSpec, spec: Image
     if observed is None and spec.data_pool:
         data_pool_exists = spec.data_pool in cluster.pools()
     spec = effective_qos(spec, storage.image_qos)
-    actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live)
+    actions = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live,
+                         storage.import_prefixes)
     if actions:
         logger.info("librbd, pool %s: %s", pool, "; ".join(a.describe() for a in actions))
     made = None
     for action in actions:
         check_cancelled(action.describe())
-        made = cluster.apply_image_action(pool, action) or made
+        made = cluster.apply_image_action(pool, action, progress) or made
     if actions:
         # A creation reports what it made; anything more than that is looked at again.
         only_made = made is not None and all(a.kind in CREATION for a in actions)
@@ -187,6 +191,29 @@ def _report_image(status: StatusUpdate, image: ObservedImage, hypervisors: kopf.
     status.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id,
                parent=image.parent, watchers=image.watchers, qos=qos_status(image.qos),
                usedBy=used_by(image.watchers, node_addresses(hypervisors)))
+
+
+async def _converge_importing(creds: Credentials, storage: StorageSpec, spec: ImageSpec, owner: str,
+                              image_uids: kopf.Index, namespace: str, name: str, logger: logging.Logger) -> ImageOutcome:
+    """Converge an image imported from a URL: the import runs in the bounded import pool (it may take
+    long); its progress is reported into status.import every few seconds while it runs."""
+    progress = importer.Progress(phase="queued")
+    task = asyncio.ensure_future(run_blocking(_converge_image, creds, storage, spec, owner, image_uids.__contains__,
+                                              logger, None, progress, timeout=IMPORT_TIMEOUT, reason="Timeout",
+                                              pool="import"))
+    reported_once = None
+    while True:
+        done, _ = await asyncio.wait([task], timeout=IMPORT_REPORT_SECONDS)
+        if done:
+            return task.result()
+        state = progress.as_status()
+        if state != reported_once and state["phase"] != "queued" or reported_once is None:
+            reported_once = state
+            try:
+                await run_blocking(kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, {"import": state},
+                                   timeout=30, pool="kube")
+            except (ApiException, OperatorError) as exc:  # progress is informative: keep importing
+                logger.debug("could not report import progress: %s", exc)
 
 
 def resolve_snapshot(spec: ImageSpec, namespace: str, snapshots_by_key: kopf.Index,
@@ -220,9 +247,13 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
         except Waiting as exc:
             unresolved = exc
         storage, creds = await _storage_for(parsed, namespace, storages)
-        outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid),
-                                     image_uids.__contains__, logger, unresolved, timeout=CEPH_TIMEOUT,
-                                     reason="CephUnreachable")
+        if parsed.source and parsed.source.url:
+            outcome = await _converge_importing(creds, storage, parsed, owner_id(namespace, name, uid), image_uids,
+                                                namespace, name, logger)
+        else:
+            outcome = await run_blocking(_converge_image, creds, storage, parsed, owner_id(namespace, name, uid),
+                                         image_uids.__contains__, logger, unresolved, timeout=CEPH_TIMEOUT,
+                                         reason="CephUnreachable")
     except OperatorError as exc:
         if creds and exc.reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
@@ -230,6 +261,12 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
 
     # One event per reconcile that changed an existing image; none on the happy path of a creation
     # (the status says it all, and an Event per image costs the API server as much as the image).
+    imported = [a for a in outcome.done if a.kind == "import"]
+    if imported:
+        size = outcome.image.size
+        status.set(**{"import": {"bytes": size, "totalBytes": size, "percent": 100, "phase": "done"}})
+        kopf.event(body, type="Normal", reason="Imported", message=f"{storage.pool.name}/{parsed.name} imported from "
+                   f"{imported[0].args['url'][:200]} ({size} bytes)")
     visible = [a for a in outcome.done if a.kind in ACTION_REASONS]
     if visible and not all(a.kind in CREATION for a in visible):
         kopf.event(body, type="Normal", reason=ACTION_REASONS[visible[0].kind],

@@ -76,6 +76,7 @@ def plan_image(
     source: ObservedSource | None = None,
     data_pool_exists: bool = True,
     live: Callable[[str], bool] = _always,
+    import_prefixes: tuple[str, ...] = (),
 ) -> list[Action]:
     """Steps that converge the image. Raises SpecError/Waiting/Refused before any step if it can't work.
 
@@ -88,6 +89,8 @@ def plan_image(
         raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason="DataPoolNotFound")
     name = spec.name
     if observed is None:
+        if spec.source and spec.source.url:
+            return _plan_import(spec, owner, quota_max_bytes, import_prefixes)
         return _plan_new(spec, owner, source, live)
 
     actions: list[Action] = []
@@ -106,6 +109,22 @@ def plan_image(
     if spec.source and spec.source.flatten and observed.parent:
         actions.append(Action("flatten", name))
     return actions
+
+
+def _plan_import(spec: ImageSpec, owner: str, quota_max_bytes: int, prefixes: tuple[str, ...]) -> list[Action]:
+    """An image filled from a template URL: only from the storage's allowed prefixes (a URL is a request
+    the operator makes on the tenant's behalf), into a staging image renamed into place when complete."""
+    assert spec.source and spec.source.url
+    if not prefixes or not any(spec.source.url.startswith(p) for p in prefixes):
+        raise Refused("ImportNotAllowed", f"{spec.source.url[:200]} is not under the storage's "
+                      "spec.imports.allowedURLPrefixes; nothing was fetched")
+    staging = staging_name(owner)
+    limits = {k: v for k, v in (spec.qos or {}).items() if v}
+    return [Action("import", spec.name, {"url": spec.source.url, "sha256": spec.source.sha256, "prefixes": prefixes,
+                                         "min_size": spec.size or 0, "limit": quota_max_bytes,
+                                         "features": spec.feature_bits, "owner": owner, "staging": staging,
+                                         "scratch": staging + "-download"})] + \
+        ([Action("set-qos", spec.name, {"qos": limits})] if limits else [])
 
 
 def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: Callable[[str], bool]) -> list[Action]:

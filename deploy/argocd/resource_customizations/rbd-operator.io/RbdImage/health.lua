@@ -14,6 +14,7 @@ local transient = {
   SourceNotFound = true,
   StorageNotFound = true,
   StorageNotReady = true,
+  URLUnreachable = true,
   UnexpectedError = true,
 }
 local suspended = {
