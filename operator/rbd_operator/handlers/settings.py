@@ -20,5 +20,9 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # Handlers post their own events (kopf.event); kopf's own events (handler failures) from WARNING up.
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
+    # Ride out an API server restart or outage of several minutes: a request kopf gives up on (after
+    # its default ~54 s) ends the timer of the object it was for (found by make faults: a host's resync
+    # timer died with a status PATCH during an API server restart). ~8 min of retries instead.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 60, 60, 60, 60, 60, 60, 60)
     settings.watching.server_timeout = 300
     settings.peering.standalone = True
