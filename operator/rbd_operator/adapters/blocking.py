@@ -41,6 +41,10 @@ _SIZES = {
 _executors = {kind: concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"{kind}-worker")
               for kind, n in _SIZES.items()}
 
+def executor(pool: str) -> concurrent.futures.ThreadPoolExecutor:
+    return _executors[pool]
+
+
 _cancel: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("rbd_operator_cancel", default=None)
 # The object the current reconcile works on (set by handlers/common.object_lock), for `inflight`.
 current_object: contextvars.ContextVar[str | None] = contextvars.ContextVar("rbd_operator_object", default=None)

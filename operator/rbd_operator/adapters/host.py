@@ -1,20 +1,22 @@
-"""Operations on a hypervisor over an SshSession: facts, packages, files, libvirt secrets.
-
-libvirt is driven with virsh on the host, over the same verified SSH session
-(one session per reconcile); secret values reach virsh through 0600 files.
+"""Operations on a hypervisor: facts, packages and files over an SshSession; libvirt (secrets, running
+domains) through libvirt-python over a kept-open connection verified against the same pinned key
+(adapters/libvirt_conn.py). Secret values go through libvirt's API: no key in a file on the host
+outside libvirt's own store.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
+import libvirt
+
 from ..reconcile.host_plan import check_managed_path, check_uuid
 from .blocking import check_cancelled
+from .libvirt_conn import running_domains, wrap
 from .ssh import SshError, SshSession, tail
 
-WORK_DIR = "/run/rbd-operator"
-VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 
 FACTS_SCRIPT = r"""
 set +e
@@ -45,11 +47,6 @@ fi
 echo "librbdVersion=$lib"
 echo "libvirtVersion=$(virsh --version 2>/dev/null)"
 if modinfo rbd >/dev/null 2>&1 || [ -d /sys/module/rbd ]; then echo krbd=true; else echo krbd=false; fi
-# Unknown (not 0) when libvirt is installed but does not answer: the disruption guard fails closed.
-if ! command -v virsh >/dev/null 2>&1; then echo runningDomains=0
-elif doms=$(virsh -q -c qemu:///system list --state-running --name 2>/dev/null); then
-  echo "runningDomains=$(printf '%s\n' "$doms" | grep -c .)"
-else echo runningDomains=unknown; fi
 command -v rbd >/dev/null 2>&1 && echo rbdCli=true || echo rbdCli=false
 """
 
@@ -135,19 +132,25 @@ def classify_package_failure(output: str) -> str:
 
 
 class Host:
-    def __init__(self, session: SshSession) -> None:
+    def __init__(self, session: SshSession, virt: "libvirt.virConnect | None" = None) -> None:
         self.ssh = session
+        self.virt = virt  # set once libvirt answers (see _converge_host)
+
+    @property
+    def _libvirt(self) -> "libvirt.virConnect":
+        if self.virt is None:
+            raise SshError("LibvirtUnavailable", f"no libvirt connection to {self.ssh.address}")
+        return self.virt
 
     def facts(self) -> Facts:
         result = self.ssh.script(FACTS_SCRIPT)
         values = dict(line.split("=", 1) for line in result.out.splitlines() if "=" in line)
-        running = values.get("runningDomains", "0")
         return Facts(
             os_id=values.get("osId", ""), os_version=values.get("osVersion", ""), os_like=values.get("osLike", ""),
             kernel=values.get("kernel", ""), qemu_version=values.get("qemuVersion", ""),
             qemu_rbd=values.get("qemuRbd") == "true", librbd_version=values.get("librbdVersion", ""),
             libvirt_version=values.get("libvirtVersion", ""), krbd=values.get("krbd") == "true",
-            running_domains=int(running) if running.isdigit() else None, rbd_cli=values.get("rbdCli") == "true",
+            running_domains=None, rbd_cli=values.get("rbdCli") == "true",
         )
 
     # -- packages -----------------------------------------------------------
@@ -246,49 +249,36 @@ class Host:
 
     # -- libvirt secrets ----------------------------------------------------
     def secrets(self) -> set[str]:
-        result = self.ssh.run(VIRSH + ["secret-list"], timeout=60)
-        if result.rc != 0:
-            raise SshError("LibvirtUnavailable", f"virsh secret-list failed: {tail(result.err)}")
-        return {line.split()[0] for line in result.out.splitlines() if line.strip() and "-" in line.split()[0]}
-
-    def _scratch(self) -> None:
-        self.ssh.run(["mkdir", "-p", "-m", "700", WORK_DIR], check=True)
+        return {sec.UUIDString() for sec in wrap("listing libvirt secrets", self._libvirt.listAllSecrets)}
 
     def define_secret(self, uuid: str, xml: str) -> None:
         check_uuid(uuid)
         check_cancelled(f"defining libvirt secret {uuid}")
-        self._scratch()
-        path = f"{WORK_DIR}/{uuid}.xml"
-        self.ssh.write(path, xml.encode(), 0o600)
-        try:
-            self.ssh.run(VIRSH + ["secret-define", path], check=True, timeout=60)
-        finally:
-            self.ssh.remove(path)
+        wrap(f"defining libvirt secret {uuid}", self._libvirt.secretDefineXML, xml)
 
     def secret_value(self, uuid: str) -> str | None:
         """The secret's value (base64) as libvirt holds it, or None when it cannot be read back."""
-        # Our secrets are private, so the API refuses to return them: root reads libvirt's own store,
-        # and the API is asked only when that store is not plain (e.g. encrypted at rest).
+        # Our secrets are private, so libvirt's API refuses to return them: root reads libvirt's own store.
         stored = self.ssh.read(f"/etc/libvirt/secrets/{check_uuid(uuid)}.base64")
-        if stored is not None:
-            return stored.decode().strip()
-        result = self.ssh.run(VIRSH + ["secret-get-value", uuid], timeout=60)
-        return result.out.strip() if result.rc == 0 else None
+        return stored.decode().strip() if stored is not None else None
 
     def set_secret_value(self, uuid: str, key: str) -> None:
+        """Through libvirt's API: the key travels in the (verified, encrypted) libvirt connection only."""
         check_uuid(uuid)
         check_cancelled(f"setting libvirt secret {uuid}")
-        self._scratch()
-        path = f"{WORK_DIR}/{uuid}.value"
-        self.ssh.write(path, key.encode(), 0o600)
-        try:
-            self.ssh.run(VIRSH + ["secret-set-value", "--secret", uuid, "--file", path], check=True, timeout=60)
-        finally:
-            self.ssh.remove(path)
+        secret = wrap(f"libvirt secret {uuid}", self._libvirt.secretLookupByUUIDString, uuid)
+        wrap(f"setting libvirt secret {uuid}", secret.setValue, base64.b64decode(key))
 
     def undefine_secret(self, uuid: str) -> None:
         check_cancelled(f"undefining libvirt secret {uuid}")
-        self.ssh.run(VIRSH + ["secret-undefine", check_uuid(uuid)], timeout=60)
+        try:
+            self._libvirt.secretLookupByUUIDString(check_uuid(uuid)).undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                raise SshError("LibvirtUnavailable", f"undefining libvirt secret {uuid}: {exc}") from None
+
+    def running_domains(self) -> int:
+        return int(wrap("listing running domains", running_domains, self._libvirt))
 
     # -- probe --------------------------------------------------------------
     def probe(self, client: str, keyring_path: str, pool: str) -> str:

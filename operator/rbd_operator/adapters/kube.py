@@ -124,6 +124,11 @@ def patch_status(group: str, version: str, plural: str, namespace: str, name: st
     api.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": status})
 
 
+def patch_cluster_status(group: str, version: str, plural: str, name: str, status: dict) -> None:
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    api.patch_cluster_custom_object_status(group, version, plural, name, {"status": status})
+
+
 def forget_secret(namespace: str, name: str) -> None:
     _secret_cache.pop((namespace, name), None)
 

@@ -13,7 +13,8 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
-from ..adapters import kube
+from ..adapters import kube, libvirt_conn
+from ..adapters.blocking import executor as blocking_executor
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
@@ -224,9 +225,27 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: host_p
         out.cond("SecretsReady", True, "SecretsInSync", f"{len(storages)} libvirt secret(s) hold the current keys")
 
 
-def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], storages: list[HostStorage],
-                   previous: host_plan.PreviousStorages, policies: dict[str, str]) -> HostOutcome:
-    """Runs in a worker thread: one SSH session (to the pinned key only) for the whole reconcile."""
+def _libvirt(host: Host, spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes],
+             facts: Facts) -> None:
+    """Attach the host's libvirt connection and count its running domains through it.
+
+    No libvirt installed yet: nothing can run (0). Installed but not answering: unknown (None), and the
+    disruption guard fails closed."""
+    try:
+        host.virt = libvirt_conn.connections.get(uid, spec.address, spec.port, spec.user, private_key, pinned)
+        facts.running_domains = host.running_domains()
+    except SshError as exc:
+        if exc.reason == "HostKeyMismatch":
+            raise
+        host.virt = None
+        facts.running_domains = None if facts.libvirt_version else 0
+
+
+def _converge_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes],
+                   storages: list[HostStorage], previous: host_plan.PreviousStorages,
+                   policies: dict[str, str]) -> HostOutcome:
+    """Runs in a worker thread: one SSH session (to the pinned key only) for the whole reconcile, plus the
+    host's kept-open libvirt connection."""
     out = HostOutcome()
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
         out.seen_key = ssh.seen_key
@@ -235,6 +254,7 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], 
                  f"{pinned[0]} {fingerprint(*pinned)}")
         host = Host(ssh)
         out.facts = host.facts()
+        _libvirt(host, spec, uid, private_key, pinned, out.facts)
         out.family = host_plan.family_of(out.facts.os_id, out.facts.os_like)
         if out.family is None:
             out.cond("PackagesReady", False, "UnsupportedOS", f"{out.facts.os_id!r} is neither Debian- nor RHEL-like")
@@ -242,6 +262,7 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], 
             try:
                 if _converge_packages(host, spec, out):
                     out.facts = host.facts()
+                    _libvirt(host, spec, uid, private_key, pinned, out.facts)  # libvirtd may have restarted
             except PackageError as exc:  # the condition's change posts the Warning event
                 out.cond("PackagesReady", False, exc.reason, exc.message)
         facts = out.facts
@@ -254,6 +275,8 @@ def _converge_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], 
         else:
             out.cond("RbdCapable", facts.qemu_rbd or facts.krbd, "ProfileNone",
                      f"qemu rbd: {facts.qemu_rbd}, krbd: {facts.krbd}")
+        if host.virt is None and (storages or previous.remove):
+            host.virt = libvirt_conn.connections.get(uid, spec.address, spec.port, spec.user, private_key, pinned)
         _converge_storages(host, storages, previous, policies, out)
     return out
 
@@ -328,7 +351,8 @@ async def converge(name: str, uid: str, body: kopf.Body, spec: kopf.Spec, status
         host_storages, problems = await _host_storages(sel.ready)
         previous = host_plan.plan_previous_storages(list(status.get("storages") or []),
                                                     {s.name for s in host_storages}, sel.selecting, sel.existing)
-        out = await run_blocking(_converge_host, parsed, key, pinned, host_storages, previous, sel.policies,
+        _names[uid] = name
+        out = await run_blocking(_converge_host, parsed, uid, key, pinned, host_storages, previous, sel.policies,
                                  timeout=HOST_TIMEOUT, pool="ssh")
     except OperatorError as exc:
         if isinstance(exc, SshError) or exc.reason in ("HostUnreachable", "Timeout"):
@@ -391,11 +415,11 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Statu
         await converge(name, uid, body, spec, status, labels, patch, storages, logger, timer=True)
 
 
-def _clean_host(spec: HostSpec, private_key: str, pinned: tuple[str, bytes], held: list[dict]) -> list[str]:
+def _clean_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes], held: list[dict]) -> list[str]:
     """Remove what the operator wrote on the host: keyrings, libvirt secrets, repository files, ceph.conf."""
     removed = []
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
-        host = Host(ssh)
+        host = Host(ssh, libvirt_conn.connections.get(uid, spec.address, spec.port, spec.user, private_key, pinned))
         defined = host.secrets()
         for entry in held:
             if entry.get("keyringPath") and host.remove_file(entry["keyringPath"]):
@@ -491,7 +515,7 @@ async def clean(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status
                 logger.info("host %s was never pinned, so it received nothing: nothing to remove", parsed.address)
             else:
                 key = await run_blocking(_ssh_key, parsed, timeout=30, pool="kube")
-                removed = await run_blocking(_clean_host, parsed, key, pinned, list(status.get("storages") or []),
+                removed = await run_blocking(_clean_host, parsed, uid, key, pinned, list(status.get("storages") or []),
                                              timeout=600, reason="Timeout", pool="ssh")
                 kopf.event(body, type="Normal", reason="HostCleaned",
                            message="removed " + (", ".join(removed) if removed else "nothing (already clean)"))
@@ -500,9 +524,35 @@ async def clean(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status
             return update.fail(exc.reason, f"cleaning the host before deletion: {exc.message}",
                                min(300.0, backoff(retry)))
     release_lock(uid)
+    libvirt_conn.connections.forget(uid)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 async def forget(uid: str, **_: Any) -> None:
     """deletionPolicy Retain (default): the host keeps what it has (no finalizer needed)."""
     release_lock(uid)
+    libvirt_conn.connections.forget(uid)
+    _names.pop(uid, None)
+
+
+# -- running domains follow libvirt's lifecycle events ------------------------------------------------
+_names: dict[str, str] = {}  # HypervisorNode uid -> name, for events coming from its connection
+
+
+def _domains_changed(uid: str) -> None:
+    """From libvirt's event thread: count the host's running domains again and put it in status.facts."""
+    name = _names.get(uid)
+    conn = libvirt_conn.connections.peek(uid)
+    if name is None or conn is None:
+        return
+
+    def update() -> None:
+        try:
+            count = libvirt_conn.running_domains(conn)
+            kube.patch_cluster_status(GROUP, VERSION, PLURAL, name, {"facts": {"runningDomains": count}})
+        except Exception as exc:  # noqa: BLE001 - the next resync corrects it
+            logging.getLogger(__name__).debug("running domains of %s not refreshed: %s", name, type(exc).__name__)
+    blocking_executor("kube").submit(update)
+
+
+libvirt_conn.connections.on_lifecycle = _domains_changed
