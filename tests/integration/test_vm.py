@@ -84,11 +84,39 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     poke(platform, disk)
     wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="usedBy follows the migration")
 
+    # Lifecycle events keep the host's running-domain count current.
+    wait_for(lambda: platform.get("hvn", h2.name)["status"]["facts"].get("runningDomains") == 1, 30,
+             what="runningDomains on h2")
+
+    # Key rotation under a running VM: the guest keeps its open image (its session was authenticated
+    # with the old key); a migration after the rotation opens the image with the new key.
+    platform.apply(storage(platform, name, client={"name": name, "rotateKeyGeneration": 1}, deletionPolicy="Retain",
+                           hypervisors={"nodeSelector": {"matchLabels": labels}}))
+    wait_for(lambda: platform.get("rbds", name)["status"].get("keyGeneration") == 1
+             and platform.get("rbds", name)["status"]["hosts"]["current"] == 2, 120, what="rotated key on both hosts")
+    time.sleep(15)
+    assert name in running(h2), "the running guest survives the rotation"
+    poke(platform, disk)
+    wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="still open on h2 after the rotation")
+    key1 = (h1.run_dir / "id_ed25519").read_text()
+    sh(TESTHOST, "exec", h2.name, "sh", "-c", "umask 077; mkdir -p /root/.ssh && cat > /root/.ssh/id_migrate",
+       input=key1)
+    try:
+        sh(TESTHOST, "exec", h2.name, "sh", "-c", "cat >> /root/.ssh/known_hosts",
+           input=f"{h1.address} {h1.host_key}\n")
+        h2.exec(f"{VIRSH} migrate --live --persistent --undefinesource {name} "
+                f"'qemu+ssh://{h1.address}/system?keyfile=/root/.ssh/id_migrate' tcp://{h1.address}")
+    finally:
+        h2.exec("rm -f /root/.ssh/id_migrate")
+    wait_for(lambda: name in running(h1) and name not in running(h2), 60, what="back on h1 with the new key")
+    poke(platform, disk)
+    wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy follows the second migration")
+
     # Deleting the image is refused while the VM uses it, naming the host.
     platform.delete("rbdimg", disk, "default")
     cond = platform.wait_condition("rbdimg", disk, "False", "InUse", namespace="default")
-    assert f"HypervisorNode {h2.name}" in cond["message"]
+    assert f"HypervisorNode {h1.name}" in cond["message"]
 
-    h2.exec(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}", check=False)
+    h1.exec(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}", check=False)
     wait_for(lambda: platform.get("rbdimg", disk, "default") is None, 90, what="deleted once no VM uses it")
     platform.delete("rbds", name)
