@@ -37,7 +37,7 @@ up() {
   if ! operator_pid >/dev/null; then
     echo "sandbox: starting the operator (log: $sandbox/operator.log)" >&2
     RBD_OPERATOR_RESYNC_SECONDS=${RBD_OPERATOR_RESYNC_SECONDS:-30} setsid nohup .venv/bin/rbd-operator \
-      --kubeconfig $sandbox/kubeconfig --namespace rbd-operator --liveness http://127.0.0.1:8080/healthz \
+      --kubeconfig $sandbox/kubeconfig --namespace rbd-operator --liveness http://127.0.0.1:8080/healthz --metrics 127.0.0.1:9090 \
       > $sandbox/operator.log 2>&1 < /dev/null &
     echo $! > $sandbox/operator.pid
   fi

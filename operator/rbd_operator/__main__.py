@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import sys
 
 
@@ -15,6 +16,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: $RBD_OPERATOR_NAMESPACE, the pod's namespace, or rbd-operator)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                         help="kopf liveness endpoint (default: %(default)s; 'none' to disable)")
+    parser.add_argument("--metrics", default=os.environ.get("RBD_OPERATOR_METRICS", "0.0.0.0:9090"),
+                        help="address of the Prometheus /metrics endpoint (default: %(default)s; 'none' to disable)")
+    parser.add_argument("--peering", default=os.environ.get("RBD_OPERATOR_PEERING", ""),
+                        help="kopf peering name shared by the replicas (ClusterKopfPeering, deploy/peering.yaml); "
+                        "default: none, this process runs alone")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority (default: random, so that exactly one replica is the highest)")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="plain")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
@@ -24,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
     if args.namespace:
         os.environ["RBD_OPERATOR_NAMESPACE"] = args.namespace
+    os.environ["RBD_OPERATOR_METRICS"] = args.metrics
 
     import kopf
 
@@ -32,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     if not args.debug:  # paramiko narrates every channel at INFO
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Same priorities would pause every replica (kopf fails closed on a tie): a random 62-bit one.
+    priority = args.priority if args.priority is not None else secrets.randbits(62)
     kopf.run(
         clusterwide=True,
-        standalone=True,
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        priority=priority if args.peering else None,
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
     )
     return 0

@@ -37,6 +37,7 @@ TEST_PORTS = {"KUBE_API_PORT": str(26443 + _BASE), "ETCD_CLIENT_PORT": str(22379
               "ETCD_PEER_PORT": str(22380 + _BASE), "KCM_PORT": str(30257 + _BASE)}
 OPERATOR_NAMESPACE = "rbd-operator"
 LIVENESS_PORT = 18080 + SLOT - 1
+METRICS_PORT = 19090 + SLOT - 1
 
 
 def sh(*args: str, env: dict | None = None, input: str | None = None, check: bool = True,
@@ -195,30 +196,42 @@ def stop_platform(platform: Platform) -> None:
 class Operator:
     """The operator as a real process, as users run it out of cluster."""
 
-    def __init__(self, platform: Platform, resync_seconds: int = 5, verbose: bool = True) -> None:
+    def __init__(self, platform: Platform, resync_seconds: int = 5, verbose: bool = True, replica: int = 0,
+                 peering: str | None = None, env: dict[str, str] | None = None) -> None:
         self.platform = platform
         self.resync = resync_seconds
         self.verbose = verbose
-        self.log_path = WORK / "operator.log"
+        # Replica r of a peered pair: its own log, liveness and metrics ports, identity.
+        self.replica, self.peering, self.env = replica, peering, env or {}
+        self.log_path = WORK / ("operator.log" if replica == 0 else f"operator-{replica}.log")
+        self.liveness_port = LIVENESS_PORT + 100 * replica
+        self.metrics_port = METRICS_PORT + 100 * replica
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> None:
-        env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync)}
+        env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync), **self.env}
+        if self.peering:
+            env["POD_NAME"] = f"replica-{self.replica}-{self.starts}"
         log = open(self.log_path, "a" if self.starts else "w")  # one log per test session
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "rbd-operator"),
              "--kubeconfig", str(self.platform.operator_kubeconfig),
-             "--namespace", OPERATOR_NAMESPACE, "--liveness", f"http://127.0.0.1:{LIVENESS_PORT}/healthz",
-             "--log-format", "full"] + (["--verbose"] if self.verbose else []),
+             "--namespace", OPERATOR_NAMESPACE, "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
+             "--metrics", f"127.0.0.1:{self.metrics_port}", "--log-format", "full"]
+            + (["--verbose"] if self.verbose else []) + (["--peering", self.peering] if self.peering else []),
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.starts += 1
 
         def live() -> bool:
             assert self.proc and self.proc.poll() is None, f"operator exited:\n{self.log_tail()}"
-            with urllib.request.urlopen(f"http://127.0.0.1:{LIVENESS_PORT}/healthz", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as resp:
                 return resp.status == 200
         wait_for(live, 60, what="operator liveness")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:

@@ -20,8 +20,10 @@ import contextvars
 import functools
 import os
 import threading
+import time
 from typing import Any, Callable, TypeVar
 
+from .. import metrics
 from ..api.errors import OperatorError
 
 T = TypeVar("T")
@@ -77,9 +79,13 @@ async def run_blocking(fn: Callable[..., T], *args: Any, timeout: float = 60.0, 
     context.run(_cancel.set, event)
     call = functools.partial(context.run, fn, *args, **kwargs)
     future = loop.run_in_executor(_executors[pool], call)
+    name, started = getattr(fn, "__name__", "call"), time.monotonic()
     try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
+        result = await asyncio.wait_for(asyncio.shield(future), timeout)
+        metrics.call_done(pool, name, time.monotonic() - started)
+        return result
     except asyncio.TimeoutError:
+        metrics.call_done(pool, name, time.monotonic() - started, timed_out=True)
         event.set()
         uid = current_object.get()
         if uid is not None and not future.done():
@@ -87,6 +93,9 @@ async def run_blocking(fn: Callable[..., T], *args: Any, timeout: float = 60.0, 
         raise CallTimedOut(reason, f"{getattr(fn, '__name__', 'call')} did not finish within {timeout:.0f}s") from None
     except asyncio.CancelledError:
         event.set()
+        raise
+    except Exception:
+        metrics.call_done(pool, name, time.monotonic() - started)
         raise
 
 

@@ -174,3 +174,16 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
         return "unchanged", current.metadata.resource_version
     patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": labels}, "data": encoded})
     return "updated", patched.metadata.resource_version
+
+
+def ensure_cluster_peering(name: str) -> bool:
+    """Create the ClusterKopfPeering the replicas share when it is missing. True when created."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        api.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True

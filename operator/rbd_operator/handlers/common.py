@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import kopf
 from kubernetes.client.rest import ApiException
 
+from .. import metrics
 from ..adapters import blocking, kube
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import CephError, Credentials, valid_cephx_key
@@ -135,8 +136,10 @@ def reported(*, timer: bool = False) -> Callable[[Callable[..., Awaitable[None]]
     def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
         @functools.wraps(fn)
         async def handler(**kwargs: Any) -> None:
+            clock, failed = metrics.Timer(), True
             try:
                 await fn(**kwargs)
+                failed = False
             except (kopf.TemporaryError, kopf.PermanentError, asyncio.CancelledError):
                 raise
             except OperatorError as exc:
@@ -148,6 +151,10 @@ def reported(*, timer: bool = False) -> Callable[[Callable[..., Awaitable[None]]
                 StatusUpdate(kwargs["body"], kwargs["patch"], timer=timer).fail(
                     "UnexpectedError", f"{type(exc).__name__} in {fn.__name__} (see the operator's log); retried",
                     backoff(kwargs.get("retry", 0)))
+            finally:
+                body = kwargs.get("body") or {}
+                metrics.handler_done(str(body.get("kind") or "unknown"), body, kwargs.get("patch"),
+                                     clock.seconds, failed)
         return handler
     return decorate
 

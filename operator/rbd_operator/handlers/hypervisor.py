@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 from .. import GROUP, VERSION
 from ..adapters import kube, libvirt_conn
 from ..adapters.blocking import executor as blocking_executor
+from ..adapters.lease import DISRUPTION_LEASE, LeaseLock
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
@@ -154,6 +155,16 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
                      "another hypervisor is being changed disruptively; waiting for it to finish")
             out.cond("PackagesReady", False, "AnotherHostInMaintenance", "package changes wait for the other host")
             return False
+        # Across replicas (and a replica killed mid-change): the Lease, held until this change ends.
+        cross = LeaseLock(DISRUPTION_LEASE, spec.address)
+        held = cross.try_acquire()
+        if held is not None:
+            _disruption.release()
+            out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
+                     f"another disruptive change holds Lease {DISRUPTION_LEASE} ({held.holder}, "
+                     f"{held.expires_in:.0f}s left); waiting for it to finish")
+            out.cond("PackagesReady", False, "AnotherHostInMaintenance", "package changes wait for the other host")
+            return False
     try:
         out.cond("DisruptionBlocked", False, "NotBlocked")
         if to_remove:
@@ -175,6 +186,7 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
             host.restart_libvirtd()
     finally:
         if risky:
+            cross.release()
             _disruption.release()
     out.cond("PackagesReady", True, "Installed", " ".join(want) if want else "nothing required")
     return changed

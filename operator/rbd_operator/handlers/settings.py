@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import kopf
 
-from .. import GROUP
+from kubernetes.client.rest import ApiException
+
+from .. import GROUP, metrics
+from ..adapters import kube
 
 
 @kopf.on.startup()
@@ -25,4 +29,17 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # timer died with a status PATCH during an API server restart). ~8 min of retries instead.
     settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 60, 60, 60, 60, 60, 60, 60)
     settings.watching.server_timeout = 300
-    settings.peering.standalone = True
+    # Replicas (deploy/: replicas 2) elect the active one through kopf peering (ClusterKopfPeering
+    # `rbd-operator`, `--peering`): the highest priority works, the others pause until its peering entry
+    # is older than `lifetime` (a killed replica cannot clean it up): that bounds the takeover time.
+    settings.peering.lifetime = int(os.environ.get("RBD_OPERATOR_PEERING_LIFETIME", "15"))
+    if not settings.peering.standalone and settings.peering.name:
+        try:
+            if kube.ensure_cluster_peering(settings.peering.name):
+                logging.getLogger(__name__).info("created ClusterKopfPeering %s", settings.peering.name)
+        except ApiException as exc:  # kopf then pauses until it exists: fail closed, and say why
+            logging.getLogger(__name__).warning("cannot create ClusterKopfPeering %s: HTTP %s",
+                                                settings.peering.name, exc.status)
+    metrics_address = os.environ.get("RBD_OPERATOR_METRICS", "")
+    if metrics_address and metrics_address != "none":
+        metrics.serve(metrics_address)

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from kubernetes.client.rest import ApiException
 
-from .. import GROUP, VERSION
+from .. import GROUP, VERSION, metrics
 from ..adapters import ceph, kube
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
@@ -220,6 +220,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     )
     hosts = status.patch.status.get("hosts") if "hosts" in status.patch.status else None
     before = (body.get("status") or {}).get("hosts") or {}
+    metrics.storage_figures(name, status.patch.status.get("capacity") or (body.get("status") or {}).get("capacity"),
+                            hosts or before)
     if hosts and hosts["selected"] and hosts["current"] == hosts["selected"] and before.get("current") != hosts["current"]:
         kopf.event(body, type="Normal", reason="HostsCurrent",
                    message=f"all {hosts['selected']} selected host(s) hold the current key of {parsed.client.entity}")
@@ -337,6 +339,7 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     if parsed.deletion_policy == "Retain":
         logger.info("deletionPolicy Retain: pool %s and %s stay in Ceph", parsed.pool.name, parsed.client.entity)
         release_lock(uid)
+        metrics.storage_gone(name)
         return
     status = StatusUpdate(body, patch)
     async with object_lock(uid):
@@ -357,3 +360,4 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         return status.fail("PoolNotEmpty", message, min(60.0, backoff(retry)))
     kopf.event(body, type="Normal", reason="Deleted", message=f"pool {parsed.pool.name}: what this storage owned is deleted")
     release_lock(uid)
+    metrics.storage_gone(name)
