@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+VERSION := $(shell sed -nE 's/^version = "([^"]+)"/\1/p' pyproject.toml | head -1)
+IMAGE := rbd-operator:$(VERSION)
 
-.PHONY: help deps run sandbox-up sandbox-down test unit contract argocd-health integration gitops-e2e bench faults generate clean
+.PHONY: help deps run sandbox-up sandbox-down test unit contract argocd-health integration gitops-e2e bench faults generate clean image e2e
 
 help:
 	@echo "make run           sandbox in the foreground: control plane, Ceph, operator, examples (Ctrl-C stops it)"
@@ -12,6 +14,8 @@ help:
 	@echo "make bench         benchmarks, figures in .bench/results.json"
 	@echo "make gitops-e2e    a real Argo CD (application-controller, repo-server) syncing the operator's kinds"
 	@echo "make faults        fault matrix, generated bad inputs, leak scan: .bench/faults.json"
+	@echo "make image         the container image rbd-operator:$(VERSION) (BASE_IMAGE=debian:bookworm-slim: the public base)"
+	@echo "make e2e           kind cluster (node image built here), the image loaded, deploy/ applied, e2e suite"
 
 deps:
 	hack/install-deps.sh
@@ -53,6 +57,16 @@ generate:
 
 faults: deps
 	$(PY) bench/faults.py
+
+image: deps
+	hack/docker.sh up
+	rm -rf .cache/image-wheels && $(VENV)/bin/pip wheel -q --wheel-dir .cache/image-wheels .
+	base="$${BASE_IMAGE:-$$(hack/build-base-image.sh)}" && start=$$(date +%s) && \
+	  hack/docker.sh cli build --network host --build-arg BASE_IMAGE="$$base" -t $(IMAGE) . && \
+	  echo "image: $(IMAGE) from $$base in $$(( $$(date +%s) - start ))s, $$(hack/docker.sh cli image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.1f MiB", $$1/1048576}')"
+
+e2e: deps image
+	$(PY) -m pytest -ra tests/e2e
 
 clean: sandbox-down
 	rm -rf .cache/test .bench

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="kopf peering name shared by the replicas (ClusterKopfPeering, deploy/peering.yaml); "
                         "default: none, this process runs alone")
     parser.add_argument("--priority", type=int, default=None,
-                        help="peering priority (default: random, so that exactly one replica is the highest)")
+                        help="peering priority (default: from the start time: the oldest replica is the active one)")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="plain")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     if not args.debug:  # paramiko narrates every channel at INFO
         logging.getLogger("paramiko").setLevel(logging.WARNING)
-    # Same priorities would pause every replica (kopf fails closed on a tie): a random 62-bit one.
-    priority = args.priority if args.priority is not None else secrets.randbits(62)
+    # The older replica keeps working: a restarted one comes back below it (kopf pauses a replica when
+    # a higher priority appears, but does not stop the handlers it is running, so a newcomer must never
+    # preempt a working replica). Microseconds make a tie (which kopf resolves by pausing all) unlikely;
+    # the random low bits make it impossible in practice.
+    priority = args.priority if args.priority is not None else \
+        ((2**52 - time.time_ns() // 1000) << 8) | secrets.randbits(8)
     kopf.run(
         clusterwide=True,
         standalone=not args.peering,

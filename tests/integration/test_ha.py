@@ -54,7 +54,7 @@ def owned_images(ceph, pool: str) -> list[str]:
 
 
 def test_standby_takes_over_and_nothing_is_done_twice(platform, ceph, replicas, uniq):
-    # Exactly one replica works: the other pauses in its favour (random priorities, no tie).
+    # Exactly one replica works (the older one): the other pauses in its favour.
     def settled() -> bool:
         peers = (platform.get("clusterkopfpeering", PEERING) or {}).get("status") or {}
         return len(peers) == 2 and sum(paused(op) for op in replicas) == 1

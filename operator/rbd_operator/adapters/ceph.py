@@ -136,6 +136,7 @@ class CephCluster:
                 "log_to_stderr": "false",
                 "err_to_stderr": "false",
                 "log_file": "",
+                "admin_socket": "",  # nothing under /var/run/ceph: the image's root filesystem is read-only
             }
             cluster = rados.Rados(rados_id=self.creds.user, conf=conf)
             try:

@@ -1,0 +1,44 @@
+# rbd-operator's container image: `make image` builds rbd-operator:<version from pyproject.toml>.
+# BASE_IMAGE defaults (in the Makefile) to a Debian bookworm built locally from Debian packages
+# (hack/build-base-image.sh: debootstrap + docker import); BASE_IMAGE=debian:bookworm-slim uses the public one.
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BASE_IMAGE} AS build
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+# Wheels of the package and its dependencies, built by `make image` on the build machine (whose pip
+# trusts its network's CAs): nothing is fetched from PyPI inside the build.
+COPY .cache/image-wheels /wheels
+# Debian's rados/rbd/libvirt bindings come from the runtime stage's packages (system site packages).
+# kubernetes/aio (an asyncio copy of the whole client, 67 MB) is never imported: removed.
+RUN python3 -m venv --system-site-packages /opt/rbd-operator \
+ && /opt/rbd-operator/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels -q rbd-operator \
+ && /opt/rbd-operator/bin/pip uninstall -y -q pip setuptools \
+ && site=/opt/rbd-operator/lib/python3.11/site-packages \
+ && rm -rf $site/kubernetes/aio $site/kubernetes/test $site/kubernetes/e2e_test \
+ && find /opt/rbd-operator -name '__pycache__' -prune -exec rm -rf {} + \
+ && find /opt/rbd-operator -name '*.dist-info' -path '*/site-packages/*' -prune -exec sh -c 'rm -f "$1"/RECORD' _ {} \;
+
+FROM ${BASE_IMAGE} AS runtime
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      python3 python3-rados python3-rbd python3-libvirt ca-certificates \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && dpkg --purge apt libapt-pkg6.0 debian-archive-keyring gpgv \
+ && rm -rf /var/cache/apt /var/lib/apt /var/log/apt /var/log/dpkg.log /etc/apt \
+      /usr/share/doc /usr/share/man /usr/share/info
+COPY --from=build /opt/rbd-operator /opt/rbd-operator
+# Bytecode compiled at build time: the root filesystem is read-only at run time.
+RUN python3 -m compileall -q /opt/rbd-operator /usr/lib/python3/dist-packages/rados* /usr/lib/python3/dist-packages/rbd* \
+      /usr/lib/python3/dist-packages/libvirt* >/dev/null \
+ && /opt/rbd-operator/bin/python -c "import rados, rbd, libvirt, kopf, kubernetes, paramiko, prometheus_client, rbd_operator.handlers"
+# One layer: what the runtime stage removed (apt, its lists, docs) is really gone from the image.
+FROM scratch
+COPY --from=runtime / /
+ENV PATH=/opt/rbd-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 65532:65532
+EXPOSE 8080 9090
+ENTRYPOINT ["rbd-operator"]
+CMD ["--log-format", "json", "--liveness", "http://0.0.0.0:8080/healthz"]
