@@ -17,7 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/hack/kind/image"
-docker=("$root/hack/docker.sh" run)
+docker=("$root/hack/docker.sh" cli)
 
 kube_bin=$("$root/hack/build-kube.sh")
 node_bin=$("$root/hack/kind/build-node-bins.sh")
@@ -59,6 +59,8 @@ open(path, "w").write(text)
 PY
 
 cp "$node_bin/kubelet" "$node_bin/kubeadm" "$kube_bin/kubectl" "$ctx/bin/"
+mkdir -p "$ctx/files/kind"
+echo "$kver" > "$ctx/files/kind/version"  # kind reads the Kubernetes version from here
 
 # The images kubeadm asks for, under the names it asks for.
 mkdir -p "$ctx/img"

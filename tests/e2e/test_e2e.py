@@ -112,8 +112,8 @@ def test_hypervisor_converges(deployed, platform):
                                 hypervisors={"nodeSelector": {"matchLabels": {LABEL: name}}}))
         apply(deployed, hypervisor(host, {LABEL: name}, packages=debian_packages()))
         wait_for(lambda: ready(deployed, "hvn", host.name), 900, interval=3, what="HypervisorNode Ready")
-        status = ready(deployed, "rbds", name)["status"]
-        assert status["hosts"]["current"] == 1
+        wait_for(lambda: (ready(deployed, "rbds", name) or {}).get("status", {}).get("hosts", {}).get("current") == 1,
+                 60, what="the storage counts the host as current")
         assert host.ok(f"test -s /etc/ceph/ceph.client.{name}.keyring")
         deployed.kubectl("delete", "hvn", host.name, "--wait=true", "--timeout=120s")
         deployed.kubectl("delete", "rbds", name, "--wait=false")
@@ -157,7 +157,7 @@ def test_takeover_when_the_active_pod_dies(deployed, platform, ceph):
     wait_for(started, 60, interval=0.05, what="work under way")
     # The pod's processes are visible from the node; its cgroup names the pod's uid.
     script = (f"for p in $(pgrep -f 'rbd-operator|rbd_operator'); do "
-              f"grep -q 'pod{uid.replace('-', '_')}' /proc/$p/cgroup 2>/dev/null && kill -9 $p && echo $p; done")
+              f"grep -q 'pod{uid.replace('-', '_')}' /proc/$p/cgroup 2>/dev/null && kill -9 $p && echo $p; done; true")
     killed_at = time.monotonic()
     out = deployed.node_exec("sh", "-c", script).stdout.split()
     assert out, "found no process of the active pod to kill"
@@ -202,7 +202,9 @@ def _readme_permissions() -> set[tuple[str, str]]:
         for g in groups:
             for r in resources:
                 for v in verbs:
-                    pairs.add((f"{r}.{g}" if g else r, v))
+                    # kubectl prints a subresource after the group: rbdimages.rbd-operator.io/status
+                    base, _, sub = r.partition("/")
+                    pairs.add(((f"{base}.{g}" if g else base) + (f"/{sub}" if sub else ""), v))
     return pairs
 
 
