@@ -65,7 +65,8 @@ image: deps
 	  hack/docker.sh cli build --network host --build-arg BASE_IMAGE="$$base" -t $(IMAGE) . && \
 	  echo "image: $(IMAGE) from $$base in $$(( $$(date +%s) - start ))s, $$(hack/docker.sh cli image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.1f MiB", $$1/1048576}')"
 
-e2e: deps image
+e2e: deps
+	hack/kind/prepare.sh
 	$(PY) -m pytest -ra tests/e2e
 
 clean: sandbox-down

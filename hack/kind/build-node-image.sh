@@ -11,9 +11,9 @@
 #   - the images kubeadm runs (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
 #     etcd, pause), made from those binaries, saved into /kind/images and imported into containerd
 #     at boot, before the kubelet starts (kind-images.service).
-# etcd is hack/kube's (v3.5.21) under the tag kubeadm asks for. CoreDNS is not built (the operator and
-# the e2e resolve nothing through cluster DNS: its pods stay in ImagePullBackOff), and pods use
-# a bridge CNI (the cluster is created with disableDefaultCNI: kindnet is an image from a registry).
+# etcd is hack/kube's (v3.5.21) under the tag kubeadm asks for; CoreDNS is built from its Go module at
+# the version kubeadm deploys (hack/kind/coredns). Pods use a bridge CNI (the cluster is created with
+# disableDefaultCNI: kindnet is an image from a registry).
 # Cached by the hash of every input.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,12 +23,22 @@ docker=("$root/hack/docker.sh" cli)
 kube_bin=$("$root/hack/build-kube.sh")
 node_bin=$("$root/hack/kind/build-node-bins.sh")
 kind_bin=$("$root/hack/kind/build-kind.sh")
+# CoreDNS at the version kubeadm deploys (hack/kind/coredns pins it).
+dns_mod="$root/hack/kind/coredns"
+dns_out="$root/.cache/kind/coredns/$(cat "$dns_mod/go.mod" "$dns_mod/go.sum" | sha256sum | cut -c1-12)"
+if [ ! -x "$dns_out/coredns" ]; then
+  echo "build-node-image: building CoreDNS into $dns_out" >&2
+  mkdir -p "$dns_out"
+  (cd "$dns_mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$dns_out/coredns.tmp" \
+     github.com/coredns/coredns)
+  mv "$dns_out/coredns.tmp" "$dns_out/coredns"
+fi
 kind_dir=$(cd "$root/hack/kind/cli" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kind)
 base=${NODE_BASE_IMAGE:-$("$root/hack/build-base-image.sh")}
 kver=$("$node_bin/kubeadm" version -o short)
 
 key=$( { echo "$kver $base $kind_bin"; "${docker[@]}" image inspect -f '{{.Id}}' "$base";
-         sha256sum "$kube_bin"/* "$node_bin"/* "$0"; find "$here" -type f -print0 | sort -z | xargs -0 sha256sum; } \
+         sha256sum "$kube_bin"/* "$node_bin"/* "$dns_out/coredns" "$0"; find "$here" -type f -print0 | sort -z | xargs -0 sha256sum; } \
        | sha256sum | cut -c1-12)
 tag="rbd-operator-kind-node:$kver-$key"
 if "${docker[@]}" image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0; fi
@@ -85,8 +95,10 @@ for ref in "${wanted[@]}"; do
       printf 'FROM %s\nRUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables conntrack ipset kmod && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base" \
         > "$dir/Dockerfile" ;;
     coredns)
-      echo "build-node-image: not building $ref (cluster DNS is not used)" >&2
-      continue ;;
+      dns_ver=$(sed -nE 's#^(require)?[[:space:]]*github.com/coredns/coredns (v[0-9.]+)$#\2#p' "$dns_mod/go.mod" | head -1)
+      [ "${ref##*:}" = "$dns_ver" ] || { echo "build-node-image: kubeadm wants $ref, hack/kind/coredns pins $dns_ver" >&2; exit 1; }
+      cp "$dns_out/coredns" "$dir/"
+      printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' > "$dir/Dockerfile" ;;
     *) echo "build-node-image: kubeadm wants an image this script does not know: $ref" >&2; exit 1 ;;
   esac
   "${docker[@]}" build -q --network host -t "$ref" "$dir" >/dev/null

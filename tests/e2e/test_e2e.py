@@ -60,6 +60,15 @@ def active_pod(cluster) -> tuple[str, str]:
     return active[0], standby[0]
 
 
+def test_cluster_system_pods_run(deployed):
+    """Every kube-system pod (control plane, etcd, kube-proxy, CoreDNS) runs from the node's own images."""
+    def running() -> bool:
+        pods = json.loads(deployed.kubectl("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
+        return pods and all(p["status"].get("phase") == "Running" for p in pods) and \
+            any(p["metadata"]["name"].startswith("coredns-") for p in pods)
+    wait_for(running, 180, interval=2, what="kube-system pods Running")
+
+
 def test_two_replicas_one_active(deployed):
     wait_for(lambda: len(deployed.pods()) == 2 and all(p["status"].get("phase") == "Running" for p in deployed.pods()),
              180, what="two operator pods Running")
