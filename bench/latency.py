@@ -79,8 +79,13 @@ class DelayProxy:
         async def stop() -> None:
             for server in self.servers:
                 server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def measure_rtt_ms(address: str, port: int, samples: int = 5) -> float:

@@ -145,3 +145,15 @@ def test_shared_client_needs_adopt():
 def test_caps_never_leak_keys_into_descriptions():
     action = plan_client("client.x", {"mon": "profile rbd"}, None, [ME], ME, False, live(ME))[0]
     assert action.describe() == "create-client client.x (caps=mon 'profile rbd')"
+
+
+def test_capacity_in_status_moves_only_with_real_change():
+    from rbd_operator.reconcile.storage_plan import capacity_to_report
+    old = {"storedBytes": 10 * 2**30, "maxAvailBytes": 100 * 2**30, "quotaMaxBytes": 0}
+    jitter = {"storedBytes": 10 * 2**30 + 4096, "maxAvailBytes": 100 * 2**30 - 3 * 2**20, "quotaMaxBytes": 0}
+    assert capacity_to_report(old, jitter) is old
+    grown = {**jitter, "storedBytes": 12 * 2**30}
+    assert capacity_to_report(old, grown) == grown
+    assert capacity_to_report(old, {**old, "quotaMaxBytes": 2**30})["quotaMaxBytes"] == 2**30
+    assert capacity_to_report(None, jitter) == jitter
+    assert capacity_to_report({"storedBytes": "x", "maxAvailBytes": 1, "quotaMaxBytes": 0}, jitter) == jitter

@@ -298,7 +298,7 @@ def _ssh_key(spec: HostSpec) -> str:
     ref = spec.ssh_key
     namespace = kube.check_secret_namespace(ref.namespace, ref.name)
     try:
-        data = kube.read_secret(namespace, ref.name)
+        data = kube.read_secret(namespace, ref.name, fresh=True)  # a replaced key works at once
     except ApiException as exc:
         raise SshError("AuthenticationFailed", f"cannot read Secret {namespace}/{ref.name}: "
                        f"HTTP {exc.status} {exc.reason}") from None

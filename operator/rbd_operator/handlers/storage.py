@@ -21,7 +21,7 @@ from ..reconcile.actions import Action
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.ownership import staging_name
 from ..reconcile.selector import matches
-from ..reconcile.storage_plan import plan_client, plan_pool
+from ..reconcile.storage_plan import capacity_to_report, plan_client, plan_pool
 from . import image as image_handlers
 from .common import (reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock,
                      release_lock, settle)
@@ -209,8 +209,10 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         pool=pool.name,
         client=parsed.client.entity,
         monitors=outcome.monitors,
-        capacity={"storedBytes": outcome.stats["storedBytes"], "maxAvailBytes": outcome.stats["maxAvailBytes"],
-                  "quotaMaxBytes": pool.quota_max_bytes or 0},
+        capacity=capacity_to_report((body.get("status") or {}).get("capacity"),
+                                    {"storedBytes": outcome.stats["storedBytes"],
+                                     "maxAvailBytes": outcome.stats["maxAvailBytes"],
+                                     "quotaMaxBytes": pool.quota_max_bytes or 0}),
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
         libvirtSecretUUID=secret_uuid,
         hosts=hosts_summary(parsed, secret_uuid, key_version, name, hypervisors),
@@ -220,8 +222,9 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     )
     hosts = status.patch.status.get("hosts") if "hosts" in status.patch.status else None
     before = (body.get("status") or {}).get("hosts") or {}
-    metrics.storage_figures(name, status.patch.status.get("capacity") or (body.get("status") or {}).get("capacity"),
-                            hosts or before)
+    metrics.storage_figures(name, {"storedBytes": outcome.stats["storedBytes"],
+                                   "maxAvailBytes": outcome.stats["maxAvailBytes"],
+                                   "quotaMaxBytes": pool.quota_max_bytes or 0}, hosts or before)
     if hosts and hosts["selected"] and hosts["current"] == hosts["selected"] and before.get("current") != hosts["current"]:
         kopf.event(body, type="Normal", reason="HostsCurrent",
                    message=f"all {hosts['selected']} selected host(s) hold the current key of {parsed.client.entity}")

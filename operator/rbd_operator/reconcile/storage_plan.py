@@ -158,3 +158,23 @@ def plan_client(entity: str, want_caps: Mapping[str, str] | None, have_caps: Map
     if want_caps is not None and not same_caps(want_caps, have_caps):
         actions.append(Action("set-caps", entity, {"caps": dict(want_caps)}))
     return actions
+
+
+CAPACITY_STEP = 0.01  # 1 %
+CAPACITY_FLOOR = 64 * 2**20  # 64 MiB
+
+
+def capacity_to_report(previous: Mapping[str, Any] | None, current: Mapping[str, int]) -> Mapping[str, Any]:
+    """The capacity figures to keep in status: the previous ones unless a figure moved by more than 1 %
+    (and more than 64 MiB) or the quota changed. Ceph's usage figures move with every osdmap and PG
+    stats update; copying them on every resync would make an idle storage write its status forever
+    (the exact figures are in the metrics)."""
+    if not previous or set(previous) != set(current) or previous.get("quotaMaxBytes") != current.get("quotaMaxBytes"):
+        return current
+    for key, value in current.items():
+        old = previous.get(key)
+        if not isinstance(old, int) or isinstance(old, bool):
+            return current
+        if abs(value - old) > max(CAPACITY_FLOOR, CAPACITY_STEP * max(abs(old), abs(value))):
+            return current
+    return previous
