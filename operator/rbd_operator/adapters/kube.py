@@ -47,7 +47,8 @@ def core() -> kubernetes.client.CoreV1Api:
             try:
                 kubernetes.config.load_incluster_config()
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
+                # $KUBECONFIG as it is now (the library reads it once, at import).
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             _core = kubernetes.client.CoreV1Api()
         return _core
 

@@ -50,8 +50,7 @@ class LeaseLock:
         self.lost = False
 
     def _api(self) -> kubernetes.client.CoordinationV1Api:
-        kube.core()  # loads the configuration once
-        return kubernetes.client.CoordinationV1Api()
+        return kubernetes.client.CoordinationV1Api(kube.core().api_client)
 
     def _body(self, resource_version: str | None, holder: str, acquire: datetime.datetime | None) -> dict:
         now = _now()
