@@ -108,8 +108,8 @@ class LeaseLock:
                 api.replace_namespaced_lease(self.name, self.namespace,
                                              self._body(lease.metadata.resource_version, self.holder,
                                                         lease.spec.acquire_time))
-            except ApiException:
-                continue  # retried at the next interval; the Lease stays ours until it expires
+            except Exception:  # noqa: BLE001 - retried at the next interval; the Lease stays ours until it expires
+                continue
 
     def release(self) -> None:
         """Clear the holder if it is still us (409/404/any error: it expires by itself)."""
@@ -123,5 +123,5 @@ class LeaseLock:
                 body = self._body(lease.metadata.resource_version, "", lease.spec.acquire_time)
                 body["spec"].pop("holderIdentity")
                 api.replace_namespaced_lease(self.name, self.namespace, body)
-        except ApiException:
+        except Exception:  # noqa: BLE001 - best effort: an unreleased Lease expires by itself
             pass

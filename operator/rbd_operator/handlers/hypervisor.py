@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 from .. import GROUP, VERSION
 from ..adapters import kube, libvirt_conn
 from ..adapters.blocking import executor as blocking_executor
-from ..adapters.lease import DISRUPTION_LEASE, LeaseLock
+from ..adapters.lease import DISRUPTION_LEASE, Held, LeaseLock
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
@@ -157,7 +157,10 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
             return False
         # Across replicas (and a replica killed mid-change): the Lease, held until this change ends.
         cross = LeaseLock(DISRUPTION_LEASE, spec.address)
-        held = cross.try_acquire()
+        try:
+            held = cross.try_acquire()
+        except Exception as exc:  # noqa: BLE001 - the API did not answer: cannot know, so do not act
+            held = Held(f"unknown ({type(exc).__name__} talking to the API server)", 0.0)
         if held is not None:
             _disruption.release()
             out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
