@@ -105,9 +105,11 @@ def kind_cluster():
     WORK.mkdir(parents=True, exist_ok=True)
     kubeconfig = WORK / "kubeconfig"
     config = WORK / "kind.yaml"
+    # Our node image brings a bridge CNI (kindnet is a registry image); a published one brings kindnet.
+    cni = "" if os.environ.get("KIND_NODE_IMAGE") else "disableDefaultCNI: true, "
     config.write_text(
         "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n"
-        "networking: {disableDefaultCNI: true, podSubnet: 10.244.0.0/16, apiServerAddress: 127.0.0.1}\n"
+        f"networking: {{{cni}podSubnet: 10.244.0.0/16, apiServerAddress: 127.0.0.1}}\n"
         "nodes: [{role: control-plane}]\n")
     env = {"KUBECONFIG": str(kubeconfig), **docker_env()}
     sh(kind, "delete", "cluster", "--name", CLUSTER, env=env, check=False, timeout=300)
