@@ -85,7 +85,8 @@ REASONS: tuple[Reason, ...] = (
     Reason("PackageManagerBusy", (HOST,), _P, "apt/dnf is locked by another run on the host; retried."),
     Reason("LibvirtUnavailable", (HOST,), _P, "libvirtd did not answer on the host; retried."),
     Reason("AnotherHostInMaintenance", (HOST,), _P,
-           "A disruptive package change waits while another host is being changed (one at a time)."),
+           "A disruptive package change waits while another host is being changed (one at a time, across "
+           "replicas: Lease rbd-operator-disruption; a Lease that cannot be read counts as held)."),
     Reason("DomainsUnknown", (HOST,), _P,
            "A package change would remove qemu/libvirt and libvirt cannot tell which domains run: it waits "
            "(fail closed) unless spec.maintenance.allowDisruption."),
