@@ -58,12 +58,8 @@ generate:
 faults: deps
 	$(PY) bench/faults.py
 
-image: deps
-	hack/docker.sh up
-	rm -rf .cache/image-wheels && $(VENV)/bin/pip wheel -q --wheel-dir .cache/image-wheels .
-	base="$${BASE_IMAGE:-$$(hack/build-base-image.sh)}" && start=$$(date +%s) && \
-	  hack/docker.sh cli build --network host --build-arg BASE_IMAGE="$$base" -t $(IMAGE) . && \
-	  echo "image: $(IMAGE) from $$base in $$(( $$(date +%s) - start ))s, $$(hack/docker.sh cli image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.1f MiB", $$1/1048576}')"
+image:
+	IMAGE=$(IMAGE) hack/build-image.sh
 
 e2e: deps
 	hack/kind/prepare.sh
