@@ -33,7 +33,9 @@ hack/docker.sh up
 venv=.cache/image-venv
 [ -x "$venv/bin/pip" ] || /usr/bin/python3 -m venv "$venv"
 rm -rf .cache/image-wheels
-"$venv/bin/pip" wheel -q --disable-pip-version-check --wheel-dir .cache/image-wheels .
+# Pinned (hack/image-constraints.txt): the same image from the same commit, and its size measured once.
+"$venv/bin/pip" wheel -q --disable-pip-version-check --wheel-dir .cache/image-wheels \
+  --constraint hack/image-constraints.txt .
 
 base=${BASE_IMAGE:-$(hack/build-base-image.sh)}
 hack/docker.sh cli build --network host --build-arg BASE_IMAGE="$base" -t "$image" .
