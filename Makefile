@@ -61,7 +61,7 @@ faults: deps
 image:
 	IMAGE=$(IMAGE) hack/build-image.sh
 
-e2e: deps
+e2e:
 	hack/kind/prepare.sh
 	$(PY) -m pytest -ra tests/e2e
 
