@@ -265,3 +265,40 @@ def test_snapshot_clone_flatten_and_deletion_waits_for_clones(platform, ceph, po
     platform.wait_condition("rbdimg", child, "True", namespace="default")
     for name in (child, base):
         platform.delete("rbdimg", name, "default", wait=True)
+
+
+def test_a_rename_cut_short_by_a_crash_is_finished_not_lost(platform, ceph, pool, uniq):
+    """librbd renames in steps (rbd_id.<new>, then the directory, then rbd_id.<old>). A crash between
+    the first two leaves an image that opens under its final name but is listed under its staging
+    name: found by the CI run of the crash test (the RbdImage said Ready, `rbd ls` lacked it). The
+    operator must finish the rename, not report Ready, and never drop the staged image."""
+    from rbd_operator.reconcile.ownership import staging_name
+
+    name = f"halfren-{uniq}"
+    platform.apply(image(name, pool, size="64Mi"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    obj = platform.get("rbdimg", name, "default")
+    staging = staging_name(f"default/{name}/{obj['metadata']['uid']}")
+    marker = b"rename-cut-short-" + uniq.encode()
+    with ceph.open_ioctx(pool) as ioctx:
+        with rbd.Image(ioctx, name) as img:
+            img.write(marker, 4096)
+            image_id = img.id()
+        # The state a crash leaves: listed as staging, rbd_id.<name> already written.
+        rbd.RBD().rename(ioctx, name, staging)
+        ioctx.write_full(f"rbd_id.{name}", len(image_id).to_bytes(4, "little") + image_id.encode())
+        assert name not in rbd.RBD().list(ioctx) and staging in rbd.RBD().list(ioctx)
+
+    platform.kubectl("annotate", "--overwrite", "rbdimg", name, "-n", "default",
+                     f"resync.rbd-operator.io/requested={time.time()}")
+
+    def finished() -> bool:
+        with ceph.open_ioctx(pool) as ioctx:
+            listed = rbd.RBD().list(ioctx)
+            return name in listed and staging not in listed
+    wait_for(finished, 60, what="the rename finished")
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name, read_only=True) as img:
+        assert img.id() == image_id, "the same image, not a new one"
+        assert img.read(4096, len(marker)) == marker, "its data kept"
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    platform.delete("rbdimg", name, "default")

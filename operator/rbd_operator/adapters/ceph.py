@@ -388,6 +388,16 @@ class CephCluster:
             except (rbd.Error, rados.Error) as exc:
                 raise _classify(exc, f"opening image {pool}/{name}") from None
             with image:
+                try:
+                    image_id = image.id()
+                except rbd.Error:  # an old-format (v1) image has no id and no directory entry of this kind
+                    image_id = None
+                if image_id and self._directory_id(ioctx, name) != image_id:
+                    # Opened through rbd_id.<name>, but the pool's directory does not list it under this
+                    # name: a rename (staging -> name) cut short after its first step. Not there yet:
+                    # the creation path finishes the rename (see _create_staged).
+                    log.info("image %s/%s is only half renamed into place (not in the directory)", pool, name)
+                    return None
                 parent = self._parent(image)
                 watchers = sorted({w["addr"] for w in image.watchers_list()})
                 qos = {k: int(v) for k in QOS_KEYS if (v := _metadata(image, f"conf_{k}")) is not None
@@ -470,6 +480,16 @@ class CephCluster:
         created = self._tag_new(ioctx, staging, a) if fresh and "parent" not in a else None
         if created is None:
             created = self._tag_opened(ioctx, pool, staging, a)
+        # librbd renames in three steps: write rbd_id.<name>, update the directory, remove
+        # rbd_id.<staging>. A crash after the first leaves rbd_id.<name> naming our staged image while
+        # the directory still lists it as staging: that id object is ours to drop before renaming again
+        # (rename refuses an existing rbd_id.<name>, and the path below would then drop the image).
+        if self._dangling_id_object(ioctx, name, created.id):
+            log.info("finishing an interrupted rename: %s/%s -> %s", pool, staging, name)
+            try:
+                ioctx.remove_object(f"rbd_id.{name}")
+            except rados.ObjectNotFound:
+                pass
         try:
             rbd.RBD().rename(ioctx, staging, name)
         except rbd.ImageExists:
@@ -480,6 +500,27 @@ class CephCluster:
         except (rbd.Error, rados.Error) as exc:
             raise _classify(exc, what) from None
         return created
+
+    @staticmethod
+    def _directory_id(ioctx: rados.Ioctx, name: str) -> str | None:
+        """The image id the pool's rbd_directory lists under `name` (cls_rbd dir_get_id); None if none."""
+        try:
+            _, out = ioctx.execute("rbd_directory", "rbd", "dir_get_id", _encode_str(name))
+        except rados.ObjectNotFound:
+            return None
+        except rados.Error as exc:
+            raise _classify(exc, f"reading the image directory for {name}") from None
+        return _decode_str(out)
+
+    def _dangling_id_object(self, ioctx: rados.Ioctx, name: str, image_id: str) -> bool:
+        """rbd_id.<name> holds `image_id` but the directory does not list `name`: a rename cut short."""
+        try:
+            raw = ioctx.read(f"rbd_id.{name}", 256)
+        except rados.ObjectNotFound:
+            return False
+        except rados.Error as exc:
+            raise _classify(exc, f"reading rbd_id.{name}") from None
+        return _decode_str(raw) == image_id and self._directory_id(ioctx, name) is None
 
     def _tag_new(self, ioctx: rados.Ioctx, staging: str, a: dict) -> ObservedImage | None:
         """Tag an image this call just created, without opening it: its id from rbd_id.<name> and
@@ -554,18 +595,26 @@ class CephCluster:
                         raise ValueError(f"unknown image action {kind}")
         return None
 
-    def remove_staged_image(self, pool: str, staging: str, owner: str) -> bool:
-        """Remove an image a crashed creation left under its staging name (only if it carries our tag or none)."""
+    def remove_staged_image(self, pool: str, staging: str, owner: str, name: str | None = None) -> bool:
+        """Remove an image a crashed creation left under its staging name (only if it carries our tag or none),
+        and the rbd_id.<name> a rename cut short left pointing at it."""
         with self.ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, staging, read_only=True) as image:
                     if _metadata(image, OWNER_KEY) not in (None, owner):
                         return False
+                    image_id = image.id()
             except rbd.ImageNotFound:
                 return False
             except (rbd.Error, rados.Error) as exc:
                 raise _classify(exc, f"opening {pool}/{staging}") from None
+            dangling = name is not None and self._dangling_id_object(ioctx, name, image_id)
             self._rbd_call(f"removing {pool}/{staging}", rbd.RBD().remove, ioctx, staging)
+            if dangling:
+                try:
+                    ioctx.remove_object(f"rbd_id.{name}")
+                except rados.ObjectNotFound:
+                    pass
             return True
 
     # -- snapshots ----------------------------------------------------------
@@ -634,6 +683,24 @@ class CephCluster:
                 return
             except (rbd.Error, rados.Error) as exc:
                 raise _classify(exc, what) from None
+
+
+def _encode_str(value: str) -> bytes:
+    """Ceph's encoding of a std::string: u32 little-endian length, then the bytes."""
+    data = value.encode()
+    return len(data).to_bytes(4, "little") + data
+
+
+def _decode_str(raw: bytes) -> str | None:
+    if len(raw) < 4:
+        return None
+    length = int.from_bytes(raw[:4], "little")
+    if len(raw) < 4 + length:
+        return None
+    try:
+        return raw[4:4 + length].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _encode_map(values: dict[str, str]) -> bytes:

@@ -297,7 +297,7 @@ def _delete_image(cluster: ceph.CephCluster, pool: str, spec: ImageSpec, owner: 
     """Move the image to the trash if it is ours and not in use; return it when it is in use."""
     observed = cluster.observe_image(pool, spec.name)
     if observed is None:
-        cluster.remove_staged_image(pool, staging_name(owner), owner)  # a creation cut short by a crash
+        cluster.remove_staged_image(pool, staging_name(owner), owner, spec.name)  # a creation cut short by a crash
         return None
     if observed.owner != owner:
         return None  # never ours (not adopted, or another object's): left as it is
