@@ -14,17 +14,8 @@ start=$(date +%s)
 
 need=(python3-venv)
 [ -n "${BASE_IMAGE:-}" ] || need+=(debootstrap)
-missing=()
-for pkg in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "build-image: installing ${missing[*]}" >&2
-  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. hack/lib/debs.sh
+ensure_debs build-image "${need[@]}"
 
 hack/docker.sh up
 

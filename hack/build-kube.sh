@@ -14,16 +14,10 @@ for c in "${cmds[@]}"; do [ -x "$out/$c" ] || have_all=0; done
 if [ "$have_all" = 1 ]; then echo "$out"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-kube: go is required" >&2; exit 1; }
-kver=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")
-major=$(echo "$kver" | sed -E 's/^v([0-9]+)\..*/\1/')
-minor=$(echo "$kver" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
+. "$root/hack/lib/kube-version.sh"
+kver=$(kube_version "$mod/go.mod")
 commit=$(cd "$mod" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
-date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-ld=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ld+=" -X $pkg.gitVersion=$kver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-  ld+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
-done
+ld=$(kube_ldflags "$kver" "$commit" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
 
 tmp="$out.tmp.$$"
 mkdir -p "$tmp"

@@ -18,25 +18,13 @@ state=${RBD_DOCKER_STATE:-/var/lib/rbd-operator-docker}
 sock=/var/run/docker.sock
 wrapper=$state/runc-nosysresource
 api=1.41  # Debian bookworm's docker.io 20.10
+. "$root/hack/lib/debs.sh"
 
 cli() {
   if [ -x /usr/bin/docker ]; then DOCKER_API_VERSION=$api /usr/bin/docker "$@"; else DOCKER_API_VERSION=$api docker "$@"; fi
 }
 
 running() { [ -S "$sock" ] && cli version >/dev/null 2>&1; }
-
-install_packages() {
-  local missing=()
-  for pkg in docker.io iptables; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "docker.sh: installing ${missing[*]}" >&2
-  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 write_wrapper() {
   mkdir -p "$state"
@@ -100,7 +88,7 @@ allow_bridges() {
 }
 
 up() {
-  install_packages
+  ensure_debs docker.sh docker.io iptables
   if running; then allow_bridges; return 0; fi
   write_wrapper
   allow_bridges  # before dockerd turns FORWARD to DROP: no window where the test bridges are cut

@@ -19,21 +19,8 @@ DEB_PACKAGES=(
   redis-server
 )
 
-missing=()
-for pkg in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "install-deps: installing Debian packages: ${missing[*]}" >&2
-  # Package scripts must not start the services: our scripts start what they need.
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. hack/lib/debs.sh
+ensure_debs install-deps "${DEB_PACKAGES[@]}"
 
 # A venv that sees Debian's rados/rbd/libvirt bindings.
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import rados, rbd, libvirt' 2>/dev/null; then

@@ -12,16 +12,11 @@ have_all=1
 for c in "${cmds[@]}"; do [ -x "$out/$c" ] || have_all=0; done
 if [ "$have_all" = 1 ]; then echo "$out"; exit 0; fi
 
-kver=$(sed -nE 's#^(require)?[[:space:]]*k8s.io/kubernetes (v[0-9.]+)$#\2#p' "$mod/go.mod" | head -1)
-kube_ver=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$root/hack/kube/go.mod")
+. "$root/hack/lib/kube-version.sh"
+kver=$(kube_version "$mod/go.mod")
+kube_ver=$(kube_version "$root/hack/kube/go.mod")
 [ "$kver" = "$kube_ver" ] || { echo "build-node-bins: hack/kind/node pins $kver, hack/kube $kube_ver" >&2; exit 1; }
-major=$(echo "$kver" | sed -E 's/^v([0-9]+)\..*/\1/')
-minor=$(echo "$kver" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
-ld=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ld+=" -X $pkg.gitVersion=$kver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-  ld+=" -X $pkg.gitCommit=$kver -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+ld=$(kube_ldflags "$kver" "$kver" 1970-01-01T00:00:00Z)
 tmp="$out.tmp.$$"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT

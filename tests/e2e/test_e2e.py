@@ -11,7 +11,7 @@ import pytest
 import rados
 import rbd
 
-from tests.integration.harness import BRIDGE, NET, ROOT, sh, wait_for
+from tests.integration.harness import BRIDGE, HOST_PREFIX, NET, ROOT, sh, wait_for
 from tests.integration.labhosts import LABEL, TESTHOST, LabHost, debian_packages, hypervisor, ssh_secret
 from tests.integration.manifests import image, storage
 
@@ -111,7 +111,7 @@ def test_storage_and_image(deployed, platform, ceph):
 
 
 def test_hypervisor_converges(deployed, platform):
-    host = LabHost(f"{harness_prefix()}h1", f"{NET}.11", "debian")
+    host = LabHost(f"{HOST_PREFIX}h1", f"{NET}.11", "debian")
     sh(TESTHOST, "prepare", timeout=1800)
     sh(TESTHOST, "up", host.name, BRIDGE, f"{host.address}/24", "debian", env={"TESTHOST_NO_REPO": "1"}, timeout=900)
     try:
@@ -129,11 +129,6 @@ def test_hypervisor_converges(deployed, platform):
     finally:
         sh(TESTHOST, "down", host.name, check=False)
         sh(TESTHOST, "repo-down", check=False)
-
-
-def harness_prefix() -> str:
-    from tests.integration.harness import HOST_PREFIX
-    return HOST_PREFIX
 
 
 def test_metrics_scraped(deployed):

@@ -35,6 +35,21 @@ def poke(platform, name: str, namespace: str = "default") -> None:
                      f"resync.rbd-operator.io/requested={time.time()}")
 
 
+def migrate(src, dst, name: str) -> None:
+    """`virsh migrate --live` over shared storage: src reaches dst's libvirtd over SSH (dst's host key
+    pinned, dst's key given to src only for the call)."""
+    key = (dst.run_dir / "id_ed25519").read_text()
+    sh(TESTHOST, "exec", src.name, "sh", "-c",
+       "umask 077; mkdir -p /root/.ssh && cat > /root/.ssh/id_migrate", input=key)
+    try:
+        sh(TESTHOST, "exec", src.name, "sh", "-c", "cat >> /root/.ssh/known_hosts",
+           input=f"{dst.address} {dst.host_key}\n")
+        src.exec(f"{VIRSH} migrate --live --persistent --undefinesource {name} "
+                 f"'qemu+ssh://{dst.address}/system?keyfile=/root/.ssh/id_migrate' tcp://{dst.address}")
+    finally:
+        src.exec("rm -f /root/.ssh/id_migrate")  # the test's own key: not left where the leak scan looks
+
+
 def used_by(platform, name: str) -> list[str]:
     return [u.get("node") for u in (platform.get("rbdimg", name, "default")["status"].get("usedBy") or [])]
 
@@ -70,16 +85,7 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy names the host")
 
     # 2. Live migration to h2 over shared storage (h1 reaches h2's libvirtd over SSH, host key pinned).
-    key = (h2.run_dir / "id_ed25519").read_text()
-    sh(TESTHOST, "exec", h1.name, "sh", "-c",
-       "umask 077; mkdir -p /root/.ssh && cat > /root/.ssh/id_migrate", input=key)
-    try:
-        sh(TESTHOST, "exec", h1.name, "sh", "-c", "cat >> /root/.ssh/known_hosts",
-           input=f"{h2.address} {h2.host_key}\n")
-        h1.exec(f"{VIRSH} migrate --live --persistent --undefinesource {name} "
-                f"'qemu+ssh://{h2.address}/system?keyfile=/root/.ssh/id_migrate' tcp://{h2.address}")
-    finally:
-        h1.exec("rm -f /root/.ssh/id_migrate")  # the test's own key: not left where the leak scan looks
+    migrate(h1, h2, name)
     wait_for(lambda: name in running(h2) and name not in running(h1), 60, what="the domain running on h2")
     poke(platform, disk)
     wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="usedBy follows the migration")
@@ -98,16 +104,7 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     assert name in running(h2), "the running guest survives the rotation"
     poke(platform, disk)
     wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="still open on h2 after the rotation")
-    key1 = (h1.run_dir / "id_ed25519").read_text()
-    sh(TESTHOST, "exec", h2.name, "sh", "-c", "umask 077; mkdir -p /root/.ssh && cat > /root/.ssh/id_migrate",
-       input=key1)
-    try:
-        sh(TESTHOST, "exec", h2.name, "sh", "-c", "cat >> /root/.ssh/known_hosts",
-           input=f"{h1.address} {h1.host_key}\n")
-        h2.exec(f"{VIRSH} migrate --live --persistent --undefinesource {name} "
-                f"'qemu+ssh://{h1.address}/system?keyfile=/root/.ssh/id_migrate' tcp://{h1.address}")
-    finally:
-        h2.exec("rm -f /root/.ssh/id_migrate")
+    migrate(h2, h1, name)
     wait_for(lambda: name in running(h1) and name not in running(h2), 60, what="back on h1 with the new key")
     poke(platform, disk)
     wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy follows the second migration")

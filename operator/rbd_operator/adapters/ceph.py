@@ -515,23 +515,23 @@ class CephCluster:
     def _dangling_id_object(self, ioctx: rados.Ioctx, name: str, image_id: str) -> bool:
         """rbd_id.<name> holds `image_id` but the directory does not list `name`: a rename cut short."""
         try:
-            raw = ioctx.read(f"rbd_id.{name}", 256)
+            named = _read_id_object(ioctx, name)
         except rados.ObjectNotFound:
             return False
         except rados.Error as exc:
             raise _classify(exc, f"reading rbd_id.{name}") from None
-        return _decode_str(raw) == image_id and self._directory_id(ioctx, name) is None
+        return named == image_id and self._directory_id(ioctx, name) is None
 
     def _tag_new(self, ioctx: rados.Ioctx, staging: str, a: dict) -> ObservedImage | None:
         """Tag an image this call just created, without opening it: its id from rbd_id.<name> and
         the owner tag straight into its header with cls_rbd's metadata_set (what librbd's own
         metadata_set does; a fresh image has no watcher to notify). None: use the slow path."""
         try:
-            raw = ioctx.read(f"rbd_id.{staging}", 256)
-            length = int.from_bytes(raw[:4], "little")
-            image_id = raw[4:4 + length].decode()
+            image_id = _read_id_object(ioctx, staging)
+            if not image_id:
+                raise ValueError("unreadable rbd_id object")
             ioctx.execute(f"rbd_header.{image_id}", "rbd", "metadata_set", _encode_map({OWNER_KEY: a["owner"]}))
-        except (rados.Error, UnicodeDecodeError, ValueError) as exc:
+        except (rados.Error, ValueError) as exc:
             log.debug("tagging %s without opening it failed (%s); opening it", staging, type(exc).__name__)
             return None
         return ObservedImage(size=a["size"], features=a["features"], id=image_id, parent=None, owner=a["owner"])
@@ -689,6 +689,11 @@ def _encode_str(value: str) -> bytes:
     """Ceph's encoding of a std::string: u32 little-endian length, then the bytes."""
     data = value.encode()
     return len(data).to_bytes(4, "little") + data
+
+
+def _read_id_object(ioctx: rados.Ioctx, name: str) -> str | None:
+    """The image id stored in rbd_id.<name> (None if undecodable; rados errors propagate)."""
+    return _decode_str(ioctx.read(f"rbd_id.{name}", 256))
 
 
 def _decode_str(raw: bytes) -> str | None:

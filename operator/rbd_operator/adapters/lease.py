@@ -47,7 +47,6 @@ class LeaseLock:
         self.holder = f"{identity}/{purpose}"
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.lost = False
 
     def _api(self) -> kubernetes.client.CoordinationV1Api:
         return kubernetes.client.CoordinationV1Api(kube.core().api_client)
@@ -93,7 +92,6 @@ class LeaseLock:
 
     def _start_renewing(self) -> None:
         self._stop.clear()
-        self.lost = False
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self.name}", daemon=True)
         self._renewer.start()
 
@@ -103,8 +101,7 @@ class LeaseLock:
                 api = self._api()
                 lease = api.read_namespaced_lease(self.name, self.namespace)
                 if lease.spec.holder_identity != self.holder:
-                    self.lost = True
-                    return
+                    return  # taken over after it expired: nothing of ours left to renew
                 api.replace_namespaced_lease(self.name, self.namespace,
                                              self._body(lease.metadata.resource_version, self.holder,
                                                         lease.spec.acquire_time))

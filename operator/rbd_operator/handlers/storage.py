@@ -203,16 +203,15 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
 
     pool = parsed.pool
     secret_uuid = libvirt_secret_uuid(outcome.fsid, parsed.client.entity, pool.name)
+    capacity = {"storedBytes": outcome.stats["storedBytes"], "maxAvailBytes": outcome.stats["maxAvailBytes"],
+                "quotaMaxBytes": pool.quota_max_bytes or 0}
     status.set(
         fsid=outcome.fsid,
         poolId=outcome.pool_id,
         pool=pool.name,
         client=parsed.client.entity,
         monitors=outcome.monitors,
-        capacity=capacity_to_report((body.get("status") or {}).get("capacity"),
-                                    {"storedBytes": outcome.stats["storedBytes"],
-                                     "maxAvailBytes": outcome.stats["maxAvailBytes"],
-                                     "quotaMaxBytes": pool.quota_max_bytes or 0}),
+        capacity=capacity_to_report((body.get("status") or {}).get("capacity"), capacity),
         clientSecretRef={"name": parsed.client.secret_name, "namespace": namespace},
         libvirtSecretUUID=secret_uuid,
         hosts=hosts_summary(parsed, secret_uuid, key_version, name, hypervisors),
@@ -222,9 +221,7 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     )
     hosts = status.patch.status.get("hosts") if "hosts" in status.patch.status else None
     before = (body.get("status") or {}).get("hosts") or {}
-    metrics.storage_figures(name, {"storedBytes": outcome.stats["storedBytes"],
-                                   "maxAvailBytes": outcome.stats["maxAvailBytes"],
-                                   "quotaMaxBytes": pool.quota_max_bytes or 0}, hosts or before)
+    metrics.storage_figures(name, capacity, hosts or before)
     if hosts and hosts["selected"] and hosts["current"] == hosts["selected"] and before.get("current") != hosts["current"]:
         kopf.event(body, type="Normal", reason="HostsCurrent",
                    message=f"all {hosts['selected']} selected host(s) hold the current key of {parsed.client.entity}")
