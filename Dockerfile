@@ -5,18 +5,21 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip binutils \
  && rm -rf /var/lib/apt/lists/*
 # Wheels of the package and its dependencies, built by `make image` on the build machine (whose pip
 # trusts its network's CAs): nothing is fetched from PyPI inside the build.
 COPY .cache/image-wheels /wheels
 # Debian's rados/rbd/libvirt bindings come from the runtime stage's packages (system site packages).
-# kubernetes/aio (an asyncio copy of the whole client, 67 MB) is never imported: removed.
+# kubernetes/aio (an asyncio copy of the whole client, 67 MB) is never imported: removed. Extension
+# modules lose their debug sections (uvloop's ships 13 MB of them; its Cython sources go too).
 RUN python3 -m venv --system-site-packages /opt/rbd-operator \
  && /opt/rbd-operator/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels -q rbd-operator \
  && /opt/rbd-operator/bin/pip uninstall -y -q pip setuptools \
  && site=/opt/rbd-operator/lib/python3.11/site-packages \
  && rm -rf $site/kubernetes/aio $site/kubernetes/test $site/kubernetes/e2e_test \
+ && find $site -name '*.so' -exec strip --strip-debug {} + \
+ && find $site/uvloop \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' \) -delete \
  && find /opt/rbd-operator -name '__pycache__' -prune -exec rm -rf {} + \
  && find /opt/rbd-operator -name '*.dist-info' -path '*/site-packages/*' -prune -exec sh -c 'rm -f "$1"/RECORD' _ {} \;
 
@@ -32,7 +35,7 @@ COPY --from=build /opt/rbd-operator /opt/rbd-operator
 # Bytecode compiled at build time: the root filesystem is read-only at run time.
 RUN python3 -m compileall -q /opt/rbd-operator /usr/lib/python3/dist-packages/rados* /usr/lib/python3/dist-packages/rbd* \
       /usr/lib/python3/dist-packages/libvirt* >/dev/null \
- && /opt/rbd-operator/bin/python -c "import rados, rbd, libvirt, kopf, kubernetes, paramiko, prometheus_client, rbd_operator.handlers"
+ && /opt/rbd-operator/bin/python -c "import rados, rbd, libvirt, kopf, kubernetes, paramiko, prometheus_client, uvloop, rbd_operator.handlers"
 # One layer: what the runtime stage removed (apt, its lists, docs) is really gone from the image.
 FROM scratch
 COPY --from=runtime / /

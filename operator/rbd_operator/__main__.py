@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio  # noqa: F401 - the annotation
 import logging
 import os
 import secrets
 import sys
 import time
+
+
+def _event_loop() -> "asyncio.AbstractEventLoop | None":
+    """uvloop when installed (a dependency of the package; the image ships it): the event loop runs
+    kopf's per-event work for every object, and uvloop's loop, transports and TLS cost less CPU per
+    event than asyncio's. RBD_OPERATOR_EVENT_LOOP=asyncio picks the standard loop."""
+    if os.environ.get("RBD_OPERATOR_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     priority = args.priority if args.priority is not None else \
         ((2**52 - time.time_ns() // 1000) << 8) | secrets.randbits(8)
     kopf.run(
+        loop=_event_loop(),
         clusterwide=True,
         standalone=not args.peering,
         peering_name=args.peering or None,

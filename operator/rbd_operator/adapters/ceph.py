@@ -372,6 +372,22 @@ class CephCluster:
             raise _classify(exc, what) from None
 
     @staticmethod
+    def _may_exist(ioctx: rados.Ioctx, name: str) -> bool:
+        """False only when neither rbd_id.<name> (format 2) nor <name>.rbd (format 1) exists: opening
+        the image would then fail with ImageNotFound. Two object stats instead of an image open, whose
+        set-up costs ~25 times more CPU (what every creation used to pay to learn that its image is new).
+        Any other answer (or error) leaves the decision to the open."""
+        for oid in (f"rbd_id.{name}", f"{name}.rbd"):
+            try:
+                ioctx.stat(oid)
+                return True
+            except rados.ObjectNotFound:
+                continue
+            except rados.Error:
+                return True
+        return False
+
+    @staticmethod
     def _parent(image: rbd.Image) -> dict | None:
         try:
             spec = image.get_parent_image_spec()
@@ -381,6 +397,8 @@ class CephCluster:
 
     def observe_image(self, pool: str, name: str) -> ObservedImage | None:
         with self.ioctx(pool) as ioctx:
+            if not self._may_exist(ioctx, name):
+                return None
             try:
                 image = rbd.Image(ioctx, name, read_only=True)
             except rbd.ImageNotFound:
@@ -480,11 +498,24 @@ class CephCluster:
         created = self._tag_new(ioctx, staging, a) if fresh and "parent" not in a else None
         if created is None:
             created = self._tag_opened(ioctx, pool, staging, a)
-        # librbd renames in three steps: write rbd_id.<name>, update the directory, remove
-        # rbd_id.<staging>. A crash after the first leaves rbd_id.<name> naming our staged image while
-        # the directory still lists it as staging: that id object is ours to drop before renaming again
+        if a["features"] & rbd.RBD_FEATURE_JOURNALING:
+            self._rename_with_librbd(ioctx, pool, staging, name, created.id)
+        else:
+            self._rename_staged(ioctx, pool, staging, name, created.id)
+        return created
+
+    def _appeared(self, ioctx: rados.Ioctx, pool: str, staging: str, name: str) -> CephError:
+        """Someone made the final name while ours was being created: not ours to touch; our staged image goes."""
+        self._rbd_call(f"removing {pool}/{staging}", rbd.RBD().remove, ioctx, staging)
+        return CephError("NotOwned", f"image {name!r} appeared in {pool} while it was being created; "
+                         "nothing of it was changed")
+
+    def _rename_with_librbd(self, ioctx: rados.Ioctx, pool: str, staging: str, name: str, image_id: str) -> None:
+        """librbd's rename (opens the image): for images with a journal, whose rename is a journal event."""
+        # A crash after librbd's first step leaves rbd_id.<name> naming our staged image while the
+        # directory still lists it as staging: that id object is ours to drop before renaming again
         # (rename refuses an existing rbd_id.<name>, and the path below would then drop the image).
-        if self._dangling_id_object(ioctx, name, created.id):
+        if self._dangling_id_object(ioctx, name, image_id):
             log.info("finishing an interrupted rename: %s/%s -> %s", pool, staging, name)
             try:
                 ioctx.remove_object(f"rbd_id.{name}")
@@ -493,13 +524,53 @@ class CephCluster:
         try:
             rbd.RBD().rename(ioctx, staging, name)
         except rbd.ImageExists:
-            # Someone made the final name in the meantime: not ours to touch; drop our staged image.
-            self._rbd_call(what, rbd.RBD().remove, ioctx, staging)
-            raise CephError("NotOwned", f"image {name!r} appeared in {pool} while it was being created; "
-                            "nothing of it was changed") from None
+            raise self._appeared(ioctx, pool, staging, name) from None
         except (rbd.Error, rados.Error) as exc:
+            raise _classify(exc, f"renaming {pool}/{staging} to {name}") from None
+
+    def _rename_staged(self, ioctx: rados.Ioctx, pool: str, staging: str, name: str, image_id: str) -> None:
+        """Rename our staged (unwatched, journal-less) image into place with librbd's own three steps
+        (operation::RenameRequest for format 2), without opening it: open + rename + close costs ~4 ms
+        of CPU, the three object operations ~0.2 ms.
+
+        1. rbd_id.<name> := rbd_id.<staging>'s content, created exclusively (an existing one is ours
+           only if it names our image and the directory does not list <name>: a rename cut short);
+        2. cls_rbd dir_rename_image(staging, name, id) on rbd_directory (one atomic step; it refuses
+           when <name> is listed or <staging> is not);
+        3. remove rbd_id.<staging>.
+        Re-runnable after a crash at any point (observe_image treats 1-without-2 as not there yet).
+        """
+        what = f"renaming {pool}/{staging} to {name}"
+        try:
+            raw = ioctx.read(f"rbd_id.{staging}", 256)
+            if _decode_str(raw) != image_id:
+                raise CephError("CephCommandFailed", f"{what}: rbd_id.{staging} does not name image {image_id}")
+            with rados.WriteOpCtx() as op:
+                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+                op.write_full(raw)
+                ioctx.operate_write_op(op, f"rbd_id.{name}")
+        except rados.ObjectExists:
+            if not self._dangling_id_object(ioctx, name, image_id):
+                raise self._appeared(ioctx, pool, staging, name) from None
+            log.info("finishing an interrupted rename: %s/%s -> %s", pool, staging, name)
+        except rados.Error as exc:
             raise _classify(exc, what) from None
-        return created
+        try:
+            ioctx.execute("rbd_directory", "rbd", "dir_rename_image",
+                          _encode_str(staging) + _encode_str(name) + _encode_str(image_id))
+        except rados.ObjectExists:
+            # <name> is listed in the directory under another image: drop the id object we wrote.
+            if _read_id_object(ioctx, name) == image_id:
+                ioctx.remove_object(f"rbd_id.{name}")
+            raise self._appeared(ioctx, pool, staging, name) from None
+        except rados.Error as exc:
+            raise _classify(exc, what) from None
+        try:
+            ioctx.remove_object(f"rbd_id.{staging}")
+        except rados.ObjectNotFound:
+            pass
+        except rados.Error as exc:  # the image is in place; the stale id object is only a leftover
+            log.warning("%s: could not remove rbd_id.%s (%s)", what, staging, type(exc).__name__)
 
     @staticmethod
     def _directory_id(ioctx: rados.Ioctx, name: str) -> str | None:

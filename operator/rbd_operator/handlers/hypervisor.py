@@ -36,7 +36,7 @@ _disruption = threading.Lock()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def hypervisors(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict:
+async def hypervisors(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict:
     """Hosts by name with their labels, address and what they hold (RbdStorage status summarises it;
     RbdImage status.usedBy names hosts by address)."""
     return {name: {"labels": dict(labels), "address": spec.get("address"),

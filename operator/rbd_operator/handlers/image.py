@@ -41,12 +41,6 @@ def owner_id(namespace: str, name: str, uid: str) -> str:
     return image_owner(namespace, name, uid)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def image_uids(uid: str, **_: Any) -> dict:
-    """Every RbdImage's uid: an image tagged with a uid not listed here belongs to a gone object."""
-    return {uid: True}
-
-
 @dataclass(frozen=True)
 class Tracked:
     """An RbdImage as the drift sweep of its storage sees it (from the index, no API call)."""
@@ -59,17 +53,53 @@ class Tracked:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def images_by_storage(name: str, namespace: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                      **_: Any) -> dict | None:
-    """RbdImages by the storage they name. Kept cheap (it runs on every event of every image): the
+async def images(name: str, namespace: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                 **_: Any) -> dict:
+    """Every RbdImage under three kinds of key, read through the views below:
+    ("uid", uid) -> True (an image tagged with a uid not listed belongs to a gone object);
+    ("storage", storage name) -> Tracked (what the storage's drift sweep needs);
+    ("key", (namespace, name)) -> its storage and pool image name (what snapshots and clones resolve).
+    One index function, not three: kopf runs each one on every event of every image. Kept cheap: the
     sweep parses the specs."""
+    out: dict = {("uid", uid): True}
     storage = spec.get("storage")
-    if not isinstance(storage, str):
-        return None
-    cond = get_condition(status.get("conditions"), "Ready")
-    ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
-        "generation") else None
-    return {storage: Tracked(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")))}
+    if isinstance(storage, str):
+        cond = get_condition(status.get("conditions"), "Ready")
+        ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
+            "generation") else None
+        out[("storage", storage)] = Tracked(namespace, name, uid, dict(spec), ready,
+                                            bool(meta.get("deletionTimestamp")))
+    try:
+        parsed = parse_image(name, spec)
+    except SpecError:
+        return out
+    out[("key", (namespace, name))] = {"uid": uid, "storage": parsed.storage, "image": parsed.name}
+    return out
+
+
+class IndexView:
+    """One kind of key of the `images` index, looked up like an index of its own."""
+
+    def __init__(self, index: kopf.Index, kind: str) -> None:
+        self._index, self._kind = index, kind
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._index.get((self._kind, key), default)
+
+    def __contains__(self, key: object) -> bool:
+        return (self._kind, key) in self._index
+
+
+def by_uid(images: kopf.Index) -> IndexView:
+    return IndexView(images, "uid")
+
+
+def by_storage(images: kopf.Index) -> IndexView:
+    return IndexView(images, "storage")
+
+
+def by_key(images: kopf.Index) -> IndexView:
+    return IndexView(images, "key")
 
 
 @ceph.with_session
@@ -77,14 +107,15 @@ def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str,
     return cluster.image_headers(pool, names)
 
 
-async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, images_by_storage: kopf.Index,
-                image_uids: kopf.Index, logger: logging.Logger) -> int:
+async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, images: kopf.Index,
+                logger: logging.Logger) -> int:
     """Drift detection for all images of one storage: one listing of the pool and one read of each
     image's header per interval (instead of a timer and an image open per image). Images whose status
     no longer tells the truth are poked (an annotation: kopf then reconciles them); nothing else is
     written. Returns how many were poked."""
+    image_uids = by_uid(images)
     tracked = []
-    for t in list(images_by_storage.get(storage_name, [])):
+    for t in list(by_storage(images).get(storage_name, [])):
         try:
             tracked.append((t, parse_image(t.name, t.spec)))
         except SpecError:
@@ -194,7 +225,7 @@ def _report_image(status: StatusUpdate, image: ObservedImage, hypervisors: kopf.
 
 
 async def _converge_importing(creds: Credentials, storage: StorageSpec, spec: ImageSpec, owner: str,
-                              image_uids: kopf.Index, namespace: str, name: str, logger: logging.Logger) -> ImageOutcome:
+                              image_uids: IndexView, namespace: str, name: str, logger: logging.Logger) -> ImageOutcome:
     """Converge an image imported from a URL: the import runs in the bounded import pool (it may take
     long); its progress is reported into status.import every few seconds while it runs."""
     progress = importer.Progress(phase="queued")
@@ -217,7 +248,7 @@ async def _converge_importing(creds: Credentials, storage: StorageSpec, spec: Im
 
 
 def resolve_snapshot(spec: ImageSpec, namespace: str, snapshots_by_key: kopf.Index,
-                     images_by_key: kopf.Index) -> ImageSpec:
+                     images_by_key: IndexView) -> ImageSpec:
     """`spec.source.rbdSnapshot` -> the pool image and snapshot it stands for (same namespace only)."""
     source = spec.source
     if source is None or source.rbd_snapshot is None:
@@ -233,10 +264,11 @@ def resolve_snapshot(spec: ImageSpec, namespace: str, snapshots_by_key: kopf.Ind
 
 
 async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                   storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
-                   snapshots_by_key: kopf.Index, images_by_key: kopf.Index,
-                   logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
+                   storages: kopf.Index, images: kopf.Index, hypervisors: kopf.Index,
+                   snapshots_by_key: kopf.Index, logger: logging.Logger, retry: int = 0,
+                   timer: bool = False) -> None:
     status = StatusUpdate(body, patch, timer=timer)
+    image_uids, images_by_key = by_uid(images), by_key(images)
     creds: Credentials | None = None
     try:
         await settle(uid)
@@ -284,12 +316,11 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                    retry: int, storages: kopf.Index, image_uids: kopf.Index, hypervisors: kopf.Index,
-                    snapshots_by_key: kopf.Index, images_by_key: kopf.Index, logger: logging.Logger,
-                    **_: Any) -> None:
+                    retry: int, storages: kopf.Index, images: kopf.Index, hypervisors: kopf.Index,
+                    snapshots_by_key: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, namespace, body, spec, patch, uid, storages, image_uids, hypervisors,
-                       snapshots_by_key, images_by_key, logger, retry)
+        await converge(name, namespace, body, spec, patch, uid, storages, images, hypervisors,
+                       snapshots_by_key, logger, retry)
 
 
 @ceph.with_session

@@ -17,24 +17,15 @@ from ..api.image import parse_image
 from ..api.snapshot import SnapshotSpec, parse_snapshot
 from ..api.storage import parse_storage
 from ..reconcile.ownership import Subject, decide, describe_image_owner, image_owner, image_owner_uid
+from .image import by_key
 from .common import (CEPH_TIMEOUT, StatusUpdate, admin_credentials, backoff, object_lock, release_lock, reported,
                      settle)
 
 PLURAL = "rbdsnapshots"
 
 
-@kopf.index(GROUP, VERSION, "rbdimages")
-def images_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec, **_: Any) -> dict | None:
-    """RbdImages by (namespace, name): what a snapshot or a clone reference resolves to."""
-    try:
-        parsed = parse_image(name, spec)
-    except SpecError:
-        return None
-    return {(namespace, name): {"uid": uid, "storage": parsed.storage, "image": parsed.name}}
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
-def snapshots_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict:
+async def snapshots_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict:
     """RbdSnapshots by (namespace, name), with whether they are ready (for `spec.source.rbdSnapshot`)."""
     try:
         parsed = parse_snapshot(name, spec)
@@ -44,10 +35,10 @@ def snapshots_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec, statu
                                 "ready": bool(status.get("readyToUse"))}}
 
 
-async def _target(namespace: str, parsed: SnapshotSpec, images_by_key: kopf.Index,
+async def _target(namespace: str, parsed: SnapshotSpec, images: kopf.Index,
                   storages: kopf.Index) -> tuple[str, str, str, Credentials]:
     """(pool, image name in Ceph, the image's owner tag, admin credentials) of the snapshot's RbdImage."""
-    entries = list(images_by_key.get((namespace, parsed.image), []))
+    entries = list(by_key(images).get((namespace, parsed.image), []))
     if not entries:
         raise Waiting("ImageNotFound", f"RbdImage {namespace}/{parsed.image} does not exist (waiting for it)")
     img = entries[0]
@@ -80,7 +71,7 @@ def _snapshot(cluster: ceph.CephCluster, pool: str, image: str, image_tag: str, 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                    retry: int, storages: kopf.Index, images_by_key: kopf.Index, snapshots_by_key: kopf.Index,
+                    retry: int, storages: kopf.Index, images: kopf.Index, snapshots_by_key: kopf.Index,
                     logger: logging.Logger, **_: Any) -> None:
     status = StatusUpdate(body, patch)
     owner = image_owner(namespace, name, uid)
@@ -89,7 +80,7 @@ async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: 
         try:
             await settle(uid)
             parsed = parse_snapshot(name, spec)
-            pool, image, tag, creds = await _target(namespace, parsed, images_by_key, storages)
+            pool, image, tag, creds = await _target(namespace, parsed, images, storages)
             info = await run_blocking(_snapshot, creds, pool, image, tag, parsed, owner, live, timeout=CEPH_TIMEOUT,
                                       reason="CephUnreachable")
         except OperatorError as exc:
@@ -113,7 +104,7 @@ def _delete(cluster: ceph.CephCluster, pool: str, image: str, snap: str, owner: 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @reported()
 async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                 retry: int, storages: kopf.Index, images_by_key: kopf.Index, logger: logging.Logger,
+                 retry: int, storages: kopf.Index, images: kopf.Index, logger: logging.Logger,
                  **_: Any) -> None:
     try:
         parsed = parse_snapshot(name, spec)
@@ -125,7 +116,7 @@ async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kop
         return
     status = StatusUpdate(body, patch)
     try:
-        pool, image, _, creds = await _target(namespace, parsed, images_by_key, storages)
+        pool, image, _, creds = await _target(namespace, parsed, images, storages)
     except Waiting:
         logger.warning("RbdImage %s/%s is gone: leaving snapshot %s as it is", namespace, parsed.image, parsed.name)
         release_lock(uid)

@@ -46,7 +46,7 @@ def keyring_text(entity: str, key: str) -> str:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def storages(name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, uid: str, **_: Any) -> dict:
+async def storages(name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, uid: str, **_: Any) -> dict:
     """All RbdStorages by name (RbdImages look their storage up here, not in the API)."""
     return {name: {"spec": copy.deepcopy(dict(spec)), "status": copy.deepcopy(dict(status)), "uid": uid,
                    "deleting": bool(meta.get("deletionTimestamp"))}}
@@ -251,36 +251,35 @@ async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Pat
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def resume(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
-                 storages: kopf.Index, hypervisors: kopf.Index, images_by_storage: kopf.Index,
-                 image_uids: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index,
+                 logger: logging.Logger, **_: Any) -> None:
     """After a restart: converge, then re-verify every image of the storage at once."""
     async with object_lock(uid):
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
-    await _sweep(name, spec, images_by_storage, image_uids, logger)
+    await _sweep(name, spec, images, logger)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 @reported(timer=True)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
-                 storages: kopf.Index, hypervisors: kopf.Index, images_by_storage: kopf.Index,
-                 image_uids: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index,
+                 logger: logging.Logger, **_: Any) -> None:
     """Drift detection: caps or pool settings changed by hand are restored, monitors refreshed, and
     the storage's images swept (image.sweep)."""
     if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
         await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
-    await _sweep(name, spec, images_by_storage, image_uids, logger)
+    await _sweep(name, spec, images, logger)
 
 
-async def _sweep(name: str, spec: kopf.Spec, images_by_storage: kopf.Index, image_uids: kopf.Index,
-                 logger: logging.Logger) -> None:
-    if not images_by_storage.get(name):
+async def _sweep(name: str, spec: kopf.Spec, images: kopf.Index, logger: logging.Logger) -> None:
+    if not image_handlers.by_storage(images).get(name):
         return
     try:
         parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
-        await image_handlers.sweep(name, parsed, creds, images_by_storage, image_uids, logger)
+        await image_handlers.sweep(name, parsed, creds, images, logger)
     except (OperatorError, ApiException) as exc:  # the storage's own condition already tells; next interval
         logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))
 
