@@ -58,6 +58,15 @@ def read_secret(namespace: str, name: str, *, fresh: bool = False) -> dict[str, 
     return read_secret_versioned(namespace, name, fresh=fresh)[0]
 
 
+def cached_secret(namespace: str, name: str) -> tuple[bool, dict[str, str] | None]:
+    """(True, data) when read_secret would answer from its cache (no I/O: callable on the event loop)."""
+    check_secret_namespace(namespace, name)
+    cached = _secret_cache.get((namespace, name))
+    if cached and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
+        return True, cached[1]
+    return False, None
+
+
 def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
                           ) -> tuple[dict[str, str] | None, str | None]:
     """(decoded data, resourceVersion) of a Secret; (None, None) when it does not exist.

@@ -165,8 +165,10 @@ async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Creden
     Only a Secret in the operator's namespace is read: Refused(SecretOutsideNamespace) otherwise.
     """
     ref = SecretRef(ref.name, kube.check_secret_namespace(ref.namespace, ref.name))
+    hit, data = kube.cached_secret(ref.namespace, ref.name)
     try:
-        data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool="kube")
+        if not hit:
+            data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool="kube")
     except ApiException as exc:
         raise CephError("AuthFailed", f"cannot read admin Secret {ref.namespace}/{ref.name}: "
                         f"HTTP {exc.status} {exc.reason}") from None

@@ -53,27 +53,21 @@ class Tracked:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def images(name: str, namespace: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                 **_: Any) -> dict:
+async def images(name: str, namespace: str, uid: str, body: kopf.Body, **_: Any) -> dict:
     """Every RbdImage under three kinds of key, read through the views below:
     ("uid", uid) -> True (an image tagged with a uid not listed belongs to a gone object);
     ("storage", storage name) -> Tracked (what the storage's drift sweep needs);
-    ("key", (namespace, name)) -> its storage and pool image name (what snapshots and clones resolve).
-    One index function, not three: kopf runs each one on every event of every image. Kept cheap: the
-    sweep parses the specs."""
-    out: dict = {("uid", uid): True}
-    storage = spec.get("storage")
-    if isinstance(storage, str):
-        cond = get_condition(status.get("conditions"), "Ready")
-        ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
-            "generation") else None
-        out[("storage", storage)] = Tracked(namespace, name, uid, dict(spec), ready,
-                                            bool(meta.get("deletionTimestamp")))
-    try:
-        parsed = parse_image(name, spec)
-    except SpecError:
-        return out
-    out[("key", (namespace, name))] = {"uid": uid, "storage": parsed.storage, "image": parsed.name}
+    ("key", (namespace, name)) -> Tracked (what snapshots and clones resolve; see by_key).
+    One index function, not three: kopf runs each one on every event of every image. Kept cheap (no
+    parsing here): the readers parse the specs they need."""
+    spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body.get("metadata") or {}
+    cond = get_condition(status.get("conditions"), "Ready")
+    ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
+        "generation") else None
+    tracked = Tracked(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")))
+    out: dict = {("uid", uid): True, ("key", (namespace, name)): tracked}
+    if isinstance(tracked.spec.get("storage"), str):
+        out[("storage", tracked.spec["storage"])] = tracked
     return out
 
 
@@ -90,6 +84,20 @@ class IndexView:
         return (self._kind, key) in self._index
 
 
+class KeyView(IndexView):
+    """RbdImages by (namespace, name) with a valid spec: [{"uid", "storage", "image" (its name in Ceph)}]."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        out = []
+        for t in list(self._index.get((self._kind, key), [])):
+            try:
+                parsed = parse_image(t.name, t.spec)
+            except SpecError:
+                continue
+            out.append({"uid": t.uid, "storage": parsed.storage, "image": parsed.name})
+        return out or default
+
+
 def by_uid(images: kopf.Index) -> IndexView:
     return IndexView(images, "uid")
 
@@ -98,8 +106,8 @@ def by_storage(images: kopf.Index) -> IndexView:
     return IndexView(images, "storage")
 
 
-def by_key(images: kopf.Index) -> IndexView:
-    return IndexView(images, "key")
+def by_key(images: kopf.Index) -> KeyView:
+    return KeyView(images, "key")
 
 
 @ceph.with_session
@@ -248,7 +256,7 @@ async def _converge_importing(creds: Credentials, storage: StorageSpec, spec: Im
 
 
 def resolve_snapshot(spec: ImageSpec, namespace: str, snapshots_by_key: kopf.Index,
-                     images_by_key: IndexView) -> ImageSpec:
+                     images_by_key: KeyView) -> ImageSpec:
     """`spec.source.rbdSnapshot` -> the pool image and snapshot it stands for (same namespace only)."""
     source = spec.source
     if source is None or source.rbd_snapshot is None:
@@ -272,7 +280,7 @@ async def converge(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, 
     creds: Credentials | None = None
     try:
         await settle(uid)
-        parsed = parse_image(name, spec)
+        parsed = parse_image(name, body.get("spec") or {})  # the raw dict: kopf's Spec view resolves every .get
         unresolved = None
         try:  # needed only to make the clone: an existing image does not need its snapshot any more
             parsed = resolve_snapshot(parsed, namespace, snapshots_by_key, images_by_key)
@@ -345,7 +353,7 @@ async def delete(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, pa
                  retry: int, storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger,
                  **_: Any) -> None:
     try:
-        parsed = parse_image(name, spec)
+        parsed = parse_image(name, body.get("spec") or {})
     except SpecError:
         release_lock(uid)
         return  # an invalid spec never reached Ceph
