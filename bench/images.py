@@ -32,7 +32,7 @@ import kubernetes.watch  # noqa: E402
 import rados  # noqa: E402
 import rbd  # noqa: E402
 
-from tests.integration.harness import Operator, start_platform, stop_platform, wait_for  # noqa: E402
+from tests.integration.harness import Operator, start_platform, stop_platform  # noqa: E402
 from tests.integration.manifests import storage  # noqa: E402
 
 SIZE = 2 * 2**30

@@ -475,7 +475,7 @@ class CephCluster:
 
     def _create_staged(self, ioctx: rados.Ioctx, pool: str, name: str, a: dict, make: Any) -> ObservedImage:
         """Make the image under its staging name (unless a crashed run did), tag it, rename it into place."""
-        staging, owner = a["staging"], a["owner"]
+        staging = a["staging"]
         what = f"creating {pool}/{name}"
         fresh = False
         try:

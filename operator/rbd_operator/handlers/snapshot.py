@@ -13,7 +13,6 @@ from ..adapters import ceph
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import Credentials
 from ..api.errors import OperatorError, SpecError, Waiting
-from ..api.image import parse_image
 from ..api.snapshot import SnapshotSpec, parse_snapshot
 from ..api.storage import parse_storage
 from ..reconcile.ownership import Subject, decide, describe_image_owner, image_owner, image_owner_uid
