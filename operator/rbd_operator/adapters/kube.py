@@ -58,13 +58,17 @@ def read_secret(namespace: str, name: str, *, fresh: bool = False) -> dict[str, 
     return read_secret_versioned(namespace, name, fresh=fresh)[0]
 
 
+def _fresh_cached(namespace: str, name: str) -> tuple[float, dict[str, str] | None, str | None] | None:
+    """The cache entry (time, data, resourceVersion) of a Secret while it is fresh, else None."""
+    cached = _secret_cache.get((namespace, name))
+    return cached if cached and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS else None
+
+
 def cached_secret(namespace: str, name: str) -> tuple[bool, dict[str, str] | None]:
     """(True, data) when read_secret would answer from its cache (no I/O: callable on the event loop)."""
     check_secret_namespace(namespace, name)
-    cached = _secret_cache.get((namespace, name))
-    if cached and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
-        return True, cached[1]
-    return False, None
+    cached = _fresh_cached(namespace, name)
+    return (True, cached[1]) if cached else (False, None)
 
 
 def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
@@ -75,8 +79,8 @@ def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
     """
     check_secret_namespace(namespace, name)
     key = (namespace, name)
-    cached = _secret_cache.get(key)
-    if cached and not fresh and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
+    cached = None if fresh else _fresh_cached(namespace, name)
+    if cached:
         return cached[1], cached[2]
     try:
         secret = core().read_namespaced_secret(name, namespace)
