@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a cluster for the operator: CRDs (waits until established), the
-# operator namespace, and the Ceph admin Secret the examples reference.
+# RbdImage finalizer policy where the API server has MutatingAdmissionPolicy v1
+# (Kubernetes >= 1.36; RBD_FINALIZER_POLICY=0 leaves it out), the operator
+# namespace, and the Ceph admin Secret the examples reference.
 #   hack/bootstrap.sh KUBECONFIG CEPH_DIR [NAMESPACE]
 # The key is read from CEPH_DIR/ceph.client.admin.keyring and sent to kubectl
 # on stdin, never on a command line.
@@ -15,6 +17,29 @@ k apply --server-side --force-conflicts -k "$root/crds/" >/dev/null
 k wait --for=condition=Established --timeout=60s \
   crd/rbdstorages.rbd-operator.io crd/rbdimages.rbd-operator.io crd/rbdsnapshots.rbd-operator.io \
   crd/hypervisornodes.rbd-operator.io >/dev/null
+
+policy="$root/deploy/components/finalizer-policy/finalizer-policy.yaml"
+if [ "${RBD_FINALIZER_POLICY:-1}" != 0 ] &&
+   k api-resources --api-group=admissionregistration.k8s.io -o name 2>/dev/null |
+     grep -qx 'mutatingadmissionpolicies.admissionregistration.k8s.io'; then
+  k apply --server-side --force-conflicts -f "$policy" >/dev/null
+  # The API server answers 503 for RbdImage creations until the new policy's matcher knows the
+  # kind (a second or two): wait for a server-side dry run to pass, and check it gets the finalizer.
+  probe='{"apiVersion":"rbd-operator.io/v1alpha1","kind":"RbdImage","metadata":{"name":"bootstrap-probe","namespace":"default"},"spec":{"storage":"probe","size":"1Gi"}}'
+  out=""
+  for _ in $(seq 1 60); do
+    if out=$(echo "$probe" | k create --dry-run=server -o 'jsonpath={.metadata.finalizers}' -f - 2>/dev/null); then
+      break
+    fi
+    sleep 1
+  done
+  case "$out" in
+    *rbd-operator.io/finalizer*) echo "bootstrap: RbdImage finalizer policy installed" >&2 ;;
+    *) echo "bootstrap: the RbdImage finalizer policy is not in effect (dry run: ${out:-failed})" >&2; exit 1 ;;
+  esac
+elif [ "${RBD_FINALIZER_POLICY:-1}" = 0 ]; then
+  k delete --ignore-not-found -f "$policy" >/dev/null 2>&1 || true
+fi
 
 printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' "$ns" | k apply -f - >/dev/null
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import rbd
 
-from .harness import wait_for
+from .harness import ROOT, wait_for
 from .manifests import image, storage
 
 GI = 2**30
@@ -334,3 +334,49 @@ def test_a_name_taken_while_creating_is_left_to_its_owner(platform, ceph, pool, 
             their_id = img.id()
         assert ceph_adapter._read_id_object(theirs, name) == their_id
         rbd.RBD().remove(theirs, name)
+
+
+FINALIZER = "rbd-operator.io/finalizer"
+POLICY = ROOT / "deploy" / "components" / "finalizer-policy" / "finalizer-policy.yaml"
+BINDING = "mutatingadmissionpolicybinding/rbdimage-finalizer.rbd-operator.io"
+
+
+def _kopf_wrote_finalizer(platform, name: str) -> bool:
+    out = platform.kubectl("get", "rbdimg", name, "-n", "default", "-o", "json", "--show-managed-fields")
+    obj = json.loads(out.stdout)
+    assert FINALIZER in obj["metadata"].get("finalizers", [])
+    return any(m.get("manager") == "kopf" and "f:finalizers" in (m.get("fieldsV1") or {}).get("f:metadata", {})
+               for m in obj["metadata"].get("managedFields", []))
+
+
+def _policy_in_effect(platform) -> bool:
+    probe = json.dumps(image("policy-probe", "probe", size="1Gi"))
+    out = platform.kubectl("create", "--dry-run=server", "-o", "jsonpath={.metadata.finalizers}", "-f", "-",
+                           input=probe, check=False)
+    return out.returncode == 0 and FINALIZER in out.stdout
+
+
+def test_the_finalizer_policy_saves_a_write_and_without_it_the_operator_adds_the_finalizer(platform, ceph, pool,
+                                                                                           uniq):
+    """deploy/components/finalizer-policy (installed by hack/bootstrap.sh where the API server has
+    MutatingAdmissionPolicy v1): the API server adds the finalizer at creation, so the operator
+    never writes it. Without the policy (older clusters) the operator adds it before making the image."""
+    assert _policy_in_effect(platform), "hack/bootstrap.sh installs the policy on this API server"
+    with_policy, without = f"pol-{uniq}", f"nopol-{uniq}"
+    platform.apply(image(with_policy, pool, size="1Gi"))
+    platform.wait_condition("rbdimg", with_policy, "True", namespace="default")
+    assert not _kopf_wrote_finalizer(platform, with_policy), "the finalizer came with the creation"
+    platform.delete("rbdimg", with_policy, "default", wait=True)
+    assert rbd_image(ceph, pool, with_policy) is None, "deleted through the finalizer: moved to the trash"
+
+    platform.kubectl("delete", BINDING)
+    try:
+        wait_for(lambda: not _policy_in_effect(platform), 30, what="the policy out of effect")
+        platform.apply(image(without, pool, size="1Gi"))
+        platform.wait_condition("rbdimg", without, "True", namespace="default")
+        assert _kopf_wrote_finalizer(platform, without), "the operator added the finalizer itself"
+        platform.delete("rbdimg", without, "default", wait=True)
+        assert rbd_image(ceph, pool, without) is None
+    finally:
+        platform.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY))
+        wait_for(lambda: _policy_in_effect(platform), 60, what="the policy back in effect")
