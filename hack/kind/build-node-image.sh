@@ -6,12 +6,12 @@
 #   - base: the project's debootstrap'd Debian bookworm (hack/build-base-image.sh) plus systemd,
 #     containerd, runc and the CNI plugins from Debian's packages;
 #   - kind's entrypoint, systemd units and helper scripts from the kind Go module (hack/kind/cli);
-#   - kubelet, kubeadm, kubectl built from the same k8s.io/kubernetes release and Go build cache as
-#     hack/kube's control plane (hack/build-kube.sh, hack/kind/build-node-bins.sh);
+#   - kubelet, kubeadm, kubectl built from the k8s.io/kubernetes release hack/kind/node pins
+#     (hack/kind/build-node-bins.sh; not hack/kube's: see there);
 #   - the images kubeadm runs (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
 #     etcd, pause), made from those binaries, saved into /kind/images and imported into containerd
 #     at boot, before the kubelet starts (kind-images.service).
-# etcd is hack/kube's (v3.5.21) under the tag kubeadm asks for; CoreDNS is built from its Go module at
+# etcd is hack/kind/node's (v3.5.21) under the tag kubeadm asks for; CoreDNS is built from its Go module at
 # the version kubeadm deploys (hack/kind/coredns). Pods use a bridge CNI (the cluster is created with
 # disableDefaultCNI: kindnet is an image from a registry).
 # Cached by the hash of every input.
@@ -20,7 +20,6 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/hack/kind/image"
 docker=("$root/hack/docker.sh" cli)
 
-kube_bin=$("$root/hack/build-kube.sh")
 node_bin=$("$root/hack/kind/build-node-bins.sh")
 kind_bin=$("$root/hack/kind/build-kind.sh")
 # CoreDNS at the version kubeadm deploys (hack/kind/coredns pins it).
@@ -38,7 +37,7 @@ base=${NODE_BASE_IMAGE:-$("$root/hack/build-base-image.sh")}
 kver=$("$node_bin/kubeadm" version -o short)
 
 key=$( { echo "$kver $base $kind_bin"; "${docker[@]}" image inspect -f '{{.Id}}' "$base";
-         sha256sum "$kube_bin"/* "$node_bin"/* "$dns_out/coredns" "$0"; find "$here" -type f -print0 | sort -z | xargs -0 sha256sum; } \
+         sha256sum "$node_bin"/* "$dns_out/coredns" "$0"; find "$here" -type f -print0 | sort -z | xargs -0 sha256sum; } \
        | sha256sum | cut -c1-12)
 tag="rbd-operator-kind-node:$kver-$key"
 if "${docker[@]}" image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0; fi
@@ -69,15 +68,15 @@ assert "fuse-overlayfs\"]" not in text and "restrict_oom_score_adj = true" in te
 open(path, "w").write(text)
 PY
 
-cp "$node_bin/kubelet" "$node_bin/kubeadm" "$kube_bin/kubectl" "$ctx/bin/"
+cp "$node_bin/kubelet" "$node_bin/kubeadm" "$node_bin/kubectl" "$ctx/bin/"
 mkdir -p "$ctx/files/kind"
 echo "$kver" > "$ctx/files/kind/version"  # kind reads the Kubernetes version from here
 
 # The images kubeadm asks for, under the names it asks for.
 mkdir -p "$ctx/img"
 gcc -static -O2 -o "$ctx/img/pause" "$here/pause.c"
-cp "$kube_bin/kube-apiserver" "$kube_bin/kube-controller-manager" "$node_bin/kube-scheduler" \
-   "$node_bin/kube-proxy" "$kube_bin/etcd" "$ctx/img/"
+cp "$node_bin/kube-apiserver" "$node_bin/kube-controller-manager" "$node_bin/kube-scheduler" \
+   "$node_bin/kube-proxy" "$node_bin/etcd" "$ctx/img/"
 mapfile -t wanted < <("$node_bin/kubeadm" config images list --kubernetes-version "$kver" 2>/dev/null)
 for ref in "${wanted[@]}"; do
   name=${ref##*/}; name=${name%%:*}

@@ -101,7 +101,8 @@ def kind_cluster():
     image loaded, and deploy/ applied."""
     sh(DOCKER, "up", timeout=300)
     kind = sh(str(ROOT / "hack" / "kind" / "build-kind.sh"), timeout=1800).stdout.strip().splitlines()[-1]
-    bin_dir = Path(sh(str(ROOT / "hack" / "build-kube.sh"), timeout=3600).stdout.strip())
+    # kubectl of the node's own Kubernetes release (hack/kind/node), not of hack/kube's newer one
+    bin_dir = Path(sh(str(ROOT / "hack" / "kind" / "build-node-bins.sh"), timeout=3600).stdout.strip().splitlines()[-1])
     node_image = os.environ.get("KIND_NODE_IMAGE") or \
         sh(str(ROOT / "hack" / "kind" / "build-node-image.sh"), timeout=3600).stdout.strip().splitlines()[-1]
     record(image_bytes=int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip()),

@@ -1,7 +1,7 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands a kind node needs beyond hack/kube's control plane:
-// built from the same k8s.io/kubernetes release and Go build cache.
+// Package tools pins the Kubernetes commands a kind node runs (etcd: cmd/etcd), at the node's own
+// release (see hack/kind/build-node-bins.sh).
 package tools
 
 import (
