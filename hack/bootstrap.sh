@@ -19,9 +19,9 @@ k wait --for=condition=Established --timeout=60s \
   crd/hypervisornodes.rbd-operator.io >/dev/null
 
 policy="$root/deploy/components/finalizer-policy/finalizer-policy.yaml"
-if [ "${RBD_FINALIZER_POLICY:-1}" != 0 ] &&
-   k api-resources --api-group=admissionregistration.k8s.io -o name 2>/dev/null |
-     grep -qx 'mutatingadmissionpolicies.admissionregistration.k8s.io'; then
+# admissionregistration.k8s.io/v1 serves the kind from Kubernetes 1.36 on (1.34/1.35 only as beta)
+admission_v1=$(k get --raw /apis/admissionregistration.k8s.io/v1 2>/dev/null || true)
+if [ "${RBD_FINALIZER_POLICY:-1}" != 0 ] && grep -q '"name":"mutatingadmissionpolicies"' <<<"$admission_v1"; then
   k apply --server-side --force-conflicts -f "$policy" >/dev/null
   # The API server answers 503 for RbdImage creations until the new policy's matcher knows the
   # kind (a second or two): wait for a server-side dry run to pass, and check it gets the finalizer.
