@@ -350,6 +350,11 @@ def _kopf_wrote_finalizer(platform, name: str) -> bool:
                for m in obj["metadata"].get("managedFields", []))
 
 
+def _trashed(ceph, pool: str, name: str) -> bool:
+    with ceph.open_ioctx(pool) as ioctx:
+        return any(t["name"] == name for t in rbd.RBD().trash_list(ioctx))
+
+
 def _policy_in_effect(platform) -> bool:
     probe = json.dumps(image("policy-probe", "probe", size="1Gi"))
     out = platform.kubectl("create", "--dry-run=server", "-o", "jsonpath={.metadata.finalizers}", "-f", "-",
@@ -375,7 +380,8 @@ def test_the_finalizer_policy_saves_a_write_and_without_it_the_operator_adds_the
     platform.wait_condition("rbdimg", with_policy, "True", namespace="default")
     assert not _kopf_wrote_finalizer(platform, with_policy), "the finalizer came with the creation"
     platform.delete("rbdimg", with_policy, "default", wait=True)
-    assert rbd_image(ceph, pool, with_policy) is None, "deleted through the finalizer: moved to the trash"
+    assert rbd_image(ceph, pool, with_policy) is None and _trashed(ceph, pool, with_policy), \
+        "deleted through the finalizer: moved to the trash"
 
     platform.kubectl("delete", BINDING)
     try:
@@ -384,7 +390,7 @@ def test_the_finalizer_policy_saves_a_write_and_without_it_the_operator_adds_the
         platform.wait_condition("rbdimg", without, "True", namespace="default")
         assert _kopf_wrote_finalizer(platform, without), "the operator added the finalizer itself"
         platform.delete("rbdimg", without, "default", wait=True)
-        assert rbd_image(ceph, pool, without) is None
+        assert rbd_image(ceph, pool, without) is None and _trashed(ceph, pool, without)
     finally:
         platform.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY))
         wait_for(lambda: _policy_in_effect(platform), 60, what="the policy back in effect")
