@@ -33,6 +33,11 @@ def rbd_image(ceph, pool, name):
             return None
 
 
+def _trashed(ceph, pool: str, name: str) -> bool:
+    with ceph.open_ioctx(pool) as ioctx:
+        return any(t["name"] == name for t in rbd.RBD().trash_list(ioctx))
+
+
 def _parent(img):
     try:
         return img.get_parent_image_spec()["image_name"]
@@ -148,11 +153,9 @@ def test_trash_is_purged_after_retention(platform, ceph, pool, uniq):
     platform.apply(image(name, pool, size="64Mi", trashRetention="3s"))
     platform.wait_condition("rbdimg", name, "True", namespace="default")
     platform.delete("rbdimg", name, "default", wait=True)
-    with ceph.open_ioctx(pool) as ioctx:
-        assert [t for t in rbd.RBD().trash_list(ioctx) if t["name"] == name], "trashed first"
-        # The storage's resync purges trash whose retention has ended.
-        wait_for(lambda: not [t for t in rbd.RBD().trash_list(ioctx) if t["name"] == name], 60,
-                 what="trash purged after retention")
+    assert _trashed(ceph, pool, name), "trashed first"
+    # The storage's resync purges trash whose retention has ended.
+    wait_for(lambda: not _trashed(ceph, pool, name), 60, what="trash purged after retention")
 
 
 def test_retain_policy_keeps_the_image(platform, ceph, pool, uniq):
@@ -348,11 +351,6 @@ def _kopf_wrote_finalizer(platform, name: str) -> bool:
     assert FINALIZER in obj["metadata"].get("finalizers", [])
     return any(m.get("manager") == "kopf" and "f:finalizers" in (m.get("fieldsV1") or {}).get("f:metadata", {})
                for m in obj["metadata"].get("managedFields", []))
-
-
-def _trashed(ceph, pool: str, name: str) -> bool:
-    with ceph.open_ioctx(pool) as ioctx:
-        return any(t["name"] == name for t in rbd.RBD().trash_list(ioctx))
 
 
 def _policy_in_effect(platform) -> bool:
