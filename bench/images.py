@@ -42,11 +42,15 @@ def is_ready(obj: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions") or [])
 
 
+def _custom_api(platform) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(str(platform.kubeconfig)))
+
+
 def wait_ready(platform, namespace: str, n: int, timeout: float = 1800, since: str | None = None) -> None:
     """Until n RbdImages of the namespace are Ready, from one watch (not a listing every half second,
     which on two cores costs the operator and the API server time of their own). `since`: a
     resourceVersion from before the objects were created, to watch from (no listing at all)."""
-    api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(str(platform.kubeconfig)))
+    api = _custom_api(platform)
     ready: set[str] = set()
     deadline = time.monotonic() + timeout
     while len(ready) < n and time.monotonic() < deadline:
@@ -70,9 +74,9 @@ def wait_ready(platform, namespace: str, n: int, timeout: float = 1800, since: s
 
 
 def resource_version(platform, namespace: str) -> str:
-    api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(str(platform.kubeconfig)))
-    return api.list_namespaced_custom_object("rbd-operator.io", "v1alpha1", namespace, "rbdimages",
-                                             limit=1)["metadata"]["resourceVersion"]
+    listed = _custom_api(platform).list_namespaced_custom_object("rbd-operator.io", "v1alpha1", namespace,
+                                                                 "rbdimages", limit=1)
+    return listed["metadata"]["resourceVersion"]
 
 
 def submit(platform, namespace: str, bodies: list[dict], workers: int = 16) -> None:
