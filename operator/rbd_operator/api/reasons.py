@@ -144,6 +144,18 @@ REASONS: tuple[Reason, ...] = (
     Reason("HostKeyPinLost", (HOST,), _D,
            "status.pinnedHostKey vanished although a key was pinned (annotation rbd-operator.io/pinned-host-key): "
            "not re-trusted; set spec.hostKey or remove the annotation."),
+    Reason("AdoptionNotAllowed", (IMAGE,), _D,
+           "The image exists and no live RbdImage of this cluster owns it (made by hand, left by a deleted object of "
+           "another namespace, or recorded by another Kubernetes cluster): adopting it needs the storage's grant "
+           "(spec.adoption.namespaces) for this namespace; nothing was changed."),
+    Reason("LimitExceeded", (IMAGE,), _D,
+           "The spec goes beyond the storage's spec.imageLimits (the message names the field and the limit); nothing "
+           "was written in Ceph."),
+    Reason("DataPoolNotAllowed", (IMAGE,), _D,
+           "spec.dataPool is not listed in the storage's spec.imageLimits.dataPools; nothing was written in Ceph."),
+    Reason("HostFileNotOwned", (HOST,), _D,
+           "A file the operator would write on the host (the message names the path) exists and was not written by "
+           "it; set spec.adopt: true to take it over. Nothing was written."),
     Reason("RunningDomains", (HOST,), _D,
            "Removing qemu/libvirt packages would stop running domains: needs "
            "spec.maintenance.allowDisruption."),
@@ -197,6 +209,14 @@ EVENT_REASONS = {
     "HostKeyPinned": "Trust on first use: the host key seen at first contact is pinned.",
     "HostCleaned": "deletionPolicy Delete: the operator's files and secrets were removed from the host.",
     "UnsafeValue": "A status entry failed validation and was ignored.",
+    "TrashPurged": "An image this operator moved to the trash was removed for good after its retention (in the "
+                   "background, apart from the storage's reconcile).",
+    "RotationResumed": "A key rotation cut short after Ceph took the new key was completed with that key (no second "
+                       "new key).",
+    "OwnerRecordUpgraded": "An owner record in Ceph written by an earlier release was rewritten with this cluster's "
+                           "identity.",
+    "HostFileAdopted": "A host file the operator did not write was taken over (spec.adopt): its own settings kept.",
+    "ActiveReplica": "This replica became the one that works (the other replicas stand by).",
 }
 
 
