@@ -86,7 +86,12 @@ REASONS: tuple[Reason, ...] = (
     Reason("LibvirtUnavailable", (HOST,), _P, "libvirtd did not answer on the host; retried."),
     Reason("AnotherHostInMaintenance", (HOST,), _P,
            "A disruptive package change waits while another host is being changed (one at a time, across "
-           "replicas: Lease rbd-operator-disruption; a Lease that cannot be read counts as held)."),
+           "replicas: Lease rbd-operator-disruption; a Lease that cannot be read counts as held), or until no "
+           "package transaction runs any more on the host the Lease names (unreachable or unknown: it waits)."),
+    Reason("DisruptionLeaseLost", (HOST,), _P,
+           "A disruptive package step was not started: this replica's last renewal of Lease rbd-operator-disruption "
+           "is too old by its own clock (it was frozen or cut off from the API server), or another replica holds "
+           "it now; retried once the Lease is held again."),
     Reason("DomainsUnknown", (HOST,), _P,
            "A package change would remove qemu/libvirt and libvirt cannot tell which domains run: it waits "
            "(fail closed) unless spec.maintenance.allowDisruption."),

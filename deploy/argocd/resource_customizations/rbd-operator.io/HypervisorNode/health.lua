@@ -8,6 +8,7 @@ local transient = {
   AnotherHostInMaintenance = true,
   ApiError = true,
   CommandTimedOut = true,
+  DisruptionLeaseLost = true,
   DomainsUnknown = true,
   HostKeyPinned = true,
   HostUnreachable = true,
