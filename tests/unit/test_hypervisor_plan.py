@@ -83,7 +83,7 @@ def test_repository_files():
     rhel = {f.path: f.content for f in host_plan.repository_plan(spec, "rhel")}
     assert "priority=2" in rhel["/etc/yum.repos.d/rbd-operator-ceph-qemu.repo"]
     assert "gpgcheck=0" in rhel["/etc/yum.repos.d/rbd-operator-ceph-qemu.repo"]
-    assert rhel["/etc/yum/pluginconf.d/priorities.conf"] == "[main]\nenabled = 1\n"
+    assert rhel["/etc/yum/pluginconf.d/priorities.conf"] == "# written by rbd-operator\n[main]\nenabled = 1\n"
     deb = {f.path: f.content for f in host_plan.repository_plan(spec, "debian")}
     assert deb["/etc/apt/sources.list.d/rbd-operator-ceph-qemu.list"] == "deb [trusted=yes] http://repo.example/rpm ./\n"
     assert 'Pin: origin "repo.example"' in deb["/etc/apt/preferences.d/rbd-operator-ceph-qemu"]
@@ -99,7 +99,9 @@ def test_ceph_files_and_secret():
     storage = HostStorage("vmstore", FSID, ("[v2:10.0.0.1:3300,v1:10.0.0.1:6789]",), "vmmgr", "vmstore",
                           UUID, KEY)
     assert "mon_host = [v2:10.0.0.1:3300,v1:10.0.0.1:6789]" in host_plan.ceph_conf([storage])
-    assert host_plan.keyring(storage) == f"[client.vmmgr]\n\tkey = {KEY}\n"
+    assert host_plan.ceph_conf([storage]) == ("# written by rbd-operator\n[global]\nfsid = " + FSID
+                                               + "\nmon_host = [v2:10.0.0.1:3300,v1:10.0.0.1:6789]\n")
+    assert host_plan.keyring(storage) == f"# written by rbd-operator\n[client.vmmgr]\n\tkey = {KEY}\n"
     xml = host_plan.secret_xml(storage)
     assert "private='yes'" in xml and f"<uuid>{UUID}</uuid>" in xml and KEY[:10] not in xml
     assert storage.keyring_path == "/etc/ceph/ceph.client.vmmgr.keyring"

@@ -93,6 +93,33 @@ class PackageError(SshError):
     pass
 
 
+# Every package transaction the operator runs on a host holds this lock (flock(1), util-linux) for as
+# long as it runs, and its command inherits it: whether one is running can be asked of the host
+# itself (PACKAGE_ACTIVITY_SCRIPT), by another replica too, after the one that started it is gone.
+PACKAGE_LOCK = "/run/rbd-operator-packages.lock"
+_LOCK_BUSY = 75  # flock's exit status when the lock is held (-E)
+
+
+def locked(argv: list[str]) -> list[str]:
+    """argv run under the operator's package lock; it fails at once (exit 75) while another holds it."""
+    return ["flock", "-n", "-E", str(_LOCK_BUSY), PACKAGE_LOCK, *argv]
+
+
+# Exit 0: no package transaction runs on the host; 3: one does (what, on stdout). Ours hold the lock;
+# apt/dpkg/dnf/yum/rpm processes count too (apt-get closes inherited descriptors before it runs dpkg,
+# so a dpkg left running by a killed apt-get holds no lock of ours), and so does dpkg's own lock.
+PACKAGE_ACTIVITY_SCRIPT = r"""
+if ! flock -n "$1" true; then echo "a package command of rbd-operator holds $1"; exit 3; fi
+for p in /proc/[0-9]*; do
+  c=$(cat "$p/comm" 2>/dev/null) || continue
+  case "$c" in
+    apt|apt-get|aptitude|dpkg|dnf|yum|rpm|unattended-upgr) echo "$c runs (pid ${p#/proc/})"; exit 3 ;;
+  esac
+done
+exit 0
+"""
+
+
 REPAIR_DPKG_SCRIPT = r"""
 if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ] || [ -n "$(dpkg --audit 2>/dev/null)" ]; then
   DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confold >/dev/null 2>&1 || exit 1
@@ -161,10 +188,23 @@ class Host:
 
     def _package_command(self, argv: list[str], what: str, timeout: float = 900) -> None:
         check_cancelled(what)
-        result = self.ssh.run(argv, env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout)
+        result = self.ssh.run(locked(argv), env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout)
+        if result.rc == _LOCK_BUSY:
+            raise PackageError("PackageManagerBusy", f"{what}: another package command of rbd-operator still runs "
+                               f"on the host ({PACKAGE_LOCK} is locked)")
         if result.rc != 0:
             output = result.err + "\n" + result.out
             raise PackageError(classify_package_failure(output), f"{what} failed: {tail(result.err or result.out)}")
+
+    def package_activity(self) -> str | None:
+        """What package transaction runs on the host now (None: none). Cannot tell: SshError."""
+        result = self.ssh.run(["sh", "-s", "--", PACKAGE_LOCK], stdin=PACKAGE_ACTIVITY_SCRIPT.encode(), timeout=60)
+        if result.rc == 0:
+            return None
+        if result.rc == 3:
+            return tail(result.out, 200) or "a package transaction runs"
+        raise SshError("CommandFailed", f"checking for package transactions failed (exit {result.rc}): "
+                       f"{tail(result.err or result.out, 200)}")
 
     def simulate(self, family: str, install: list[str], remove: list[str]) -> list[str]:
         """The packages apt/dnf would remove for these changes (dependents and conflicts included),
@@ -193,7 +233,10 @@ class Host:
         """Finish a package transaction a lost connection or a crash left half-done (dpkg --configure -a)."""
         if family != "debian":
             return False
-        result = self.ssh.script(REPAIR_DPKG_SCRIPT, timeout=900)
+        result = self.ssh.run(locked(["sh", "-s"]), stdin=REPAIR_DPKG_SCRIPT.encode(), timeout=900)
+        if result.rc == _LOCK_BUSY:
+            raise PackageError("PackageManagerBusy", f"another package command of rbd-operator still runs on the "
+                               f"host ({PACKAGE_LOCK} is locked)")
         if result.rc != 0:
             raise PackageError("PackageCommandFailed", f"dpkg --configure -a failed: {tail(result.err or result.out)}")
         return "repaired" in result.out
@@ -226,20 +269,16 @@ class Host:
             self.ssh.run(["service", "libvirtd", "restart"], timeout=120, check=True)
 
     # -- files --------------------------------------------------------------
-    def ensure_file(self, path: str, content: str, mode: int) -> bool:
-        """Write the file if its content differs; return whether it changed (managed paths only)."""
-        check_managed_path(path)
-        data = content.encode()
-        if self.ssh.read(path) == data:
-            return False
-        check_cancelled(f"writing {path}")
-        directory = path.rsplit("/", 1)[0]
-        self.ssh.makedirs(directory)
-        self.ssh.write(path, data, mode)
-        return True
-
     def read_file(self, path: str) -> bytes | None:
+        """A managed path's content (None: absent); bounded by the SSH layer's OUTPUT_LIMIT."""
         return self.ssh.read(check_managed_path(path))
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Write one managed path (whether it may be written is decided by host_plan.plan_files)."""
+        check_managed_path(path)
+        check_cancelled(f"writing {path}")
+        self.ssh.makedirs(path.rsplit("/", 1)[0])
+        self.ssh.write(path, data, mode)
 
     def remove_file(self, path: str) -> bool:
         """Remove one of the operator's files (managed paths only)."""

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import os
 import shlex
 import socket
 import time
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import paramiko
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_file import SFTPFile
 
 from ..api.errors import OperatorError
 
@@ -25,6 +29,10 @@ CONNECT_TIMEOUT = 15.0
 KEEPALIVE_SECONDS = 15   # a silent peer is noticed; a black-holed one fails the channel timeouts below
 SFTP_TIMEOUT = 60.0      # per SFTP request
 DEAD_PEER_SECONDS = 30   # unacknowledged data for this long: the connection is dead
+# What the operator takes from a host: each of a command's stdout and stderr, and each file read, at
+# most this many bytes. Beyond it the channel (or file) is closed and the call fails (CommandFailed):
+# a hostile or broken host cannot make the operator's memory grow with what it sends.
+OUTPUT_LIMIT = int(os.environ.get("RBD_OPERATOR_HOST_OUTPUT_LIMIT") or 4 * 1024 * 1024)
 
 
 class SshError(OperatorError):
@@ -202,8 +210,10 @@ class SshSession:
             while True:
                 while chan.recv_ready():
                     out += chan.recv(65536)
+                    _bounded(out, f"{argv[0]} printed", self.address)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                    _bounded(err, f"{argv[0]} printed (stderr)", self.address)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if time.monotonic() > deadline:
@@ -236,21 +246,48 @@ class SshSession:
         return self._sftp
 
     def read(self, path: str) -> bytes | None:
+        """The file's bytes (None when it does not exist), at most OUTPUT_LIMIT of them (CommandFailed beyond:
+        checked on the size first, and bounded while reading, as a file can grow or lie about its size)."""
         with _io_errors(self, f"reading {path}"):
             try:
                 with self.sftp.open(path, "rb") as fh:
-                    return fh.read()
+                    size = fh.stat().st_size or 0
+                    if size > OUTPUT_LIMIT:
+                        raise _too_large(f"{path} holds {size} bytes", self.address)
+                    data = fh.read(OUTPUT_LIMIT + 1)
+                    _bounded(data, path, self.address)
+                    return data
             except FileNotFoundError:  # paramiko's IOError(ENOENT, ...) is one
                 return None
 
+    def create_exclusive(self, path: str, mode: int) -> SFTPFile:
+        """Open a new file for writing that has `mode` from its creation on: O_CREAT|O_EXCL with the
+        permissions in the SFTP OPEN request itself (the server passes them to open(2), under its umask),
+        so no byte is ever readable under other permissions, and a file (or symlink) already at `path`
+        makes it fail instead of being followed or reused. paramiko's SFTPClient.open sends no
+        attributes, hence this one request by hand (SFTP v3, draft-ietf-secsh-filexfer-02 6.3)."""
+        sftp = self.sftp
+        attrs = SFTPAttributes()
+        attrs.st_mode = mode
+        kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+        if kind != CMD_HANDLE:
+            raise SshError("CommandFailed", f"creating {path} on {self.address}: unexpected SFTP answer {kind}")
+        return SFTPFile(sftp, msg.get_binary(), "wb")
+
     def write(self, path: str, data: bytes, mode: int) -> None:
-        """Write atomically: a temporary file made with `mode` before any byte is written, then renamed."""
+        """Write atomically: a temporary file created with `mode` (see create_exclusive), then renamed.
+
+        A temporary file left by an interrupted write is removed first; if another appears in between,
+        the exclusive creation fails (CommandFailed) and nothing is written."""
         tmp = f"{path}.rbd-operator.tmp"
         with _io_errors(self, f"writing {path}"):
-            with self.sftp.open(tmp, "wb") as fh:
-                fh.chmod(mode)
+            try:
+                self.sftp.remove(tmp)
+            except FileNotFoundError:
+                pass
+            with self.create_exclusive(tmp, mode) as fh:
                 fh.write(data)
-            self.sftp.chmod(tmp, mode)
+                fh.chmod(mode)  # exactly `mode`, whatever the server's umask took away
             self.sftp.posix_rename(tmp, path)
 
     def remove(self, path: str) -> bool:
@@ -291,6 +328,16 @@ def _io_errors(session: SshSession, what: str) -> Iterator[None]:
     except OSError as exc:
         reason = "HostUnreachable" if exc.errno in _NETWORK_ERRNOS else "CommandFailed"
         raise SshError(reason, f"{what} on {session.address}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _too_large(what: str, address: str) -> SshError:
+    return SshError("CommandFailed", f"{what} on {address}: output too large (more than {OUTPUT_LIMIT} bytes, "
+                    "RBD_OPERATOR_HOST_OUTPUT_LIMIT); stopped reading, nothing of it was used")
+
+
+def _bounded(data: bytes | bytearray, what: str, address: str) -> None:
+    if len(data) > OUTPUT_LIMIT:
+        raise _too_large(what, address)
 
 
 def tail(text: str, limit: int = 400) -> str:

@@ -57,6 +57,7 @@ class HostSpec:
     allow_disruption: bool = False
     paused: bool = False
     deletion_policy: str = "Retain"
+    adopt: bool = False  # take over host files the operator did not write (their other settings kept)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -147,6 +148,9 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
     deletion_policy = spec.get("deletionPolicy") or "Retain"
     if deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"{deletion_policy!r} is not one of {', '.join(DELETION_POLICIES)}")
+    adopt = spec.get("adopt", False)
+    if not isinstance(adopt, bool):
+        raise SpecError("spec.adopt", f"{adopt!r} is not true or false")
     return HostSpec(
         address=address, port=port, user=user,
         ssh_key=ssh_key,
@@ -155,4 +159,5 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
         allow_disruption=bool(maintenance.get("allowDisruption", False)),
         paused=bool(spec.get("paused", False)),
         deletion_policy=deletion_policy,
+        adopt=adopt,
     )

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import kubernetes
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import kube, libvirt_conn
 from ..adapters.blocking import executor as blocking_executor
-from ..adapters.lease import DISRUPTION_LEASE, Held, LeaseLock
+from ..adapters.lease import DisruptionFence, Held, LeaseLock, LeaseLost
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.ssh import SshError, SshSession, fingerprint
@@ -31,8 +31,8 @@ PLURAL = "hypervisornodes"
 # Set with status.pinnedHostKey: a pin that vanished from the status is noticed, never re-trusted.
 PIN_ANNOTATION = f"{GROUP}/pinned-host-key"
 HOST_TIMEOUT = 1800.0
-# Disruptive package changes happen on one host of the fleet at a time.
-_disruption = threading.Lock()
+# Disruptive package changes happen on one host of the fleet at a time (this process and the Lease).
+_fence = DisruptionFence()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -113,12 +113,39 @@ async def _host_storages(selected: list[tuple[str, dict]]) -> tuple[list[HostSto
     return out, problems
 
 
-def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
-    """Repositories, then removals (disruptive ones guarded), then installs. Returns whether packages changed."""
+def _not_owned(out: HostOutcome, type_: str, paths: list[str]) -> None:
+    out.cond(type_, False, "HostFileNotOwned",
+             f"{', '.join(paths)} exist{'s' if len(paths) == 1 else ''} and w{'as' if len(paths) == 1 else 'ere'} "
+             "not written by rbd-operator; set spec.adopt: true to take over (the operator's settings are merged "
+             "in, everything else is kept). Nothing of this step was written")
+
+
+def _write(host: Host, plan: host_plan.FilesPlan, out: HostOutcome) -> list[host_plan.FileStep]:
+    """Write what plan_files decided (only ever a plan without refusals)."""
+    for step in plan.writes:
+        assert step.content is not None
+        host.write_file(step.path, step.content, step.mode)
+        if step.how is host_plan.Ownership.FOREIGN:
+            out.note("HostFileAdopted", f"{step.path}: taken over (spec.adopt); its other settings kept")
+    return plan.writes
+
+
+def _wait_for_other(out: HostOutcome, message: str) -> None:
+    out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance", message)
+    out.cond("PackagesReady", False, "AnotherHostInMaintenance", f"package changes wait: {message}")
+
+
+def _converge_packages(host: Host, spec: HostSpec, node: str, out: HostOutcome) -> bool:
+    """Repositories, then removals (disruptive ones fenced), then installs. Returns whether packages changed."""
     family, facts = out.family, out.facts
     assert family and facts
     wanted_files = host_plan.repository_plan(spec, family)
-    changed_repos = [f.path for f in wanted_files if host.ensure_file(f.path, f.content, f.mode)]
+    plan = host_plan.plan_files(wanted_files, {f.path: host.read_file(f.path) for f in wanted_files},
+                                adopt=spec.adopt)
+    if plan.refused:
+        _not_owned(out, "PackagesReady", plan.refused)
+        return False
+    changed_repos = [step.path for step in _write(host, plan, out)]
     existing = {d: host.ssh.listdir(d) for d in host_plan.MANAGED_DIRS[family]}
     for path in host_plan.stale_files(existing, wanted_files):
         host.remove_file(path)
@@ -136,7 +163,7 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
     # What apt/dnf would really take away (dependents, conflicts), not just the names in the spec.
     would_remove = host.simulate(family, to_install, to_remove)
     risky = host_plan.disruptive(would_remove)
-    changed = False
+    lease: LeaseLock | None = None
     if risky:
         if facts.running_domains != 0 and not spec.allow_disruption:
             if facts.running_domains is None:
@@ -150,28 +177,32 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
             out.cond("DisruptionBlocked", True, reason, message)
             out.cond("PackagesReady", False, reason, f"package changes wait for maintenance: {message}")
             return False
-        if not _disruption.acquire(blocking=False):
-            out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
-                     "another hypervisor is being changed disruptively; waiting for it to finish")
-            out.cond("PackagesReady", False, "AnotherHostInMaintenance", "package changes wait for the other host")
+        # Across replicas (and a replica killed or frozen mid-change): the Lease, held until this change ends.
+        got = _fence.acquire(spec.address)
+        if isinstance(got, Held):
+            _wait_for_other(out, f"another disruptive change holds Lease {_fence.name} ({got.holder}, "
+                                 f"{max(got.expires_in, 0):.0f}s left); waiting for it to finish")
             return False
-        # Across replicas (and a replica killed mid-change): the Lease, held until this change ends.
-        cross = LeaseLock(DISRUPTION_LEASE, spec.address)
-        try:
-            held = cross.try_acquire()
-        except Exception as exc:  # noqa: BLE001 - the API did not answer: cannot know, so do not act
-            held = Held(f"unknown ({type(exc).__name__} talking to the API server)", 0.0)
-        if held is not None:
-            _disruption.release()
-            out.cond("DisruptionBlocked", True, "AnotherHostInMaintenance",
-                     f"another disruptive change holds Lease {DISRUPTION_LEASE} ({held.holder}, "
-                     f"{held.expires_in:.0f}s left); waiting for it to finish")
-            out.cond("PackagesReady", False, "AnotherHostInMaintenance", "package changes wait for the other host")
-            return False
+        lease = got
+    clean = lease is None
     try:
+        if lease is not None:
+            if lease.pending:
+                # The host the Lease names may still run a transaction its holder started: none may start
+                # elsewhere before it has ended (the previous holder may be frozen, not dead).
+                other, address = lease.pending
+                busy = _package_activity(host, node, other, address)
+                if busy:
+                    _wait_for_other(out, f"HypervisorNode {other} ({address}), where the previous holder of Lease "
+                                         f"{_fence.name} changed packages: {busy}; waiting until it has ended")
+                    return False
+            lease.record_host(node, spec.address)
+        step = lease.check if lease is not None else (lambda _what: None)
         out.cond("DisruptionBlocked", False, "NotBlocked")
+        changed = False
         if to_remove:
             had_libvirt = bool(installed & {"libvirt", "libvirt-daemon"})
+            step(f"removing {' '.join(to_remove)}")
             host.remove(family, to_remove)
             out.note("PackagesRemoved", " ".join(to_remove))
             changed = True
@@ -179,24 +210,62 @@ def _converge_packages(host: Host, spec: HostSpec, out: HostOutcome) -> bool:
                     and "libvirt" not in to_install:
                 to_install.append("libvirt")  # the seed: removing qemu-kvm took libvirt with it
         if to_install:
+            step(f"installing {' '.join(to_install)}")
             host.install(family, to_install)
             out.note("PackagesInstalled", " ".join(to_install))
             changed = True
         if changed and host.restore_rpmsave(host_plan.LIBVIRTD_CONF):
             out.note("ConfigRestored", f"{host_plan.LIBVIRTD_CONF} restored from .rpmsave")
+            step("restarting libvirtd")
             host.restart_libvirtd()
         elif changed and risky:
+            step("restarting libvirtd")
             host.restart_libvirtd()
+        clean = True
+    except LeaseLost as exc:
+        clean = True  # every command it ran came back: nothing of it runs on the host
+        out.cond("DisruptionBlocked", True, "DisruptionLeaseLost", exc.message)
+        out.cond("PackagesReady", False, "DisruptionLeaseLost", exc.message)
+        return False
+    except PackageError:
+        clean = True  # the package command ended (with an exit status)
+        raise
     finally:
-        if risky:
-            cross.release()
-            _disruption.release()
+        if lease is not None:
+            _fence.release(lease, clean)
     out.cond("PackagesReady", True, "Installed", " ".join(want) if want else "nothing required")
     return changed
 
 
+def _package_activity(host: Host, node: str, other: str, address: str) -> str | None:
+    """What package transaction still runs on the host the Lease names (None: none runs). A host that
+    cannot be asked counts as busy: fail closed."""
+    if other == node and address == host.ssh.address:
+        try:
+            return host.package_activity()
+        except OperatorError as exc:
+            return f"cannot tell ({exc.reason}: {exc.message})"
+    try:
+        obj = kubernetes.client.CustomObjectsApi(kube.core().api_client).get_cluster_custom_object(
+            GROUP, VERSION, PLURAL, other)
+    except ApiException as exc:
+        return f"the HypervisorNode cannot be read (HTTP {exc.status}), so it cannot be asked"
+    except Exception as exc:  # noqa: BLE001 - cannot know: wait
+        return f"the HypervisorNode cannot be read ({type(exc).__name__}), so it cannot be asked"
+    try:
+        spec = dict(obj.get("spec") or {})
+        theirs = parse_host(other, {**spec, "address": address or spec.get("address")})  # validates the address
+        pinned = _pin(theirs, dict(obj.get("status") or {}), dict((obj.get("metadata") or {}).get("annotations") or {}))
+        if pinned is None:
+            return "its host key was never pinned, so it cannot be asked"
+        with SshSession(theirs.address, theirs.port, theirs.user, _ssh_key(theirs), pinned) as ssh:
+            return Host(ssh).package_activity()
+    except OperatorError as exc:
+        return f"unreachable or unknown ({exc.reason}: {exc.message})"
+
+
 def _converge_storages(host: Host, storages: list[HostStorage], previous: host_plan.PreviousStorages,
-                       policies: dict[str, str], out: HostOutcome) -> None:
+                       policies: dict[str, str], adopt: bool, out: HostOutcome) -> None:
     fsids = {s.fsid for s in storages}
     if len(fsids) > 1:
         out.cond("CephConfigured", False, "MultipleClusters",
@@ -204,13 +273,22 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: host_p
         out.cond("SecretsReady", False, "MultipleClusters", "")
         out.storages.extend({**e, "current": False} for e in previous.entries)  # nothing removed either
         return
+    recorded = {e["keyringPath"] for e in previous.entries if e.get("keyringPath")}
     if storages:
-        if host.ensure_file(f"{host_plan.CEPH_DIR}/ceph.conf", host_plan.ceph_conf(storages), 0o644):
-            out.note("CephConfigWritten", f"{host_plan.CEPH_DIR}/ceph.conf")
+        # Every file of this step is judged before any is written: one that is someone else's stops it all.
+        files = host_plan.storage_files(storages)
+        plan = host_plan.plan_files(files, {f.path: host.read_file(f.path) for f in files}, adopt=adopt,
+                                    recorded=recorded)
+        if plan.refused:
+            _not_owned(out, "CephConfigured", plan.refused)
+            out.cond("SecretsReady", False, "HostFileNotOwned", "")
+            out.storages.extend({**e, "current": False} for e in previous.entries)  # nothing removed either
+            return
+        for step in _write(host, plan, out):
+            conf = step.path == files[0].path
+            out.note("CephConfigWritten" if conf else "KeyringWritten", step.path)
     defined = host.secrets()
     for storage in storages:
-        if host.ensure_file(storage.keyring_path, host_plan.keyring(storage), 0o600):
-            out.note("KeyringWritten", storage.keyring_path)
         if storage.secret_uuid not in defined:
             host.define_secret(storage.secret_uuid, host_plan.secret_xml(storage))
             out.note("SecretDefined", f"libvirt secret {storage.secret_uuid} for {storage.name}")
@@ -226,11 +304,16 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: host_p
     keep_uuids = {s.get("secretUUID") for s in out.storages}
     keep_paths = {s.get("keyringPath") for s in out.storages}
     for old in previous.remove:
-        if old.get("keyringPath") and old["keyringPath"] not in keep_paths:
-            host.remove_file(old["keyringPath"])
+        what = "libvirt secret removed"
+        path = old.get("keyringPath")
+        if path and path not in keep_paths:
+            if _remove_keyring(host, path):
+                what = "keyring and " + what
+            else:
+                what += f"; {path} left on the host (adopted, or not the operator's)"
         if old.get("secretUUID") and old["secretUUID"] not in keep_uuids and old["secretUUID"] in defined:
             host.undefine_secret(old["secretUUID"])
-        out.note("StorageRemoved", f"{old.get('name')}: keyring and libvirt secret removed")
+        out.note("StorageRemoved", f"{old.get('name')}: {what}")
     out.cond("CephConfigured", True, "Configured" if storages else "NoStoragesSelected",
              f"{len(storages)} storage(s): " + ", ".join(s.name for s in storages))
     failed = [s["name"] for s in out.storages if str(s.get("probe", "")).startswith("failed") and s.get("current")]
@@ -238,6 +321,14 @@ def _converge_storages(host: Host, storages: list[HostStorage], previous: host_p
         out.cond("SecretsReady", False, "ProbeFailed", f"probe as the storage's client failed for {', '.join(failed)}")
     else:
         out.cond("SecretsReady", True, "SecretsInSync", f"{len(storages)} libvirt secret(s) hold the current keys")
+
+
+def _remove_keyring(host: Host, path: str) -> bool:
+    """Remove a keyring recorded in status.storages if it is the operator's own (adopted ones stay)."""
+    content = host.read_file(path)
+    if content is None or not host_plan.removable(content, host_plan.keyring_settings_for(path), recorded=True):
+        return False
+    return host.remove_file(path)
 
 
 def _libvirt(host: Host, spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes],
@@ -256,7 +347,7 @@ def _libvirt(host: Host, spec: HostSpec, uid: str, private_key: str, pinned: tup
         facts.running_domains = None if facts.libvirt_version else 0
 
 
-def _converge_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes],
+def _converge_host(name: str, spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes],
                    storages: list[HostStorage], previous: host_plan.PreviousStorages,
                    policies: dict[str, str]) -> HostOutcome:
     """Runs in a worker thread: one SSH session (to the pinned key only) for the whole reconcile, plus the
@@ -275,7 +366,7 @@ def _converge_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str
             out.cond("PackagesReady", False, "UnsupportedOS", f"{out.facts.os_id!r} is neither Debian- nor RHEL-like")
         else:
             try:
-                if _converge_packages(host, spec, out):
+                if _converge_packages(host, spec, name, out):
                     out.facts = host.facts()
                     _libvirt(host, spec, uid, private_key, pinned, out.facts)  # libvirtd may have restarted
             except PackageError as exc:  # the condition's change posts the Warning event
@@ -292,7 +383,7 @@ def _converge_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str
                      f"qemu rbd: {facts.qemu_rbd}, krbd: {facts.krbd}")
         if host.virt is None and (storages or previous.remove):
             host.virt = libvirt_conn.connections.get(uid, spec.address, spec.port, spec.user, private_key, pinned)
-        _converge_storages(host, storages, previous, policies, out)
+        _converge_storages(host, storages, previous, policies, spec.adopt, out)
     return out
 
 
@@ -367,7 +458,7 @@ async def converge(name: str, uid: str, body: kopf.Body, spec: kopf.Spec, status
         previous = host_plan.plan_previous_storages(list(status.get("storages") or []),
                                                     {s.name for s in host_storages}, sel.selecting, sel.existing)
         _names[uid] = name
-        out = await run_blocking(_converge_host, parsed, uid, key, pinned, host_storages, previous, sel.policies,
+        out = await run_blocking(_converge_host, name, parsed, uid, key, pinned, host_storages, previous, sel.policies,
                                  timeout=HOST_TIMEOUT, pool="ssh")
     except OperatorError as exc:
         if isinstance(exc, SshError) or exc.reason in ("HostUnreachable", "Timeout"):
@@ -431,14 +522,18 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Statu
 
 
 def _clean_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, bytes], held: list[dict]) -> list[str]:
-    """Remove what the operator wrote on the host: keyrings, libvirt secrets, repository files, ceph.conf."""
+    """Remove what the operator made on the host: keyrings, libvirt secrets, repository files, ceph.conf.
+
+    Adopted files (spec.adopt) stay as they are: they held someone else's settings first, and the
+    host's other users of them (VMmanager's ceph.conf, its keyring) keep working."""
     removed = []
     with SshSession(spec.address, spec.port, spec.user, private_key, pinned) as ssh:
         host = Host(ssh, libvirt_conn.connections.get(uid, spec.address, spec.port, spec.user, private_key, pinned))
         defined = host.secrets()
         for entry in held:
-            if entry.get("keyringPath") and host.remove_file(entry["keyringPath"]):
-                removed.append(entry["keyringPath"])
+            path = entry.get("keyringPath")
+            if path and host_plan.keyring_settings_for(path) and _remove_keyring(host, path):
+                removed.append(path)
             if entry.get("secretUUID") in defined:
                 host.undefine_secret(entry["secretUUID"])
                 removed.append(f"libvirt secret {entry['secretUUID']}")
@@ -447,7 +542,7 @@ def _clean_host(spec: HostSpec, uid: str, private_key: str, pinned: tuple[str, b
             host.remove_file(path)
             removed.append(path)
         conf = f"{host_plan.CEPH_DIR}/ceph.conf"
-        if (host.read_file(conf) or b"").startswith(host_plan.CEPH_CONF_HEADER.encode()):
+        if (host.read_file(conf) or b"").startswith(host_plan.OWNED_HEADER.encode()):
             host.remove_file(conf)
             removed.append(conf)
     return removed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from xml.sax.saxutils import escape
 
 from ..api.cephx import valid_cephx_key
@@ -45,10 +46,29 @@ def disruptive(packages: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What the operator manages in an ini-style file it may share with others (ceph.conf, a keyring,
+    priorities.conf): `values` in `[section]`; the same options are also taken out of the sections
+    `also_in` names (exactly, or as a prefix ending in '.'), where they would override them."""
+    section: str
+    values: tuple[tuple[str, str], ...]
+    indent: str = ""
+    also_in: tuple[str, ...] = ()
+    # What an earlier release wrote without a header (a regular expression for the whole file), and
+    # whether that shape counts as the operator's only where the host's status records the path.
+    legacy: str | None = None
+    legacy_needs_record: bool = True
+
+
+@dataclass(frozen=True)
 class RemoteFile:
+    """A file the operator writes on a host. Without `settings` it is the operator's by its name
+    (rbd-operator- prefix) and its content is exactly `content`; with `settings` the ownership rule
+    applies (plan_files) and `content` is what the operator writes when the file is its own."""
     path: str
     content: str
     mode: int = 0o644
+    settings: Settings | None = None
 
 
 def repository_files(repo: Repository, family: str) -> list[RemoteFile]:
@@ -86,7 +106,8 @@ def repository_plan(spec: HostSpec, family: str) -> list[RemoteFile]:
     files = [f for repo in spec.repositories for f in repository_files(repo, family)]
     if family == "rhel" and any(r.priority is not None for r in spec.repositories):
         # The seed's step: yum-plugin-priorities enabled (dnf honours priority= natively).
-        files.append(RemoteFile("/etc/yum/pluginconf.d/priorities.conf", "[main]\nenabled = 1\n"))
+        files.append(owned_ini_file("/etc/yum/pluginconf.d/priorities.conf", 0o644, Settings(
+            "main", (("enabled", "1"),), legacy=re.escape("[main]\nenabled = 1\n"), legacy_needs_record=False)))
     return files
 
 
@@ -202,20 +223,196 @@ def host_storage(name: str, status: dict, secret: dict, key_version: str, spec_c
                        key=check_cephx_key(secret.get("userKey")), key_version=str(key_version or ""))
 
 
-def ceph_conf(storages: list[HostStorage]) -> str:
-    """/etc/ceph/ceph.conf for the storages' cluster (they must share one fsid)."""
+def ceph_conf_file(storages: list[HostStorage]) -> RemoteFile:
+    """/etc/ceph/ceph.conf for the storages' cluster (they must share one fsid): fsid and mon_host in
+    [global]; the same options in [client] and [client.*] would override them for the probe and QEMU."""
     first = storages[0]
-    check_uuid(first.fsid, "fsid")
-    mons = ",".join(first.monitors)
-    return f"{CEPH_CONF_HEADER}[global]\nfsid = {first.fsid}\nmon_host = {mons}\n"
+    values = (("fsid", check_uuid(first.fsid, "fsid")), ("mon_host", ",".join(first.monitors)))
+    return owned_ini_file(f"{CEPH_DIR}/ceph.conf", 0o644, Settings("global", values, also_in=("client", "client.")))
 
 
-CEPH_CONF_HEADER = "# written by rbd-operator\n"
+def ceph_conf(storages: list[HostStorage]) -> str:
+    return ceph_conf_file(storages).content
+
+
+def keyring_file(storage: HostStorage) -> RemoteFile:
+    """A client's keyring (0600). Ceph reads '#' comment lines in keyrings (ceph-authtool -l, rbd)."""
+    entity = f"client.{_named(check_client_name, storage.client, 'client name')}"
+    return owned_ini_file(storage.keyring_path, 0o600, Settings(
+        entity, (("key", check_cephx_key(storage.key)),), indent="\t", legacy=keyring_legacy(storage.client)))
 
 
 def keyring(storage: HostStorage) -> str:
-    _named(check_client_name, storage.client, "client name")
-    return f"[{storage.entity}]\n\tkey = {check_cephx_key(storage.key)}\n"
+    return keyring_file(storage).content
+
+
+def keyring_legacy(client: str) -> str:
+    """A keyring as releases before host-file ownership wrote it: exactly one section and its key, no
+    header. `ceph auth get-or-create` prints the same shape, so the shape alone proves nothing: it is
+    the operator's only where status.storages records that the operator wrote that path."""
+    return rf"\[client\.{re.escape(client)}\]\n\tkey = [A-Za-z0-9+/]{{20,}}={{0,2}}\n"
+
+
+def storage_files(storages: list[HostStorage]) -> list[RemoteFile]:
+    """Everything of the storage step that lands in /etc/ceph (a keyring shared by storages once)."""
+    files = [ceph_conf_file(storages)]
+    for storage in storages:
+        if storage.keyring_path not in {f.path for f in files}:
+            files.append(keyring_file(storage))
+    return files
+
+
+# -- host files follow the ownership rule ----------------------------------------------------------
+# A file the operator made starts with OWNED_HEADER and holds exactly its content (edits are reverted;
+# HypervisorNode deletion with deletionPolicy Delete removes it). A file someone else made is
+# written only with spec.adopt: the operator's settings are merged into it, everything else kept,
+# and ADOPTED_HEADER put on top: from then on it is maintained (merged) without spec.adopt, and it
+# is never removed (its other settings, and the host's other users of it, stay).
+OWNED_HEADER = "# written by rbd-operator\n"
+CEPH_CONF_HEADER = OWNED_HEADER
+ADOPTED_HEADER = "# written by rbd-operator (adopted: the settings it does not manage are kept)\n"
+
+
+def owned_ini_file(path: str, mode: int, settings: Settings) -> RemoteFile:
+    lines = "".join(f"{settings.indent}{key} = {value}\n" for key, value in settings.values)
+    return RemoteFile(check_managed_path(path), f"{OWNED_HEADER}[{settings.section}]\n{lines}", mode, settings)
+
+
+class Ownership(str, Enum):
+    ABSENT = "absent"
+    OWNED = "owned"        # OWNED_HEADER: made by the operator
+    ADOPTED = "adopted"    # ADOPTED_HEADER: taken over with spec.adopt
+    LEGACY = "legacy"      # an earlier release's shape (see Settings.legacy)
+    FOREIGN = "foreign"    # anything else: someone else's
+
+
+def ownership(content: bytes | None, settings: Settings | None, recorded: bool) -> Ownership:
+    if content is None:
+        return Ownership.ABSENT
+    if settings is None or content.startswith(OWNED_HEADER.encode()):
+        return Ownership.OWNED
+    if content.startswith(ADOPTED_HEADER.encode()):
+        return Ownership.ADOPTED
+    if settings.legacy and (recorded or not settings.legacy_needs_record) \
+            and re.fullmatch(settings.legacy.encode(), content):
+        return Ownership.LEGACY
+    return Ownership.FOREIGN
+
+
+@dataclass(frozen=True)
+class FileStep:
+    path: str
+    mode: int
+    content: bytes | None   # None: the file is as wanted already
+    how: Ownership          # what it was: ABSENT (created), OWNED, LEGACY (upgraded), ADOPTED, FOREIGN (adopted now)
+
+
+@dataclass(frozen=True)
+class FilesPlan:
+    steps: list[FileStep]
+    refused: list[str]      # someone else's files the operator would have to change (HostFileNotOwned)
+
+    @property
+    def writes(self) -> list[FileStep]:
+        return [] if self.refused else [s for s in self.steps if s.content is not None]
+
+
+def plan_files(files: list[RemoteFile], current: dict[str, bytes | None], *, adopt: bool,
+               recorded: set[str] = frozenset()) -> FilesPlan:
+    """What to write, decided for all files of a step before anything is written: one file that is
+    not the operator's (and not adopted) refuses the whole step, so a refusal never leaves it half done.
+
+    `current`: each file's content on the host (None: absent); `recorded`: paths the host's
+    status.storages says the operator wrote (the proof for an earlier release's keyrings)."""
+    steps, refused = [], []
+    for f in files:
+        have = current.get(f.path)
+        how = ownership(have, f.settings, f.path in recorded)
+        if how in (Ownership.ABSENT, Ownership.OWNED, Ownership.LEGACY):
+            want = f.content.encode()
+        elif how is Ownership.ADOPTED or adopt:
+            assert f.settings is not None and have is not None
+            body = have[len(ADOPTED_HEADER.encode()):] if how is Ownership.ADOPTED else have
+            want = ADOPTED_HEADER.encode() + merge_ini(body, f.settings)
+        else:
+            refused.append(f.path)
+            continue
+        steps.append(FileStep(f.path, f.mode, None if want == have else want, how))
+    return FilesPlan(steps, refused)
+
+
+def removable(content: bytes | None, settings: Settings | None, recorded: bool) -> bool:
+    """A file the operator may delete: one it made (or an earlier release made). Adopted files stay."""
+    return ownership(content, settings, recorded) in (Ownership.OWNED, Ownership.LEGACY)
+
+
+def keyring_settings_for(path: object) -> Settings | None:
+    """The keyring Settings for a status.storages keyringPath (validated), to judge its removal."""
+    if not isinstance(path, str) or ".." in path or not _KEYRING_PATH.match(path):
+        return None
+    client = path[len(f"{CEPH_DIR}/ceph.client."):-len(".keyring")]
+    return Settings(f"client.{client}", (), legacy=keyring_legacy(client))
+
+
+_SECTION_LINE = re.compile(r"^[ \t]*\[([^\]]*)\][ \t]*(?:[#;].*)?$")
+_OPTION_LINE = re.compile(r"^[ \t]*([^#;\[=\s][^=]*?)[ \t]*=")
+
+
+def option_name(key: str) -> str:
+    """An option name as Ceph may read it: runs of whitespace, '_' and '-' are one '_', none at the ends
+    (Ceph 16 itself folds whitespace only; removing every spelling is what keeps none in force)."""
+    return re.sub(r"[\s_-]+", "_", key).strip("_")
+
+
+def merge_ini(content: bytes, settings: Settings) -> bytes:
+    """`content` with the operator's settings in force and everything else kept, byte for byte.
+
+    Every line setting one of the managed options in `[section]` (every instance of it: Ceph reads
+    a section given twice as one) or in the sections of `also_in` is removed, with its backslash
+    continuation lines; the settings are inserted right after the first `[section]` header, or in a
+    new `[section]` at the end. Line endings follow the file's (CRLF kept); bytes that are not UTF-8
+    pass through unchanged."""
+    text = content.decode("utf-8", "surrogateescape")
+    lines = text.splitlines(keepends=True)
+    managed = {option_name(key) for key, _ in settings.values}
+
+    def applies(name: str | None) -> bool:
+        return name is not None and (name == settings.section or any(
+            name == s or (s.endswith(".") and name.startswith(s)) for s in settings.also_in))
+
+    kept: list[str] = []
+    first_header: int | None = None
+    section: str | None = None
+    continuing = False
+    for line in lines:
+        bare = line.rstrip("\r\n")
+        if continuing:
+            continuing = bare.endswith("\\")
+            continue
+        header = _SECTION_LINE.match(bare)
+        if header:
+            section = header.group(1)
+            if section == settings.section and first_header is None:
+                first_header = len(kept)
+        else:
+            option = _OPTION_LINE.match(bare)
+            if option and applies(section) and option_name(option.group(1)) in managed:
+                continuing = bare.endswith("\\")
+                continue
+        kept.append(line)
+
+    eol = "\r\n" if "\r\n" in text and text.count("\r\n") * 2 >= text.count("\n") else "\n"
+    ours = [f"{settings.indent}{key} = {value}{eol}" for key, value in settings.values]
+    if first_header is not None:
+        header_line = kept[first_header]
+        if not header_line.endswith("\n"):
+            kept[first_header] = header_line + eol
+        kept[first_header + 1:first_header + 1] = ours
+    else:
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += eol
+        kept += [f"[{settings.section}]{eol}", *ours]
+    return "".join(kept).encode("utf-8", "surrogateescape")
 
 
 def secret_xml(storage: HostStorage) -> str:
