@@ -109,6 +109,37 @@ class ApiServer(kmock_lib.KubernetesEmulator):
     _rv_last: int = attrs.field(default=0, init=False)
     _created: dict = attrs.field(factory=dict, init=False)
 
+    # Namespaces: kmock 0.8 cannot parse the core `namespaces` collection (its path parser takes
+    # /api/v1/namespaces/<name> for a namespace prefix), so they are served here, read-only: the
+    # operator indexes namespaces (uids for owner records, kube-system's uid as the cluster identity).
+    NAMESPACES = ("kube-system", "default", "vms", OPERATOR_NAMESPACE)
+
+    @staticmethod
+    def _namespace(name: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.contract")),
+                             "resourceVersion": "1", "labels": {"kubernetes.io/metadata.name": name}}}
+
+    async def __call__(self, raw_request):
+        import aiohttp.web  # noqa: PLC0415 - kmock serves through aiohttp
+
+        parts = raw_request.path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "namespaces"] or len(parts) > 4 or raw_request.method != "GET":
+            return await super().__call__(raw_request)
+        if len(parts) == 4:
+            if parts[3] not in self.NAMESPACES:
+                return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                  "reason": "NotFound", "code": 404}, status=404)
+            return aiohttp.web.json_response(self._namespace(parts[3]))
+        if raw_request.query.get("watch") in ("true", "1"):
+            response = aiohttp.web.StreamResponse()
+            await response.prepare(raw_request)
+            while True:  # nothing ever changes; the client closes it
+                await asyncio.sleep(3600)
+        return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                          "metadata": {"resourceVersion": "1"},
+                                          "items": [self._namespace(n) for n in self.NAMESPACES]})
+
     def _next_rv(self) -> str:
         self._rv_last = next(self._rv_counter)
         return str(self._rv_last)

@@ -2,7 +2,8 @@ import pytest
 
 from rbd_operator.api.errors import Refused, SpecError, Waiting
 from rbd_operator.api.image import features_to_bits, parse_image
-from rbd_operator.reconcile.image_plan import ObservedImage, ObservedSource, plan_image
+from rbd_operator.api.storage import ImageLimits
+from rbd_operator.reconcile.image_plan import ObservedImage, ObservedSource, Tenancy, plan_image
 from rbd_operator.reconcile.ownership import staging_name
 
 GI = 2**30
@@ -49,21 +50,29 @@ def test_quota():
     assert err.value.reason == "SizeExceedsQuota"
 
 
-def test_unowned_image_needs_adopt():
+def test_unowned_image_needs_adopt_and_the_storage_s_grant():
     with pytest.raises(Refused) as err:
         plan_image(image(size="2Gi"), observed(owner=None), OWNER)
     assert err.value.reason == "NotOwned" and "spec.adopt" in err.value.message
-    assert kinds(plan_image(image(size="1Gi", adopt=True), observed(owner=None), OWNER)) == ["set-owner"]
+    with pytest.raises(Refused) as err:
+        plan_image(image(size="1Gi", adopt=True), observed(owner=None), OWNER)
+    assert err.value.reason == "AdoptionNotAllowed" and "spec.adoption" in err.value.message
+    assert kinds(plan_image(image(size="1Gi", adopt=True), observed(owner=None), OWNER,
+                            tenancy=Tenancy(granted=True))) == ["set-owner"]
 
 
 def test_image_of_another_object_is_never_taken():
     with pytest.raises(Refused) as err:
-        plan_image(image(size="1Gi", adopt=True), observed(owner="other/x/1"), OWNER)
-    assert err.value.reason == "OwnedByOther", "another namespace's image, even if its object is gone"
+        plan_image(image(size="1Gi", adopt=True), observed(owner="other/x/1"), OWNER, tenancy=Tenancy(granted=True))
+    assert err.value.reason == "OwnedByOther", "another namespace's live image"
+    assert "other/x" not in err.value.message, "another namespace's object is never named"
+    with pytest.raises(Refused) as err:
+        plan_image(image(size="1Gi", adopt=True), observed(owner="other/x/1"), OWNER, live=lambda uid: False)
+    assert err.value.reason == "AdoptionNotAllowed", "another namespace's left-over image needs the grant"
     with pytest.raises(Refused) as err:
         plan_image(image(size="1Gi", adopt=True), observed(owner="ns/x/2"), OWNER, live=lambda uid: True)
     assert err.value.reason == "OwnedByOther", "a live RbdImage's image"
-    # Left by a deleted RbdImage of this namespace (deletionPolicy Retain): adoptable.
+    # Left by a deleted RbdImage of this namespace (deletionPolicy Retain): adoptable without a grant.
     assert kinds(plan_image(image(size="1Gi", adopt=True), observed(owner="ns/x/2"), OWNER,
                             live=lambda uid: uid == "uid-1")) == ["set-owner"]
 
@@ -112,8 +121,12 @@ def test_flatten_existing_clone():
 
 def test_missing_data_pool():
     with pytest.raises(SpecError) as err:
-        plan_image(image(size="1Gi", dataPool="ec"), None, OWNER, data_pool_exists=False)
+        plan_image(image(size="1Gi", dataPool="ec"), None, OWNER, data_pool_exists=False,
+                   tenancy=Tenancy(limits=ImageLimits(data_pools=("ec",))))
     assert err.value.reason == "DataPoolNotFound"
+    with pytest.raises(Refused) as err:  # not allowed: nothing says whether it exists
+        plan_image(image(size="1Gi", dataPool="ec"), None, OWNER, data_pool_exists=False)
+    assert err.value.reason == "DataPoolNotAllowed"
 
 
 def test_sweep_asks_for_a_reconcile_only_when_the_status_is_no_longer_true():

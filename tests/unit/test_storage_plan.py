@@ -34,7 +34,8 @@ def test_new_pool_is_staged_marked_and_renamed_in_one_step():
     spec = parse_storage("vms", BASE)
     actions = plan(spec, None)
     assert kinds(actions) == [("create-pool", None), ("set-pool", "pg_autoscale_mode"), ("rbd-pool-init", None)]
-    assert actions[0].args == {"pg_num": 128, "app": "rbd", "owner": ME, "staging": staging_name(ME), "staged": False}
+    assert actions[0].args == {"pg_num": 128, "app": "rbd", "owner": ME, "cluster": None, "staging": staging_name(ME),
+                               "staged": False}
 
 
 def test_a_staged_pool_left_by_a_crash_is_resumed():
@@ -99,7 +100,7 @@ def test_adopted_pool_keeps_what_the_spec_does_not_state():
     brownfield = dump(owner=None, pg_num_target=16, quota_max_bytes=5 * 2**30, pg_autoscale_mode="on")
     actions = plan(spec, brownfield)
     assert kinds(actions) == [("set-pool-owner", None)], "pg_num, autoscaler and quota stay as they are"
-    assert actions[0].args == {"app": "rbd", "owner": ME}
+    assert actions[0].args == {"app": "rbd", "owner": ME, "cluster": None}
     # Once adopted (our marker), still only what the spec states.
     assert plan(spec, dump(pg_num_target=16, quota_max_bytes=5 * 2**30, pg_autoscale_mode="on")) == []
     stated = parse_storage("vms", {**BASE, "pool": {"adopt": True, "pgNum": 32}})

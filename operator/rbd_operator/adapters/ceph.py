@@ -30,7 +30,8 @@ from ..reconcile.actions import Action
 from . import importer
 from .blocking import check_cancelled
 from ..reconcile.image_plan import ObservedImage, ObservedSource
-from ..reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool
+from ..reconcile.ownership import ImageOwner
+from ..reconcile.storage_plan import POOL_CLUSTER_KEY, POOL_OWNER_KEY, ObservedPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,8 +102,9 @@ def _classify(exc: Exception, what: str) -> CephError:
 class CephCluster:
     """One librados connection, shared by all handlers that use the same credentials."""
 
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(self, creds: Credentials, conf: dict[str, str] | None = None) -> None:
         self.creds = creds
+        self.conf = dict(conf or {})  # extra librados/librbd settings of this connection
         self._rados: rados.Rados | None = None
         self._lock = threading.Lock()
         self.users = 0          # sessions in progress (counted under _clusters_lock)
@@ -137,6 +139,7 @@ class CephCluster:
                 "err_to_stderr": "false",
                 "log_file": "",
                 "admin_socket": "",  # nothing under /var/run/ceph: the image's root filesystem is read-only
+                **self.conf,
             }
             cluster = rados.Rados(rados_id=self.creds.user, conf=conf)
             try:
@@ -253,8 +256,10 @@ class CephCluster:
             self.mon("config-key rm", key=CLIENT_OWNERS_KEY + entity, ok=(errno.ENOENT,))
 
     # -- storage steps ------------------------------------------------------
-    def _mark_pool(self, pool: str, app: str, owner: str) -> None:
+    def _mark_pool(self, pool: str, app: str, owner: str, cluster: str | None) -> None:
         self.mon("osd pool application enable", pool=pool, app=app, yes_i_really_mean_it=True)
+        if cluster:  # first: a record with our uid is never read without the cluster it belongs to
+            self.mon("osd pool application set", pool=pool, app=app, key=POOL_CLUSTER_KEY, value=cluster)
         self.mon("osd pool application set", pool=pool, app=app, key=POOL_OWNER_KEY, value=owner)
 
     def apply_storage_action(self, action: Action) -> None:
@@ -266,10 +271,10 @@ class CephCluster:
             if not a.get("staged"):
                 self.mon("osd pool create", pool=staging, pg_num=a["pg_num"], pgp_num=a["pg_num"],
                          pool_type="replicated")
-            self._mark_pool(staging, a["app"], a["owner"])
+            self._mark_pool(staging, a["app"], a["owner"], a.get("cluster"))
             self.mon("osd pool rename", srcpool=staging, destpool=target)
-        elif kind == "set-pool-owner":
-            self._mark_pool(target, a["app"], a["owner"])
+        elif kind in ("set-pool-owner", "upgrade-pool-owner"):
+            self._mark_pool(target, a["app"], a["owner"], a.get("cluster"))
         elif kind == "set-pool":
             extra = {"yes_i_really_mean_it": True} if a["var"] == "size" and a["val"] == "1" else {}
             self.mon("osd pool set", pool=target, var=a["var"], val=a["val"], **extra)
@@ -280,7 +285,7 @@ class CephCluster:
         elif kind == "rbd-pool-init":
             with self.ioctx(target) as ioctx:
                 self._rbd_call(f"rbd pool init {target}", rbd.RBD().pool_init, ioctx, False)
-        elif kind == "set-client-owners":
+        elif kind in ("set-client-owners", "upgrade-client-owners"):
             self.set_client_owners(target, a["owners"])
         elif kind == "create-client":
             self.mon("auth get-or-create", entity=target, caps=_caps_list(a["caps"]))
@@ -336,31 +341,36 @@ class CephCluster:
     def delete_pool(self, pool: str) -> None:
         self.mon("osd pool delete", pool=pool, pool2=pool, yes_i_really_really_mean_it=True, ok=(errno.ENOENT,))
 
-    def purge_expired_trash(self, pool: str) -> int:
-        """Remove trashed images whose retention has ended and that this operator trashed; return how many."""
+    def expired_trash(self, pool: str, cluster: str | None) -> list[dict]:
+        """Trash entries this operator moved there (for this cluster) whose retention has ended:
+        [{"id", "name", "size"}]. Removing them is the purger's (adapters/purge.py), in the background."""
         now = time.time()
-        removed = 0
+        out = []
         with self.ioctx(pool) as ioctx:
             for entry in list(self._rbd_call("rbd trash ls", rbd.RBD().trash_list, ioctx)):
                 end = entry.get("deferment_end_time")
-                if end is None or end.timestamp() > now or not self._trashed_by_us(ioctx, entry["id"]):
+                if end is None or end.timestamp() > now:
                     continue
-                try:
-                    rbd.RBD().trash_remove(ioctx, entry["id"])
-                    removed += 1
-                except rbd.Error as exc:
-                    log.warning("could not purge trashed image %s: %s", entry.get("name"), type(exc).__name__)
-        return removed
+                size = self.trashed_by_us(ioctx, entry["id"], cluster)
+                if size is not None:
+                    out.append({"id": entry["id"], "name": entry.get("name") or "", "size": size})
+        return out
 
     @staticmethod
-    def _trashed_by_us(ioctx: rados.Ioctx, image_id: str) -> bool:
-        """An image this operator moved to the trash: it carries our owner tag and the same value as trash mark."""
+    def trashed_by_us(ioctx: rados.Ioctx, image_id: str, cluster: str | None) -> int | None:
+        """The size of a trashed image this operator moved to the trash (it carries an owner record of this
+        cluster and the same value as trash mark); None for anyone else's."""
         try:
             with rbd.Image(ioctx, image_id=image_id, read_only=True) as image:
                 owner = image.metadata_get(OWNER_KEY)
-                return bool(owner) and image.metadata_get(TRASHED_KEY) == owner
+                parsed = ImageOwner.parse(owner)
+                if not owner or image.metadata_get(TRASHED_KEY) != owner or parsed is None:
+                    return None
+                if parsed.cluster is not None and cluster is not None and parsed.cluster != cluster:
+                    return None  # another Kubernetes cluster's operator trashed it: its own to purge
+                return int(image.size())
         except (KeyError, rbd.Error, rados.Error):
-            return False
+            return None
 
     # -- images -------------------------------------------------------------
     def _rbd_call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -616,7 +626,7 @@ class CephCluster:
                         self._rbd_call(what, image.metadata_remove, key)
             tag = _metadata(image, OWNER_KEY)
             # librbd copies image metadata into a clone: the parent's tag is expected there.
-            if tag not in (None, owner, a.get("parent_owner")):
+            if tag not in (None, owner, a.get("parent_owner")) and not _owned_by(tag, owner):
                 raise CephError("OwnedByOther", f"staging image {pool}/{staging} belongs to someone else")
             if tag != owner:
                 self._rbd_call(what, image.metadata_set, OWNER_KEY, owner)
@@ -635,8 +645,10 @@ class CephCluster:
                     data_pool=a["data_pool"]))
             elif kind == "import":
                 def fill(staging: str) -> None:
+                    bound = importer.SizeBound(a["limit"], a.get("limit_reason") or "SizeExceedsQuota",
+                                               a.get("limit_what") or "the pool quota")
                     a["size"] = importer.import_into(ioctx, a["url"], a["sha256"], tuple(a["prefixes"]), staging,
-                                                     a["scratch"], a["min_size"], a["limit"], progress or
+                                                     a["scratch"], a["min_size"], bound, progress or
                                                      importer.Progress(), a["features"])
                 return self._create_staged(ioctx, pool, name, a, fill)
             elif kind == "clone":
@@ -650,7 +662,7 @@ class CephCluster:
                         self._rbd_call(what, image.protect_snap, snap)
             else:
                 with self._rbd_call(what, rbd.Image, ioctx, name) as image:
-                    if kind == "set-owner":
+                    if kind in ("set-owner", "upgrade-owner"):
                         self._rbd_call(what, image.metadata_set, OWNER_KEY, a["owner"])
                     elif kind == "resize":
                         self._rbd_call(what, image.resize, a["size"], allow_shrink=a["shrink"])
@@ -666,13 +678,14 @@ class CephCluster:
                         raise ValueError(f"unknown image action {kind}")
         return None
 
-    def remove_staged_image(self, pool: str, staging: str, owner: str, name: str | None = None) -> bool:
+    def remove_staged_image(self, pool: str, staging: str, owner: ImageOwner, name: str | None = None) -> bool:
         """Remove an image a crashed creation left under its staging name (only if it carries our tag or none),
         and the rbd_id.<name> a rename cut short left pointing at it."""
         with self.ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, staging, read_only=True) as image:
-                    if _metadata(image, OWNER_KEY) not in (None, owner):
+                    tag = _metadata(image, OWNER_KEY)
+                    if tag is not None and not owner.owns(tag):
                         return False
                     image_id = image.id()
             except rbd.ImageNotFound:
@@ -689,8 +702,8 @@ class CephCluster:
             return True
 
     # -- snapshots ----------------------------------------------------------
-    def snapshot(self, pool: str, image_name: str, image_owner: str, snap: str, owner: str, adopt: bool,
-                 decide: Any) -> dict:
+    def snapshot(self, pool: str, image_name: str, image_owner: ImageOwner, snap: str, owner: ImageOwner,
+                 adopt: bool, decide: Any) -> dict:
         """Create (or adopt) snapshot `snap` of an image this operator owns for `image_owner`.
 
         The owner record (image metadata) is written before the snapshot is taken: a crash in
@@ -699,15 +712,15 @@ class CephCluster:
         """
         what = f"snapshot {pool}/{image_name}@{snap}"
         with self.ioctx(pool) as ioctx, self._rbd_call(what, rbd.Image, ioctx, image_name) as image:
-            if _metadata(image, OWNER_KEY) != image_owner:
+            if not image_owner.owns(_metadata(image, OWNER_KEY)):
                 raise CephError("NotOwned", f"image {pool}/{image_name} is not the RbdImage's; nothing was changed")
             record = _metadata(image, SNAPSHOT_OWNER_PREFIX + snap)
             exists = any(s["name"] == snap for s in image.list_snaps())
             if exists:
                 decide(record)
-            if record != owner:
+            if record != owner.record:
                 check_cancelled(what)
-                self._rbd_call(what, image.metadata_set, SNAPSHOT_OWNER_PREFIX + snap, owner)
+                self._rbd_call(what, image.metadata_set, SNAPSHOT_OWNER_PREFIX + snap, owner.record)
             if not exists:
                 check_cancelled(what)
                 self._rbd_call(what, image.create_snap, snap)
@@ -715,7 +728,7 @@ class CephCluster:
             created = self._rbd_call(what, image.get_snap_timestamp, info["id"])
             return {"size": int(info["size"]), "created": created, "created_now": not exists}
 
-    def delete_snapshot(self, pool: str, image_name: str, snap: str, owner: str) -> list[str]:
+    def delete_snapshot(self, pool: str, image_name: str, snap: str, owner: ImageOwner) -> list[str]:
         """Remove a snapshot of ours (unprotecting it); its dependent clones (names) block it."""
         what = f"removing {pool}/{image_name}@{snap}"
         with self.ioctx(pool) as ioctx:
@@ -724,7 +737,7 @@ class CephCluster:
             except rbd.ImageNotFound:
                 return []
             with image:
-                if _metadata(image, SNAPSHOT_OWNER_PREFIX + snap) != owner:
+                if not owner.owns(_metadata(image, SNAPSHOT_OWNER_PREFIX + snap)):
                     return []  # not ours (any more): left as it is
                 if any(s["name"] == snap for s in image.list_snaps()):
                     image.set_snap(snap)
@@ -740,15 +753,17 @@ class CephCluster:
                 self._rbd_call(what, image.metadata_remove, SNAPSHOT_OWNER_PREFIX + snap)
         return []
 
-    def trash_image(self, pool: str, name: str, delay: int, owner: str) -> None:
-        """Move the image to the trash if it is still ours; mark it as trashed by us first (for the purge)."""
+    def trash_image(self, pool: str, name: str, delay: int, owner: ImageOwner) -> None:
+        """Move the image to the trash if it is still ours; mark it as trashed by us first (for the purge:
+        the mark repeats the owner record as it is, of this or an earlier release)."""
         what = f"moving {pool}/{name} to the trash"
         with self.ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, name) as image:
-                    if _metadata(image, OWNER_KEY) != owner:
+                    tag = _metadata(image, OWNER_KEY)
+                    if not owner.owns(tag):
                         raise CephError("NotOwned", f"{pool}/{name} is no longer ours; left as it is")
-                    image.metadata_set(TRASHED_KEY, owner)
+                    image.metadata_set(TRASHED_KEY, tag)
                 rbd.RBD().trash_move(ioctx, name, delay=delay)
             except rbd.ImageNotFound:
                 return
@@ -786,6 +801,12 @@ def _encode_map(values: dict[str, str]) -> bytes:
         for part in (key.encode(), value.encode()):
             out += len(part).to_bytes(4, "little") + part
     return bytes(out)
+
+
+def _owned_by(tag: str | None, record: str) -> bool:
+    """`tag` names the same object as `record` (an earlier release's form of the record included)."""
+    mine = ImageOwner.parse(record)
+    return mine is not None and mine.owns(tag)
 
 
 def _metadata(image: rbd.Image, key: str) -> str | None:

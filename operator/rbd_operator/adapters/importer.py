@@ -100,15 +100,26 @@ def remove_quietly(ioctx: rados.Ioctx, *names: str) -> None:
             pass
 
 
-def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: str, limit: int,
+@dataclass(frozen=True)
+class SizeBound:
+    """The most an imported image may become: the pool quota or the storage's imageLimits (0: no bound)."""
+    bytes: int = 0
+    reason: str = "SizeExceedsQuota"
+    what: str = "the pool quota"
+
+    def check(self, size: int, subject: str) -> None:
+        if self.bytes and size > self.bytes:
+            raise ImportFailed(self.reason, f"{subject} ({size} bytes) is beyond {self.what} of {self.bytes} bytes",
+                               retry=False)
+
+
+def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: str, limit: SizeBound,
              progress: Progress, features: int) -> tuple[str, int]:
     """Stream the URL into the scratch image; return (sha256 hex, length)."""
     resp = open_url(url, prefixes)
     try:
         total = int(resp.getheader("Content-Length") or 0)
-        if limit and total > limit:
-            raise ImportFailed("SizeExceedsQuota", f"the template is {total} bytes, beyond the pool quota of {limit}",
-                               retry=False)
+        limit.check(total, "the template")
         with progress.lock:
             progress.total = total
         _fresh(ioctx, scratch, max(total, CHUNK), features)
@@ -123,8 +134,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
                 if not chunk:
                     break
                 digest.update(chunk)
-                if limit and offset + len(chunk) > limit:
-                    raise ImportFailed("SizeExceedsQuota", "the template grew beyond the pool quota", retry=False)
+                limit.check(offset + len(chunk), "the template (as downloaded so far)")
                 if offset + len(chunk) > image.size():
                     image.resize(max(offset + len(chunk), 2 * image.size()))
                 if chunk.count(0) != len(chunk):
@@ -205,7 +215,7 @@ def qcow2_to_image(src: rbd.Image, dst: rbd.Image, progress: Progress) -> None:
 
 
 def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tuple[str, ...], staging: str,
-                scratch: str, min_size: int, limit: int, progress: Progress, features: int) -> int:
+                scratch: str, min_size: int, limit: SizeBound, progress: Progress, features: int) -> int:
     """Fill the staging image from the URL; return its size. Leaves nothing behind on failure."""
     remove_quietly(ioctx, staging)  # an import cut short is started afresh
     try:
@@ -218,9 +228,7 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
             if head[:4] == QCOW2_MAGIC:
                 q = parse_qcow2_header(head)
                 size = max(q.size, min_size)
-                if limit and size > limit:
-                    raise ImportFailed("SizeExceedsQuota", f"the template's virtual size {q.size} is beyond the "
-                                       f"pool quota of {limit}", retry=False)
+                limit.check(size, "the template's virtual size")
                 _fresh(ioctx, staging, size, features)
                 with rbd.Image(ioctx, staging) as dst:
                     qcow2_to_image(src, dst, progress)
@@ -228,6 +236,7 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
                 return size
         # Raw: the scratch image is the disk.
         size = max(length, min_size)
+        limit.check(size, "the image")
         remove_quietly(ioctx, staging)
         rbd.RBD().rename(ioctx, scratch, staging)
         with rbd.Image(ioctx, staging) as image:

@@ -94,22 +94,16 @@ def read_secret_versioned(namespace: str, name: str, *, fresh: bool = False,
     return data, version
 
 
-_namespace_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
-
-
-def namespace_labels(name: str) -> dict[str, str] | None:
-    """A namespace's labels (None when it does not exist). Cached briefly, like Secrets."""
-    cached = _namespace_cache.get(name)
-    if cached and time.monotonic() - cached[0] < _SECRET_CACHE_SECONDS:
-        return cached[1]
+def read_namespace(name: str) -> tuple[str, dict[str, str]] | None:
+    """A namespace's (uid, labels); None when it does not exist. (Handlers read namespaces from their
+    index, handlers/namespaces.py; this is for one the index has not seen yet.)"""
     try:
-        labels: dict[str, str] | None = dict(core().read_namespace(name).metadata.labels or {})
+        found = core().read_namespace(name)
     except ApiException as exc:
         if exc.status != 404:
             raise
-        labels = None
-    _namespace_cache[name] = (time.monotonic(), labels)
-    return labels
+        return None
+    return str(found.metadata.uid), dict(found.metadata.labels or {})
 
 
 POKE_ANNOTATION = "resync.rbd-operator.io/requested"
@@ -167,27 +161,45 @@ def claimable_secret(namespace: str, name: str, owner: dict[str, Any]) -> Any | 
 
 
 def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any], labels: dict[str, str],
-                  ) -> tuple[str, str]:
+                  annotations: dict[str, str] | None = None) -> tuple[str, str]:
     """Create or correct a Secret owned (controller reference) by `owner`; return
     ('created'|'updated'|'unchanged', resourceVersion). Refused(SecretConflict) for anyone else's.
     """
     api = core()
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    annotations = annotations or {}
     current = claimable_secret(namespace, name, owner)
     if current is None:
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations,
+                         "ownerReferences": [owner]},
             "data": encoded,
         }
         created = api.create_namespaced_secret(namespace, body)
         return "created", created.metadata.resource_version
-    if current.data == encoded:
+    have = current.metadata.annotations or {}
+    if current.data == encoded and all(have.get(k) == v for k, v in annotations.items()):
         return "unchanged", current.metadata.resource_version
-    patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": labels}, "data": encoded})
+    patched = api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": labels, "annotations": annotations},
+                                                            "data": encoded})
     return "updated", patched.metadata.resource_version
+
+
+def published_key(secret: Any, generation_annotation: str) -> tuple[str | None, int]:
+    """(the key a client Secret holds, the rotateKeyGeneration recorded with it) of a Secret read by
+    claimable_secret (None: no Secret yet)."""
+    if secret is None:
+        return None, 0
+    raw = (secret.data or {}).get("userKey")
+    key = base64.b64decode(raw).decode().strip() if raw else None
+    try:
+        generation = int((secret.metadata.annotations or {}).get(generation_annotation) or 0)
+    except ValueError:
+        generation = 0
+    return key, max(generation, 0)
 
 
 def ensure_cluster_peering(name: str) -> bool:

@@ -13,6 +13,9 @@ _SUFFIXES = {
 _QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]*)?|[+-]?\.[0-9]+)(?:(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?$")
 
 
+_MAX = Decimal(2 ** 63)
+
+
 def parse_quantity(value: object) -> int:
     """Return the quantity in base units, rounded up to a whole number.
 
@@ -32,10 +35,17 @@ def parse_quantity(value: object) -> int:
         amount = Decimal(number)
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
         raise ValueError(f"{value!r} is not a quantity") from exc
-    if exponent is not None:
-        amount = amount.scaleb(int(exponent))
-    else:
-        amount *= _SUFFIXES[suffix or ""]
+    try:
+        if exponent is not None:
+            if abs(int(exponent)) > 100:
+                raise ValueError(f"{value!r} is out of range")
+            amount = amount.scaleb(int(exponent))
+        else:
+            amount *= _SUFFIXES[suffix or ""]
+    except ArithmeticError:  # decimal.Overflow and friends: far beyond anything meaningful
+        raise ValueError(f"{value!r} is out of range") from None
+    if amount > _MAX:  # checked before int(): 1e99 would otherwise become a 330-bit integer, 1e999999 worse
+        raise ValueError(f"{value!r} is out of range (at most 2^63)")
     whole = int(amount.to_integral_value(rounding="ROUND_CEILING"))
     return whole
 

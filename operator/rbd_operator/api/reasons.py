@@ -59,6 +59,7 @@ REASONS: tuple[Reason, ...] = (
     Reason("NoStoragesSelected", (HOST,), _H, "CephConfigured: no RbdStorage selects this host."),
     Reason("SecretsInSync", (HOST,), _H, "SecretsReady: libvirt secrets hold the current keys."),
     Reason("NotBlocked", (HOST,), _H, "DisruptionBlocked=False."),
+    Reason("Within", (IMAGE,), _H, "WithinLimits: the image is within its storage's spec.imageLimits."),
     # -- transient: the operator retries -----------------------------------------------------
     Reason("CephUnreachable", (STORAGE, IMAGE, SNAPSHOT), _P, "No answer from the monitors in time; retried."),
     Reason("SecretWriteFailed", (STORAGE,), _P, "The client Secret could not be written; retried."),

@@ -137,6 +137,23 @@ class ClientSpec:
 
 
 @dataclass(frozen=True)
+class NamespaceLimits:
+    """imageLimits.perNamespace: per namespace, over the images of this storage (provisioned sizes summed)."""
+    max_images: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """spec.imageLimits: what the storage's admin lets tenants ask for (None: no limit)."""
+    max_size: int | None = None
+    min_trash_retention_seconds: int | None = None
+    qos: Mapping[str, int] = field(default_factory=dict)  # librbd setting -> ceiling (absent: no ceiling)
+    data_pools: tuple[str, ...] = ()  # the only pools an RbdImage may name as dataPool (absent: none)
+    per_namespace: NamespaceLimits = NamespaceLimits()
+
+
+@dataclass(frozen=True)
 class StorageSpec:
     monitors: tuple[str, ...]
     admin_secret: SecretRef
@@ -147,6 +164,8 @@ class StorageSpec:
     image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
     image_qos: Mapping[str, int] | None = None  # imageDefaults.qos: librbd setting -> value
     import_prefixes: tuple[str, ...] = ()  # imports.allowedURLPrefixes; empty: no imports
+    adoption_namespaces: Mapping[str, Any] | None = None  # adoption.namespaces; None: no namespace may adopt
+    image_limits: ImageLimits = ImageLimits()
 
 
 def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -247,6 +266,9 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
     image_namespaces = spec.get("imageNamespaces")
     if image_namespaces is not None:
         image_namespaces = dict(check_selector(image_namespaces, "spec.imageNamespaces"))
+    adoption = _mapping(spec, "adoption", "spec").get("namespaces")
+    if adoption is not None:
+        adoption = dict(check_selector(adoption, "spec.adoption.namespaces"))
 
     return StorageSpec(
         monitors=tuple(monitors),
@@ -262,7 +284,53 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         image_namespaces=image_namespaces,
         import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
         image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
+        adoption_namespaces=adoption,
+        image_limits=parse_image_limits(_mapping(spec, "imageLimits", "spec")),
     )
+
+
+def parse_image_limits(raw: Mapping[str, Any]) -> ImageLimits:
+    """spec.imageLimits (the CRD's CEL rules check the same; this is the operator's own check)."""
+    from .image import parse_duration  # noqa: PLC0415 - image imports this module
+
+    path = "spec.imageLimits"
+    max_size = raw.get("maxSize")
+    if max_size is not None:
+        max_size = _quantity(max_size, f"{path}.maxSize", positive=True)
+    retention = raw.get("minTrashRetention")
+    if retention is not None:
+        if not isinstance(retention, str):
+            raise SpecError(f"{path}.minTrashRetention", "must be a duration such as 1h")
+        retention = parse_duration(retention, f"{path}.minTrashRetention")
+    qos = parse_qos(raw.get("qos"), f"{path}.qos") or {}
+    for setting, ceiling in qos.items():
+        if ceiling <= 0:
+            raise SpecError(f"{path}.qos", f"a ceiling must be greater than zero ({setting} is 0, which Ceph reads "
+                            "as unlimited)")
+    pools = raw.get("dataPools")
+    data_pools: tuple[str, ...] = ()
+    if pools is not None:
+        if not isinstance(pools, list) or len(pools) > 64:
+            raise SpecError(f"{path}.dataPools", "must be a list of at most 64 pool names")
+        data_pools = tuple(dict.fromkeys(check_pool_name(f"{path}.dataPools[{i}]", p) for i, p in enumerate(pools)))
+    per_ns = _mapping(raw, "perNamespace", path)
+    max_images = per_ns.get("maxImages")
+    if max_images is not None:
+        max_images = _positive_int(max_images, f"{path}.perNamespace.maxImages", allow_zero=True)
+    max_bytes = per_ns.get("maxBytes")
+    if max_bytes is not None:
+        max_bytes = _quantity(max_bytes, f"{path}.perNamespace.maxBytes")
+    return ImageLimits(max_size, retention, qos, data_pools, NamespaceLimits(max_images, max_bytes))
+
+
+def _quantity(value: Any, path: str, *, positive: bool = False) -> int:
+    try:
+        number = parse_quantity(value)
+    except ValueError as exc:
+        raise SpecError(path, str(exc)) from None
+    if number < 0 or (positive and number == 0):
+        raise SpecError(path, f"must be {'greater than zero' if positive else 'zero or more'}, got {value!r}")
+    return number
 
 
 _MON_OK = re.compile(r'^(allow r|profile rbd(-read-only)?|allow command "?osd (blocklist|blacklist)"?( .*)?)$')

@@ -15,8 +15,9 @@ from ..adapters.ceph import Credentials
 from ..api.errors import OperatorError, SpecError, Waiting
 from ..api.snapshot import SnapshotSpec, parse_snapshot
 from ..api.storage import parse_storage
-from ..reconcile.ownership import Subject, decide, describe_image_owner, image_owner, image_owner_uid
+from ..reconcile.ownership import ImageOwner, check_image_owner
 from .image import by_key
+from .namespaces import cluster_identity, namespace_info
 from .common import (CEPH_TIMEOUT, StatusUpdate, admin_credentials, backoff, object_lock, release_lock, reported,
                      settle)
 
@@ -34,9 +35,9 @@ async def snapshots_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec,
                                 "ready": bool(status.get("readyToUse"))}}
 
 
-async def _target(namespace: str, parsed: SnapshotSpec, images: kopf.Index,
-                  storages: kopf.Index) -> tuple[str, str, str, Credentials]:
-    """(pool, image name in Ceph, the image's owner tag, admin credentials) of the snapshot's RbdImage."""
+async def _target(namespace: str, parsed: SnapshotSpec, images: kopf.Index, storages: kopf.Index,
+                  identity: str) -> tuple[str, str, ImageOwner, Credentials]:
+    """(pool, image name in Ceph, the image's owner, admin credentials) of the snapshot's RbdImage."""
     entries = list(by_key(images).get((namespace, parsed.image), []))
     if not entries:
         raise Waiting("ImageNotFound", f"RbdImage {namespace}/{parsed.image} does not exist (waiting for it)")
@@ -49,20 +50,17 @@ async def _target(namespace: str, parsed: SnapshotSpec, images: kopf.Index,
     except SpecError as exc:
         raise Waiting("StorageNotReady", f"RbdStorage {img['storage']!r} is invalid: {exc.message}") from None
     creds = await admin_credentials(storage.monitors, storage.admin_secret)
-    return storage.pool.name, img["image"], image_owner(namespace, parsed.image, img["uid"]), creds
+    return storage.pool.name, img["image"], ImageOwner(namespace, parsed.image, img["uid"], identity), creds
 
 
 @ceph.with_session
-def _snapshot(cluster: ceph.CephCluster, pool: str, image: str, image_tag: str, parsed: SnapshotSpec, owner: str,
-              live: Any) -> dict:
+def _snapshot(cluster: ceph.CephCluster, pool: str, image: str, image_owner: ImageOwner, parsed: SnapshotSpec,
+              owner: ImageOwner, live: Any) -> dict:
     def check(record: str | None) -> None:
-        namespace = owner.split("/", 1)[0]
-        if record and record != owner and not record.startswith(f"{namespace}/"):
-            raise OperatorError("OwnedByOther", f"snapshot {image}@{parsed.name} belongs to "
-                                f"{describe_image_owner(record)}. Nothing was changed", retry=False)
-        decide(Subject(f"snapshot {image}@{parsed.name}", "spec.adopt"), [record or ""], owner, parsed.adopt,
-               lambda o: live(image_owner_uid(o)), describe=describe_image_owner)
-    return cluster.snapshot(pool, image, image_tag, parsed.name, owner, parsed.adopt, check)
+        # The image is the RbdImage's (checked by cluster.snapshot): a snapshot of it needs no storage grant.
+        check_image_owner(f"snapshot {image}@{parsed.name}", record, owner, parsed.adopt, live, True,
+                          kind="RbdSnapshot")
+    return cluster.snapshot(pool, image, image_owner, parsed.name, owner, parsed.adopt, check)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -71,17 +69,19 @@ def _snapshot(cluster: ceph.CephCluster, pool: str, image: str, image_tag: str, 
 @reported()
 async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
                     retry: int, storages: kopf.Index, images: kopf.Index, snapshots_by_key: kopf.Index,
-                    logger: logging.Logger, **_: Any) -> None:
+                    namespaces: kopf.Index, logger: logging.Logger, **_: Any) -> None:
     status = StatusUpdate(body, patch)
-    owner = image_owner(namespace, name, uid)
     live = {e["uid"] for entries in list(snapshots_by_key.values()) for e in entries}.__contains__
     async with object_lock(uid):
         try:
             await settle(uid)
             parsed = parse_snapshot(name, spec)
-            pool, image, tag, creds = await _target(namespace, parsed, images, storages)
-            info = await run_blocking(_snapshot, creds, pool, image, tag, parsed, owner, live, timeout=CEPH_TIMEOUT,
-                                      reason="CephUnreachable")
+            identity = await cluster_identity(namespaces)
+            ns = await namespace_info(namespaces, namespace)
+            owner = ImageOwner(namespace, name, uid, identity, ns.uid if ns else None)
+            pool, image, image_owner, creds = await _target(namespace, parsed, images, storages, identity)
+            info = await run_blocking(_snapshot, creds, pool, image, image_owner, parsed, owner, live,
+                                      timeout=CEPH_TIMEOUT, reason="CephUnreachable")
         except OperatorError as exc:
             return status.error(exc, retry)
     if info["created_now"]:
@@ -96,15 +96,15 @@ async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: 
 
 
 @ceph.with_session
-def _delete(cluster: ceph.CephCluster, pool: str, image: str, snap: str, owner: str) -> list[str]:
+def _delete(cluster: ceph.CephCluster, pool: str, image: str, snap: str, owner: ImageOwner) -> list[str]:
     return cluster.delete_snapshot(pool, image, snap, owner)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @reported()
 async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                 retry: int, storages: kopf.Index, images: kopf.Index, logger: logging.Logger,
-                 **_: Any) -> None:
+                 retry: int, storages: kopf.Index, images: kopf.Index, namespaces: kopf.Index,
+                 logger: logging.Logger, **_: Any) -> None:
     try:
         parsed = parse_snapshot(name, spec)
     except SpecError:
@@ -115,7 +115,8 @@ async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kop
         return
     status = StatusUpdate(body, patch)
     try:
-        pool, image, _, creds = await _target(namespace, parsed, images, storages)
+        identity = await cluster_identity(namespaces)
+        pool, image, _, creds = await _target(namespace, parsed, images, storages, identity)
     except Waiting:
         logger.warning("RbdImage %s/%s is gone: leaving snapshot %s as it is", namespace, parsed.image, parsed.name)
         release_lock(uid)
@@ -125,7 +126,8 @@ async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kop
     async with object_lock(uid):
         try:
             await settle(uid)
-            children = await run_blocking(_delete, creds, pool, image, parsed.name, image_owner(namespace, name, uid),
+            children = await run_blocking(_delete, creds, pool, image, parsed.name,
+                                          ImageOwner(namespace, name, uid, identity),
                                           timeout=CEPH_TIMEOUT, reason="CephUnreachable")
         except OperatorError as exc:
             return status.error(exc, retry)

@@ -12,17 +12,19 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION, metrics
-from ..adapters import ceph, kube
+from ..adapters import ceph, kube, purge
 from ..adapters.blocking import check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..api.errors import OperatorError, SpecError
 from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.actions import Action
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
-from ..reconcile.ownership import staging_name
+from ..reconcile.ownership import Record, staging_name
 from ..reconcile.selector import matches
-from ..reconcile.storage_plan import capacity_to_report, plan_client, plan_pool
+from ..reconcile.storage_plan import (capacity_to_report, owns_client, plan_client, plan_pool, with_owner,
+                                      without_owner)
 from . import image as image_handlers
+from .namespaces import cluster_identity
 from .common import (reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock,
                      release_lock, settle)
 
@@ -34,7 +36,12 @@ ACTION_REASONS = {
     "rbd-pool-init": "PoolInitialized", "enable-application": "ApplicationEnabled",
     "set-pool-owner": "PoolAdopted", "set-client-owners": "ClientOwnerRecorded",
     "create-client": "ClientCreated", "set-caps": "CapsCorrected", "rotate-key": "KeyRotated",
+    "resume-rotation": "RotationResumed", "upgrade-pool-owner": "OwnerRecordUpgraded",
+    "upgrade-client-owners": "OwnerRecordUpgraded",
 }
+# On the client Secret: the spec.client.rotateKeyGeneration its key was published for. With the key in
+# Ceph, it tells a rotation cut short (Ceph has a key the Secret does not) from one to start.
+KEY_GENERATION_ANNOTATION = f"{GROUP}/key-generation"
 
 
 def libvirt_secret_uuid(fsid: str, entity: str, pool: str) -> str:
@@ -84,7 +91,8 @@ def _peers(storage: str, spec: StorageSpec, index: kopf.Index) -> tuple[list[Pee
 
 def _peer_caps(peers: list[Peer], owners: list[str], fsid: str, spec: StorageSpec) -> list[dict[str, str]]:
     """Caps of the peers that co-own the client in this cluster."""
-    return [p.caps for p in peers if p.uid in owners
+    uids = {Record.parse(o).uid for o in owners}
+    return [p.caps for p in peers if p.uid in uids
             and (p.fsid == fsid or (p.fsid is None and p.monitors & set(spec.monitors)))]
 
 
@@ -97,23 +105,29 @@ class CephOutcome:
     monitors: list[dict[str, str]]
     stats: dict[str, int]
     done: list
+    expired: list[dict]  # trash entries of ours whose retention ended: the purger's
 
 
 @ceph.with_session
 def _converge_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
-                   live: frozenset[str], rotated: int, logger: logging.Logger) -> CephOutcome:
-    """Runs in a worker thread: observe, plan (ownership decided before any change), act, observe again."""
+                   live: frozenset[str], rotated: int, published: str | None, identity: str,
+                   logger: logging.Logger) -> CephOutcome:
+    """Runs in a worker thread: observe, plan (ownership decided before any change), act, observe again.
+
+    `rotated`: the rotateKeyGeneration last carried out (status, and the one recorded on the client Secret);
+    `published`: the key the client Secret holds. Purges are not done here (see adapters/purge.py)."""
     fsid = cluster.fsid()
     pools = cluster.pools()
     entity = spec.client.entity
-    pool_actions = plan_pool(spec, pools.get(spec.pool.name), pools, uid, live.__contains__)
+    pool_actions = plan_pool(spec, pools.get(spec.pool.name), pools, uid, live.__contains__, identity)
     owners = cluster.client_owners(entity)
     have_caps = cluster.client_caps(entity)
     if spec.client.adopt and not spec.client.caps_stated and have_caps is not None:
         want_caps = None  # an adopted client keeps the caps it has unless the spec states some
     else:
         want_caps = merge_caps([caps_for(spec.client, spec.pool.name)] + _peer_caps(peers, owners, fsid, spec))
-    client_actions = plan_client(entity, want_caps, have_caps, owners, uid, spec.client.adopt, live.__contains__)
+    client_actions = plan_client(entity, want_caps, have_caps, owners, uid, spec.client.adopt, live.__contains__,
+                                 identity)
     done = []
     for action in pool_actions + client_actions:
         check_cancelled(action.describe())
@@ -122,21 +136,28 @@ def _converge_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: Stor
         done.append(action)
     if pool_actions:
         pools = cluster.pools()
-    if spec.client.rotate_key_generation > rotated and uid in cluster.client_owners(entity):
-        # Raised spec.client.rotateKeyGeneration: a new key in Ceph; the Secret and the hosts follow.
-        check_cancelled(f"rotating the key of {entity}")
-        logger.info("Ceph: rotating the key of %s (generation %d)", entity, spec.client.rotate_key_generation)
-        cluster.rotate_key(entity)
-        done.append(Action("rotate-key", entity, {"generation": spec.client.rotate_key_generation}))
-    purged = cluster.purge_expired_trash(spec.pool.name)
-    if purged:
-        logger.info("Purged %d trashed image(s) whose retention ended", purged)
+    generation = spec.client.rotate_key_generation
+    if generation > rotated and owns_client(cluster.client_owners(entity), uid, identity):
+        # Raised spec.client.rotateKeyGeneration: a new key in Ceph; the Secret and the hosts follow. A
+        # rotation cut short after Ceph took the new key (the Secret still holds the old one) is finished
+        # with that key: never a second new key while the last one is not published yet.
+        in_ceph = cluster.client_key(entity)
+        if published is not None and in_ceph is not None and in_ceph != published:
+            logger.info("Ceph: %s already holds a key the Secret does not (a rotation cut short): publishing it",
+                        entity)
+            done.append(Action("resume-rotation", entity, {"generation": generation}))
+        else:
+            check_cancelled(f"rotating the key of {entity}")
+            logger.info("Ceph: rotating the key of %s (generation %d)", entity, generation)
+            cluster.rotate_key(entity)
+            done.append(Action("rotate-key", entity, {"generation": generation}))
+    expired = cluster.expired_trash(spec.pool.name, identity)
     key = cluster.client_key(entity)
     if key is None:
         raise CephError("CephCommandFailed", f"{entity} vanished while being converged")
     caps = want_caps if want_caps is not None else (cluster.client_caps(entity) or {})
     return CephOutcome(fsid, pools[spec.pool.name].id, caps, key, cluster.monitors(),
-                       cluster.pool_stats(spec.pool.name), done)
+                       cluster.pool_stats(spec.pool.name), done, expired)
 
 
 def hosts_summary(spec: StorageSpec, secret_uuid: str, key_version: str, name: str, hypervisors: kopf.Index) -> dict:
@@ -156,8 +177,8 @@ def hosts_summary(spec: StorageSpec, secret_uuid: str, key_version: str, name: s
 
 
 async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str,
-                   storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, retry: int = 0,
-                   timer: bool = False) -> None:
+                   storages: kopf.Index, hypervisors: kopf.Index, namespaces: kopf.Index, memo: kopf.Memo,
+                   logger: logging.Logger, retry: int = 0, timer: bool = False) -> None:
     status = StatusUpdate(body, patch, timer=timer)
     creds: Credentials | None = None
     namespace = kube.operator_namespace()
@@ -166,14 +187,16 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     try:
         await settle(uid)
         parsed = parse_storage(name, spec)
+        identity = await cluster_identity(namespaces)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
         # Before Ceph is touched: the client Secret's name must be free or ours.
-        await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30,
-                           pool="kube")
+        current = await run_blocking(kube.claimable_secret, namespace, parsed.client.secret_name, owner, timeout=30,
+                                     pool="kube")
+        published, published_generation = kube.published_key(current, KEY_GENERATION_ANNOTATION)
         peers, live = _peers(name, parsed, storages)
-        rotated = int((body.get("status") or {}).get("keyGeneration") or 0)
-        outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, rotated, logger,
-                                     timeout=CEPH_TIMEOUT, reason="CephUnreachable")
+        rotated = max(int((body.get("status") or {}).get("keyGeneration") or 0), published_generation)
+        outcome = await run_blocking(_converge_ceph, creds, name, uid, parsed, peers, live, rotated, published,
+                                     identity, logger, timeout=CEPH_TIMEOUT, reason="CephUnreachable")
     except OperatorError as exc:
         if creds and exc.reason in ("CephUnreachable", "AuthFailed"):
             ceph.forget(creds)
@@ -186,13 +209,21 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
 
     for action in outcome.done:
         kopf.event(body, type="Normal", reason=ACTION_REASONS.get(action.kind, "Converged"), message=action.describe())
+    purger: purge.Purger = memo.purger
+    if outcome.expired:
+        purger.submit(name, creds, parsed.pool.name, outcome.expired, identity)
+    for purged in purger.take_done(name):
+        kopf.event(body, type="Normal", reason="TrashPurged", message=f"{parsed.pool.name}/{purged} removed from the "
+                   "RBD trash after its retention")
 
     secret = {"userID": parsed.client.name, "userKey": outcome.key,
               "keyring": keyring_text(parsed.client.entity, outcome.key)}
     labels = {f"{GROUP}/storage": name}
+    generation = max(parsed.client.rotate_key_generation, rotated)
     try:
         change, key_version = await run_blocking(kube.ensure_secret, namespace, parsed.client.secret_name, secret,
-                                                 owner, labels, timeout=30, pool="kube")
+                                                 owner, labels, {KEY_GENERATION_ANNOTATION: str(generation)},
+                                                 timeout=30, pool="kube")
     except OperatorError as exc:
         return status.error(exc, retry)
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried
@@ -216,8 +247,8 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
         libvirtSecretUUID=secret_uuid,
         hosts=hosts_summary(parsed, secret_uuid, key_version, name, hypervisors),
         keyVersion=key_version,
-        keyGeneration=max(parsed.client.rotate_key_generation,
-                          int((body.get("status") or {}).get("keyGeneration") or 0)),
+        keyGeneration=generation,
+        purges=purger.status(name),
     )
     hosts = status.patch.status.get("hosts") if "hosts" in status.patch.status else None
     before = (body.get("status") or {}).get("hosts") or {}
@@ -239,58 +270,74 @@ async def converge(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patc
     status.flush()
 
 
+@kopf.on.startup()
+async def start_purger(memo: kopf.Memo, **_: Any) -> None:
+    """One purger per process (adapters/purge.py): big trashed images are removed apart from reconciles."""
+    memo.purger = purge.Purger()
+
+
+@kopf.on.cleanup()
+async def stop_purger(memo: kopf.Memo, **_: Any) -> None:
+    purger = getattr(memo, "purger", None)
+    if purger is not None:
+        purger.stop()
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
-                    storages: kopf.Index, hypervisors: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                    storages: kopf.Index, hypervisors: kopf.Index, namespaces: kopf.Index, memo: kopf.Memo,
+                    logger: logging.Logger, **_: Any) -> None:
     async with object_lock(uid):
-        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
+        await converge(name, body, spec, patch, uid, storages, hypervisors, namespaces, memo, logger, retry)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def resume(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
-                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index,
-                 logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index, namespaces: kopf.Index,
+                 memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """After a restart: converge, then re-verify every image of the storage at once."""
     async with object_lock(uid):
-        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, retry)
-    await _sweep(name, spec, images, logger)
+        await converge(name, body, spec, patch, uid, storages, hypervisors, namespaces, memo, logger, retry)
+    await _sweep(name, spec, images, namespaces, logger)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 @reported(timer=True)
 async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, meta: kopf.Meta,
-                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index,
-                 logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, hypervisors: kopf.Index, images: kopf.Index, namespaces: kopf.Index,
+                 memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Drift detection: caps or pool settings changed by hand are restored, monitors refreshed, and
     the storage's images swept (image.sweep)."""
     if meta.get("deletionTimestamp") or busy(uid):
         return
     async with object_lock(uid):
-        await converge(name, body, spec, patch, uid, storages, hypervisors, logger, timer=True)
-    await _sweep(name, spec, images, logger)
+        await converge(name, body, spec, patch, uid, storages, hypervisors, namespaces, memo, logger, timer=True)
+    await _sweep(name, spec, images, namespaces, logger)
 
 
-async def _sweep(name: str, spec: kopf.Spec, images: kopf.Index, logger: logging.Logger) -> None:
+async def _sweep(name: str, spec: kopf.Spec, images: kopf.Index, namespaces: kopf.Index,
+                 logger: logging.Logger) -> None:
     if not image_handlers.by_storage(images).get(name):
         return
     try:
         parsed = parse_storage(name, spec)
         creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
-        await image_handlers.sweep(name, parsed, creds, images, logger)
+        await image_handlers.sweep(name, parsed, creds, images, namespaces, logger)
     except (OperatorError, ApiException) as exc:  # the storage's own condition already tells; next interval
         logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))
 
 
 @ceph.with_session
 def _delete_in_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: StorageSpec, peers: list[Peer],
-                    logger: logging.Logger) -> dict[str, int] | None:
+                    identity: str, logger: logging.Logger) -> dict[str, Any] | None:
     """Delete what this storage owns: its pool if empty, its share of the client.
 
-    Returns the contents that block the pool's deletion, None when done. A pool or client that
-    is not this storage's (never was, or adopted by another) is left as it is.
+    Returns the contents that block the pool's deletion (with the expired trash entries of ours, for
+    the purger), None when done. A pool or client that is not this storage's (never was, adopted by
+    another, another cluster's) is left as it is.
     """
     pools = cluster.pools()
     # The pool, and a pool a crashed creation left under this storage's staging name (ours by that name).
@@ -298,21 +345,23 @@ def _delete_in_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: Sto
         observed = pools.get(pool_name)
         if observed is None:
             continue
-        if observed.owner not in ours:
+        if observed.owner not in ours or observed.cluster not in (None, identity):
             logger.info("Ceph: pool %s is not this storage's (owner %s): left as it is", pool_name, observed.owner)
             continue
-        contents = cluster.pool_contents(pool_name)
+        contents: dict[str, Any] = dict(cluster.pool_contents(pool_name))
         if any(contents[k] for k in ("images", "trash", "objects")):
+            contents["expired"] = cluster.expired_trash(pool_name, identity) if contents["trash"] else []
+            contents["pool"] = pool_name
             return contents
         check_cancelled(f"deleting pool {pool_name}")
         logger.info("Ceph: deleting pool %s", pool_name)
         cluster.delete_pool(pool_name)
     entity = spec.client.entity
     owners = cluster.client_owners(entity)
-    if uid not in owners:
+    if not owns_client(owners, uid, identity):
         logger.info("Ceph: %s is not this storage's: left as it is", entity)
         return None
-    remaining = [o for o in owners if o != uid]
+    remaining = without_owner(owners, uid, identity)
     if not remaining:
         logger.info("Ceph: deleting %s", entity)
         cluster.delete_client(entity)
@@ -329,7 +378,8 @@ def _delete_in_ceph(cluster: ceph.CephCluster, storage: str, uid: str, spec: Sto
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @reported()
 async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, uid: str, retry: int,
-                 storages: kopf.Index, logger: logging.Logger, **_: Any) -> None:
+                 storages: kopf.Index, namespaces: kopf.Index, memo: kopf.Memo, logger: logging.Logger,
+                 **_: Any) -> None:
     try:
         parsed = parse_storage(name, spec)
     except SpecError:
@@ -344,15 +394,18 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     async with object_lock(uid):
         try:
             await settle(uid)
+            identity = await cluster_identity(namespaces)
             creds = await admin_credentials(parsed.monitors, parsed.admin_secret)
             peers, _ = _peers(name, parsed, storages)
-            blocking = await run_blocking(_delete_in_ceph, creds, name, uid, parsed, peers, logger,
+            blocking = await run_blocking(_delete_in_ceph, creds, name, uid, parsed, peers, identity, logger,
                                           timeout=CEPH_TIMEOUT, reason="CephUnreachable")
         except OperatorError as exc:
             if exc.permanent:  # e.g. the admin Secret moved out of reach: keep retrying, slowly
                 return status.fail(exc.reason, exc.message, min(300.0, backoff(retry)))
             return status.error(exc, retry)
     if blocking:
+        if blocking["expired"]:  # trash entries of ours past their retention: purged in the background
+            memo.purger.submit(name, creds, blocking["pool"], blocking["expired"], identity)
         message = (f"pool {parsed.pool.name} still holds {blocking['images']} image(s) and {blocking['trash']} "
                    f"trashed image(s) across {blocking['namespaces'] + 1} RBD namespace(s), and "
                    f"{blocking['objects']} RADOS object(s) besides RBD's own; empty it or set deletionPolicy: Retain")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..api.errors import Refused, SpecError, Waiting
 from ..api.image import DYNAMIC_FEATURES, FEATURE_BITS, ImageSpec
 from ..api.quantity import format_bytes
+from ..api.storage import ImageLimits
 from .actions import Action
-from .ownership import (Decision, Subject, decide, describe_image_owner, image_owner_uid, split_image_owner,
-                        staging_name)
+from .limits import LimitInput, Usage, check_limits
+from .ownership import Decision, ImageOwner, check_image_owner, staging_name
 
 # Enabling follows dependencies; disabling goes the other way round.
 _FEATURE_ORDER = ("exclusive-lock", "object-map", "fast-diff", "journaling")
@@ -36,107 +37,146 @@ class ObservedSource:
     owner: str | None = None
 
 
+@dataclass(frozen=True)
+class Tenancy:
+    """What the image's storage and namespace decide beyond the spec (see reconcile/limits.py)."""
+    granted: bool = False                     # the storage's spec.adoption admits the namespace
+    limits: ImageLimits = ImageLimits()
+    defaults: Mapping[str, int] | None = None  # the storage's imageDefaults.qos
+    settled: bool = False                     # this generation of the spec was accepted before
+    usage: Usage | None = None                # the namespace's other images (perNamespace limits)
+
+
+class ImagePlan(list):
+    """The steps (a list of Actions), and what an existing image keeps beyond its storage's limits."""
+
+    def __init__(self, actions: list[Action] = (), beyond: tuple[str, ...] = ()) -> None:  # type: ignore[assignment]
+        super().__init__(actions)
+        self.beyond = beyond
+
+
 def _always(_: str) -> bool:
     return True
 
 
-def check_image_owner(spec: ImageSpec, observed_owner: str | None, owner: str,
-                      live: Callable[[str], bool] = _always) -> str:
-    """Decision.OURS or Decision.CLAIM for an existing image; raises Refused (NotOwned, OwnedByOther).
-
-    `live(uid)`: whether an RbdImage with that uid exists. An image whose RbdImage is gone (deleted
-    with deletionPolicy Retain) may be adopted, but only from that object's own namespace.
-    """
-    namespace = owner.split("/", 1)[0]
-    other = split_image_owner(observed_owner) if observed_owner else None
-    if observed_owner and observed_owner != owner and (other is None or other[0] != namespace):
-        raise Refused("OwnedByOther", f"image {spec.name!r} belongs to {describe_image_owner(observed_owner)}. "
-                      "Nothing was changed")
-    return decide(Subject(f"image {spec.name!r}", "spec.adopt"), [observed_owner or ""], owner, spec.adopt,
-                  lambda o: live(image_owner_uid(o)), describe=describe_image_owner)
+def as_owner(owner: ImageOwner | str) -> ImageOwner:
+    if isinstance(owner, ImageOwner):
+        return owner
+    parsed = ImageOwner.parse(owner)
+    if parsed is None:
+        raise ValueError(f"not an image owner: {owner!r}")
+    return parsed
 
 
-def check_source_owner(spec: ImageSpec, source_owner: str | None, owner: str,
+def check_source_owner(spec: ImageSpec, source_owner: str | None, owner: ImageOwner,
                        live: Callable[[str], bool] = _always) -> None:
     """A clone reads its parent's data: the parent must belong to a live RbdImage of the same namespace."""
     assert spec.source is not None
-    namespace = owner.split("/", 1)[0]
-    parts = split_image_owner(source_owner) if source_owner else None
-    if parts is None or parts[0] != namespace or not live(parts[2]):
-        whose = describe_image_owner(source_owner) if source_owner else "no RbdImage"
+    other = ImageOwner.parse(source_owner)
+    if other is None or not owner.same_namespace(other) or not live(other.uid):
+        whose = owner.describe(other) if source_owner else "no RbdImage"
         raise Refused("SourceNotAllowed", f"clone source {spec.source.image!r} belongs to {whose}; a clone's "
-                      f"source must be an image of an RbdImage in namespace {namespace!r}. Nothing was changed")
+                      f"source must be an image of a live RbdImage in namespace {owner.namespace!r}. Nothing was "
+                      "changed")
 
 
 def plan_image(
     spec: ImageSpec,
     observed: ObservedImage | None,
-    owner: str,
+    owner: ImageOwner | str,
     quota_max_bytes: int = 0,
     source: ObservedSource | None = None,
     data_pool_exists: bool = True,
     live: Callable[[str], bool] = _always,
     import_prefixes: tuple[str, ...] = (),
-) -> list[Action]:
+    tenancy: Tenancy = Tenancy(),
+) -> ImagePlan:
     """Steps that converge the image. Raises SpecError/Waiting/Refused before any step if it can't work.
 
-    `owner` is this RbdImage's owner tag (namespace/name/uid); `live(uid)` whether an RbdImage exists.
+    `owner` is this RbdImage (its owner record); `live(uid)` whether an RbdImage of that uid exists;
+    `tenancy` the storage's grant and limits. The storage's limits are checked before anything else that
+    could touch Ceph (nothing of a refused spec is written anywhere, not even in another pool).
     """
+    owner = as_owner(owner)
     if spec.size is not None and quota_max_bytes and spec.size > quota_max_bytes:
         raise SpecError("spec.size", f"{format_bytes(spec.size)} is beyond the pool quota of "
                         f"{format_bytes(quota_max_bytes)}", reason="SizeExceedsQuota")
+    target = spec.size
+    if target is None and observed is None and source is not None and source.image_exists:
+        target = source.size  # a clone that states no size gets its source's
+    verdict = check_limits(LimitInput(spec, tenancy.limits, observed is None,
+                                      observed.size if observed else None, target, tenancy.settled,
+                                      tenancy.usage), tenancy.defaults)
     if spec.data_pool and not data_pool_exists:
         raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason="DataPoolNotFound")
     name = spec.name
     if observed is None:
         if spec.source and spec.source.url:
-            return _plan_import(spec, owner, quota_max_bytes, import_prefixes)
-        return _plan_new(spec, owner, source, live)
+            bounds = [(quota_max_bytes, "SizeExceedsQuota", "the pool quota")] if quota_max_bytes else []
+            if verdict.size_limit is not None:
+                if verdict.size_limit <= 0:
+                    raise Refused("LimitExceeded", "spec.source: this namespace has no room left on the storage "
+                                  "(spec.imageLimits.perNamespace.maxBytes). Nothing was written in Ceph")
+                bounds.append((verdict.size_limit, "LimitExceeded", "the storage's spec.imageLimits"))
+            return ImagePlan(_plan_import(spec, owner, min(bounds) if bounds else (0, "", ""), import_prefixes,
+                                          verdict.qos))
+        return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos))
 
     actions: list[Action] = []
-    if check_image_owner(spec, observed.owner, owner, live) == Decision.CLAIM:
-        actions.append(Action("set-owner", name, {"owner": owner}))
+    decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, tenancy.granted)
+    if decision == Decision.CLAIM:
+        actions.append(Action("set-owner", name, {"owner": owner.record}))
+    elif decision == Decision.UPGRADE:
+        actions.append(Action("upgrade-owner", name, {"owner": owner.record}))
     if spec.size is not None and spec.size != observed.size:
         if spec.size < observed.size and not spec.allow_shrink:
             raise SpecError("spec.size", f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} "
                             "loses data; set spec.allowShrink: true to allow it", reason="ShrinkNotAllowed")
+        if spec.size < observed.size and observed.watchers:
+            raise Waiting("InUse", f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} waits: the "
+                          f"image is in use ({len(observed.watchers)} watcher(s)); nothing was changed", delay=30.0)
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < observed.size}))
     actions += _plan_features(spec, observed.features)
-    if spec.qos:
-        drift = {k: v for k, v in spec.qos.items() if observed.qos.get(k, 0) != v}
+    if verdict.qos:
+        drift = {k: v for k, v in verdict.qos.items() if observed.qos.get(k, 0) != v}
         if drift:
             actions.append(Action("set-qos", name, {"qos": drift}))
     if spec.source and spec.source.flatten and observed.parent:
         actions.append(Action("flatten", name))
-    return actions
+    return ImagePlan(actions, verdict.beyond)
 
 
-def _plan_import(spec: ImageSpec, owner: str, quota_max_bytes: int, prefixes: tuple[str, ...]) -> list[Action]:
+def _plan_import(spec: ImageSpec, owner: ImageOwner, bound: tuple[int, str, str], prefixes: tuple[str, ...],
+                 qos: Mapping[str, int] | None) -> list[Action]:
     """An image filled from a template URL: only from the storage's allowed prefixes (a URL is a request
-    the operator makes on the tenant's behalf), into a staging image renamed into place when complete."""
+    the operator makes on the tenant's behalf), into a staging image renamed into place when complete.
+    `bound`: the most the image may become (0: no bound), the reason and what sets it."""
     assert spec.source and spec.source.url
     if not prefixes or not any(spec.source.url.startswith(p) for p in prefixes):
         raise Refused("ImportNotAllowed", f"{spec.source.url[:200]} is not under the storage's "
                       "spec.imports.allowedURLPrefixes; nothing was fetched")
-    staging = staging_name(owner)
-    limits = {k: v for k, v in (spec.qos or {}).items() if v}
+    staging = staging_name(owner.legacy)
+    limits = {k: v for k, v in (qos or {}).items() if v}
     return [Action("import", spec.name, {"url": spec.source.url, "sha256": spec.source.sha256, "prefixes": prefixes,
-                                         "min_size": spec.size or 0, "limit": quota_max_bytes,
-                                         "features": spec.feature_bits, "owner": owner, "staging": staging,
+                                         "min_size": spec.size or 0, "limit": bound[0],
+                                         "limit_reason": bound[1] or "SizeExceedsQuota",
+                                         "limit_what": bound[2] or "the pool quota",
+                                         "features": spec.feature_bits, "owner": owner.record, "staging": staging,
                                          "scratch": staging + "-download"})] + \
         ([Action("set-qos", spec.name, {"qos": limits})] if limits else [])
 
 
-def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: Callable[[str], bool]) -> list[Action]:
+def _plan_new(spec: ImageSpec, owner: ImageOwner, source: ObservedSource | None, live: Callable[[str], bool],
+              qos: Mapping[str, int] | None) -> list[Action]:
     """A new image is made under its staging name, tagged with its owner and renamed into place
     (one `create`/`clone` step does all three, resuming a staged image left by a crash)."""
     name = spec.name
-    staged = {"owner": owner, "staging": staging_name(owner)}
-    limits = {k: v for k, v in (spec.qos or {}).items() if v}
-    qos = [Action("set-qos", name, {"qos": limits})] if limits else []
+    staged = {"owner": owner.record, "staging": staging_name(owner.legacy)}
+    limits = {k: v for k, v in (qos or {}).items() if v}
+    qos_steps = [Action("set-qos", name, {"qos": limits})] if limits else []
     if spec.source is None:
         create = {"size": spec.size, "features": spec.feature_bits, "order": spec.order, "data_pool": spec.data_pool}
-        return [Action("create", name, {**create, **staged})] + qos
+        return [Action("create", name, {**create, **staged})] + qos_steps
     src = spec.source
     if source is None or not source.image_exists:
         raise Waiting("SourceNotFound", f"clone source image {src.image!r} does not exist")
@@ -157,7 +197,7 @@ def _plan_new(spec: ImageSpec, owner: str, source: ObservedSource | None, live: 
         actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < source.size}))
     if src.flatten:
         actions.append(Action("flatten", name))
-    return actions + qos
+    return actions + qos_steps
 
 
 def _plan_features(spec: ImageSpec, have_bits: int) -> list[Action]:
@@ -173,13 +213,14 @@ def _plan_features(spec: ImageSpec, have_bits: int) -> list[Action]:
     return actions
 
 
-def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: str, ready: tuple[str, str] | None,
-                  quota_max_bytes: int = 0, live: Callable[[str], bool] = _always,
-                  namespace_allowed: bool = True) -> bool:
+def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: ImageOwner | str,
+                  ready: tuple[str, str] | None, quota_max_bytes: int = 0, live: Callable[[str], bool] = _always,
+                  namespace_allowed: bool = True, tenancy: Tenancy = Tenancy(), within: bool | None = None) -> bool:
     """Whether the drift sweep must have this image reconciled: its status no longer tells the truth.
 
-    `observed` comes from the image's header (no open); `ready` is the status's Ready (status, reason).
-    Nothing changed in Ceph and a status that says so: False, and no API write follows.
+    `observed` comes from the image's header (no open: no watchers); `ready` is the status's Ready (status,
+    reason); `within` its WithinLimits condition (None: absent). Nothing changed in Ceph and a status that
+    says so: False, and no API write follows.
     """
     if not namespace_allowed:
         return ready != ("False", "NamespaceNotAllowed")
@@ -187,10 +228,13 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: str, r
         # Gone (deleted by hand): recreate. Not made yet: kopf's own retries are on it.
         return ready is not None and ready[0] == "True"
     try:
-        actions = plan_image(spec, observed, owner, quota_max_bytes, None, True, live)
+        actions = plan_image(spec, observed, owner, quota_max_bytes, None, True, live, tenancy=tenancy)
     except (SpecError, Waiting, Refused) as exc:
         return ready != ("False", exc.reason)
-    return bool(actions) or ready != ("True", "Converged")
+    if ready == ("False", "InUse") and actions and all(a.kind == "resize" and a.args["shrink"] for a in actions):
+        return False  # a shrink waiting for its watchers: the handler retries it by itself
+    kept_beyond = within is False
+    return bool(actions) or ready != ("True", "Converged") or bool(actions.beyond) != kept_beyond
 
 
 def used_by(watchers: list[str], nodes: dict[str, str]) -> list[dict[str, str]]:

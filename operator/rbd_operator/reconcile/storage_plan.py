@@ -9,11 +9,13 @@ from ..api.errors import Refused, SpecError
 from ..api.storage import DEFAULT_PG_NUM, StorageSpec
 from .actions import Action
 from .caps import same_caps
-from .ownership import Decision, Subject, decide, staging_name
+from .ownership import Decision, Record, Subject, decide, staging_name
 
-# Application metadata key (on the pool, in Ceph) naming the owning RbdStorage's uid. Ceph allows
-# only [A-Za-z0-9_.-] in these keys and values.
+# Application metadata keys (on the pool, in Ceph) naming the owning RbdStorage's uid and the Kubernetes
+# cluster it lives in (its kube-system namespace's uid). Ceph allows only [A-Za-z0-9_.-] in these keys
+# and values. Pools of an earlier release have no cluster key (taken as this cluster's, then upgraded).
 POOL_OWNER_KEY = "rbd-operator.owner"
+POOL_CLUSTER_KEY = "rbd-operator.cluster"
 
 POOL_FLAGS = frozenset({"noscrub", "nodeep-scrub", "nodelete", "nopgchange", "nosizechange"})
 TOP_LEVEL_SETTINGS = frozenset({"min_size", "pg_autoscale_mode"})
@@ -30,6 +32,11 @@ class ObservedPool:
     applications: tuple[str, ...]
     settings: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
+    cluster: str | None = None  # the owner's Kubernetes cluster (None: an earlier release's record)
+
+    @property
+    def record(self) -> Record | None:
+        return Record(self.owner, self.cluster) if self.owner else None
 
     @classmethod
     def from_osd_dump(cls, pool: Mapping[str, Any]) -> "ObservedPool":
@@ -41,10 +48,10 @@ class ObservedPool:
         for flag in POOL_FLAGS:
             settings[flag] = "true" if flag in flags else "false"
         apps = pool.get("application_metadata") or {}
-        owner = next((meta[POOL_OWNER_KEY] for meta in apps.values()
-                      if isinstance(meta, Mapping) and meta.get(POOL_OWNER_KEY)), None)
+        marked = next((meta for meta in apps.values() if isinstance(meta, Mapping) and meta.get(POOL_OWNER_KEY)), {})
         return cls(
-            owner=owner,
+            owner=marked.get(POOL_OWNER_KEY),
+            cluster=marked.get(POOL_CLUSTER_KEY) or None,
             id=int(pool["pool"]),
             pg_num_target=int(pool.get("pg_num_target", pool.get("pg_num", 0))),
             size=int(pool.get("size", 0)),
@@ -86,11 +93,12 @@ def desired_settings(spec: StorageSpec, full: bool = True) -> dict[str, str]:
 
 
 def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[str, ObservedPool],
-              me: str, live: Callable[[str], bool]) -> list[Action]:
+              me: str, live: Callable[[str], bool], cluster: str | None = None) -> list[Action]:
     """Steps that create or correct the pool. Raises SpecError/Refused before any step if it can't work.
 
-    `me` is the storage's uid, `live(uid)` says whether an RbdStorage with that uid exists. A pool the
-    spec adopts is managed only in what the spec states (defaults apply at creation only).
+    `me` is the storage's uid, `cluster` this Kubernetes cluster's identity, `live(uid)` says whether an
+    RbdStorage with that uid exists here. A pool the spec adopts is managed only in what the spec states
+    (defaults apply at creation only).
     """
     pool = spec.pool
     if spec.client.cache_pool and spec.client.cache_pool not in pools:
@@ -103,16 +111,18 @@ def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[s
         if staged is not None and staged.owner not in (None, me):
             raise Refused("OwnedByOther", f"staging pool {staging!r} belongs to RbdStorage {staged.owner}")
         actions.append(Action("create-pool", pool.name, {"pg_num": pool.pg_num_or_default, "app": pool.application,
-                                                         "owner": me, "staging": staging,
+                                                         "owner": me, "cluster": cluster, "staging": staging,
                                                          "staged": staged is not None}))
         # rbd pool init (or enabling another application) still follows the creation.
         observed = ObservedPool(-1, pool.pg_num_or_default, 0, 0, 0, ())
         full = True  # a new pool gets the defaults
     else:
         subject = Subject(f"pool {pool.name!r}", "spec.pool.adopt")
-        if decide(subject, [observed.owner or ""], me, pool.adopt, live,
-                  describe=lambda uid: f"RbdStorage {uid}") == Decision.CLAIM:
-            actions.append(Action("set-pool-owner", pool.name, {"app": pool.application, "owner": me}))
+        decision = decide(subject, [observed.record] if observed.record else [], Record(me, cluster), pool.adopt,
+                          live, describe=lambda uid: f"RbdStorage {uid}")
+        if decision != Decision.OURS:
+            kind = "set-pool-owner" if decision == Decision.CLAIM else "upgrade-pool-owner"
+            actions.append(Action(kind, pool.name, {"app": pool.application, "owner": me, "cluster": cluster}))
         want_pg = pool.pg_num if pool.pg_num is not None else (DEFAULT_PG_NUM if full else None)
         if want_pg is not None and observed.pg_num_target != want_pg:
             actions.append(Action("set-pool", pool.name, {"var": "pg_num", "val": str(want_pg)}))
@@ -138,23 +148,43 @@ def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[s
     return actions
 
 
+def with_owner(owners: list[str], me: str, cluster: str | None) -> list[str]:
+    """The client's owner record with this storage in it (in this release's form: uid@cluster)."""
+    mine = str(Record(me, cluster))
+    kept = [o for o in owners if Record.parse(o).uid != me or (Record.parse(o).cluster not in (None, cluster))]
+    return sorted(set(kept) | {mine})
+
+
+def without_owner(owners: list[str], me: str, cluster: str | None) -> list[str]:
+    """The client's owner record without this storage (any release's form of it)."""
+    return sorted(o for o in owners if not (Record.parse(o).uid == me and Record.parse(o).cluster in (None, cluster)))
+
+
+def owns_client(owners: list[str], me: str, cluster: str | None) -> bool:
+    return any(Record.parse(o).uid == me and Record.parse(o).cluster in (None, cluster) for o in owners)
+
+
 def plan_client(entity: str, want_caps: Mapping[str, str] | None, have_caps: Mapping[str, str] | None,
-                owners: list[str], me: str, adopt: bool, live: Callable[[str], bool]) -> list[Action]:
+                owners: list[str], me: str, adopt: bool, live: Callable[[str], bool],
+                cluster: str | None = None) -> list[Action]:
     """Steps that create the client or correct its caps (`have_caps` None: absent).
 
-    `owners`: the storage uids recorded for the client in Ceph. The owner record is written before
-    the client is created, so a crash in between leaves a client that is still ours. `want_caps`
-    None: the spec states no caps for an adopted client, whose caps are then left as they are.
+    `owners`: the owner record in Ceph (storage uids, `uid@cluster` from this release on). The owner
+    record is written before the client is created, so a crash in between leaves a client that is still
+    ours. `want_caps` None: the spec states no caps for an adopted client, whose caps are then left as
+    they are.
     """
     actions: list[Action] = []
     if have_caps is None:
-        if me not in owners:
-            actions.append(Action("set-client-owners", entity, {"owners": sorted(set(owners) | {me})}))
+        if with_owner(owners, me, cluster) != sorted(owners):
+            actions.append(Action("set-client-owners", entity, {"owners": with_owner(owners, me, cluster)}))
         return actions + [Action("create-client", entity, {"caps": dict(want_caps or {})})]
     subject = Subject(f"cephx user {entity}", "spec.client.adopt")
-    if decide(subject, owners, me, adopt, live, shareable=True,
-              describe=lambda uid: f"RbdStorage {uid}") == Decision.CLAIM:
-        actions.append(Action("set-client-owners", entity, {"owners": sorted(set(owners) | {me})}))
+    decision = decide(subject, [Record.parse(o) for o in owners], Record(me, cluster), adopt, live, shareable=True,
+                      describe=lambda uid: f"RbdStorage {uid}")
+    if decision != Decision.OURS:
+        kind = "set-client-owners" if decision == Decision.CLAIM else "upgrade-client-owners"
+        actions.append(Action(kind, entity, {"owners": with_owner(owners, me, cluster)}))
     if want_caps is not None and not same_caps(want_caps, have_caps):
         actions.append(Action("set-caps", entity, {"caps": dict(want_caps)}))
     return actions
