@@ -4,7 +4,7 @@
 #   testhost.sh prepare                              build/cache rootfs + repos
 #   testhost.sh up NAME BRIDGE ADDR/PREFIX [debian|rpm]   start host (idempotent)
 #   testhost.sh down NAME                            stop host (safe if not up)
-#   testhost.sh repo-url debian|rpm BRIDGE_IP        print repo URL (starts HTTP)
+#   testhost.sh repo-url debian|rpm|fence BRIDGE_IP  print repo URL (starts HTTP)
 #   testhost.sh repo-down                            stop the HTTP servers
 #   testhost.sh status                               list running hosts
 #   testhost.sh exec NAME CMD...                     run CMD inside NAME (no SSH)
@@ -244,6 +244,61 @@ build_rpm_repo() {
   echo "$key" >"$out.key"
 }
 
+# A flat Debian repository of two tiny packages for the disruption fence's tests (repo-url fence):
+# qemu-fence-old, and qemu-fence-new, which conflicts with and replaces it (so installing it removes
+# a qemu* package: a disruptive change). Their scripts log to /var/log/qemu-fence.log on the host
+# (`<event> <epoch seconds.ns>`); qemu-fence-new's postinst sleeps the seconds in /etc/qemu-fence-sleep
+# (absent: 0), which makes a package transaction slow and observable.
+fence_script() {
+  local pkg=$1 script=$2
+  echo '#!/bin/sh'
+  case "$script" in
+    prerm) echo "echo \"$pkg-prerm \$(date +%s.%N)\" >>/var/log/qemu-fence.log" ;;
+    postinst)
+      echo '[ "$1" = configure ] || exit 0'
+      if [ "$pkg" = qemu-fence-new ]; then
+        echo 'echo "qemu-fence-new-postinst-start $(date +%s.%N)" >>/var/log/qemu-fence.log'
+        echo 'sleep "$(cat /etc/qemu-fence-sleep 2>/dev/null || echo 0)"'
+        echo 'echo "qemu-fence-new-postinst-end $(date +%s.%N)" >>/var/log/qemu-fence.log'
+      else
+        echo 'echo "qemu-fence-old-postinst $(date +%s.%N)" >>/var/log/qemu-fence.log'
+      fi ;;
+  esac
+}
+
+build_fence_repo() {
+  local out=$cache/repo/fence
+  local key; key=$(recipe_key build_fence_repo fence_script index_deb_repo)
+  [ "$(cat "$out.key" 2>/dev/null)" = "$key" ] && [ -f "$out/Release" ] && return 0
+  log "building the fence test repository (qemu-fence-old, qemu-fence-new)"
+  local t=$out.tmp pkg d s
+  rm -rf "$t"
+  mkdir -p "$t"
+  for pkg in qemu-fence-old qemu-fence-new; do
+    d=$t/build/$pkg
+    mkdir -p "$d/DEBIAN" "$d/usr/share/doc/$pkg"
+    echo "rbd-operator test package $pkg" >"$d/usr/share/doc/$pkg/README"
+    {
+      echo "Package: $pkg"
+      echo "Version: 1.0"
+      echo "Architecture: all"
+      echo "Maintainer: rbd-operator tests <tests@rbd-operator.invalid>"
+      if [ "$pkg" = qemu-fence-new ]; then echo "Conflicts: qemu-fence-old"; echo "Replaces: qemu-fence-old"; fi
+      echo "Description: rbd-operator disruption fence test package"
+    } >"$d/DEBIAN/control"
+    for s in prerm postinst; do
+      fence_script "$pkg" "$s" >"$d/DEBIAN/$s"
+      chmod 0755 "$d/DEBIAN/$s"
+    done
+    dpkg-deb --root-owner-group -Zgzip --build "$d" "$t/${pkg}_1.0_all.deb" >/dev/null
+  done
+  rm -rf "$t/build"
+  index_deb_repo "$t"
+  rm -rf "$out"
+  mv "$t" "$out"
+  echo "$key" >"$out.key"
+}
+
 prepare() {
   mkdir -p "$cache"
   (
@@ -252,6 +307,7 @@ prepare() {
     build_base
     build_rpm_layer
     build_rpm_repo
+    build_fence_repo
   ) 9>"$cache/.prepare.lock"
 }
 
@@ -270,10 +326,11 @@ http_pid() {
 # repo_url FAMILY IP: the URL, starting an HTTP server on IP:port if needed.
 repo_url() {
   local family=$1 ip=$2
-  case "$family" in debian | rpm) ;; *) die "repo family must be debian or rpm, not $family" ;; esac
+  case "$family" in debian | rpm | fence) ;; *) die "repo must be debian, rpm or fence, not $family" ;; esac
   [[ "$ip" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "bad IPv4 address $ip"
   [[ "$(ip -4 -o addr show)" == *" inet $ip/"* ]] || die "$ip is not an address of this machine (create the bridge first)"
-  [ -f "$cache/repo/debian/Release" ] && [ -d "$cache/repo/rpm/repodata" ] || prepare
+  [ -f "$cache/repo/debian/Release" ] && [ -d "$cache/repo/rpm/repodata" ] && [ -f "$cache/repo/fence/Release" ] \
+    || prepare
   mkdir -p "$cache/http"
   (
     flock 9

@@ -269,7 +269,8 @@ class SshSession:
         sftp = self.sftp
         attrs = SFTPAttributes()
         attrs.st_mode = mode
-        kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+        with _io_errors(self, f"creating {path}"):
+            kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
         if kind != CMD_HANDLE:
             raise SshError("CommandFailed", f"creating {path} on {self.address}: unexpected SFTP answer {kind}")
         return SFTPFile(sftp, msg.get_binary(), "wb")
