@@ -84,12 +84,15 @@ def test_brownfield_pool_client_and_image_change_only_once_adopted(platform, ope
     assert cephcheck.caps(ceph, entity) == caps_before
     assert platform.get("secret", f"{name}-client", OPERATOR_NAMESPACE) is None
 
-    # Adopted: ownership recorded in Ceph; the key is kept; what the spec does not state stays.
+    # Adopted: ownership recorded in Ceph (with this cluster's identity); the key is kept; what the spec does
+    # not state stays. The default namespace is granted adoption of the disk below.
+    grant = {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "default"}}}
     platform.apply(storage(platform, name, pool={"name": pool, "adopt": True},
-                           client={"name": client, "adopt": True}, deletionPolicy="Retain"))
+                           client={"name": client, "adopt": True}, deletionPolicy="Retain", adoption=grant))
     platform.wait_condition("rbds", name, "True")
     uid = platform.get("rbds", name)["metadata"]["uid"]
-    assert pool_owner(ceph, pool) == uid and client_owners(platform, entity) == [uid]
+    cluster = platform.get("namespace", "kube-system")["metadata"]["uid"]
+    assert pool_owner(ceph, pool) == uid and client_owners(platform, entity) == [f"{uid}@{cluster}"]
     got = cephcheck.pool(ceph, pool)
     assert got["pg_num_target"] == 16 and got["pg_autoscale_mode"] == "warn", "pg_num and autoscaler kept"
     assert got["quota_max_bytes"] == 0
@@ -107,7 +110,8 @@ def test_brownfield_pool_client_and_image_change_only_once_adopted(platform, ope
     platform.apply(image(f"disk-{uniq}", name, name="vm-disk", size="64Mi", adopt=True))
     platform.wait_condition("rbdimg", f"disk-{uniq}", "True", namespace="default")
     img_uid = platform.get("rbdimg", f"disk-{uniq}", "default")["metadata"]["uid"]
-    assert image_owner_tag(ceph, pool, "vm-disk") == f"default/disk-{uniq}/{img_uid}"
+    default_uid = platform.get("namespace", "default")["metadata"]["uid"]
+    assert image_owner_tag(ceph, pool, "vm-disk") == f"default/disk-{uniq}/{img_uid}@{cluster}/{default_uid}"
     assert image_size(ceph, pool, "vm-disk") == 64 * MI
     platform.apply(image(f"disk-{uniq}", name, name="vm-disk", size="128Mi", adopt=True))
     wait_for(lambda: image_size(ceph, pool, "vm-disk") == 128 * MI, 60, what="an adopted image grows")
@@ -215,9 +219,10 @@ def test_tenancy_namespaces_and_clone_sources(platform, operator, ceph, uniq):
     platform.kubectl("label", "namespace", b, "rbd-tenant=yes")
     platform.apply(image("steal", name, namespace=b, name="disk", size="16Mi", adopt=True))
     cond = platform.wait_condition("rbdimg", "steal", "False", "OwnedByOther", namespace=b, timeout=120)
-    assert f"RbdImage {a}/disk" in cond["message"]
+    assert "another RbdImage" in cond["message"] and a not in cond["message"], "never names another namespace's"
     platform.apply(image("peek", name, namespace=b, source={"image": "disk", "snapshot": "s"}))
     cond = platform.wait_condition("rbdimg", "peek", "False", "SourceNotAllowed", namespace=b)
+    assert a not in cond["message"], "another namespace's image is never named"
     assert image_size(ceph, name, "disk") == 8 * MI and image_size(ceph, name, "peek") is None
     # Team b deleting its objects does not touch team a's image.
     platform.delete("rbdimg", "steal", b, wait=True)
