@@ -48,10 +48,13 @@ STORAGE_PATHS = [("pool", "name"), ("pool", "pgNum"), ("pool", "replicas"), ("po
                  ("client", "cachePool"), ("client", "secretName"), ("client", "adopt"), ("cluster", "monitors"),
                  ("cluster", "monitors", 0), ("cluster", "adminSecretRef", "namespace"),
                  ("cluster", "adminSecretRef", "name"), ("deletionPolicy",), ("imageNamespaces",),
-                 ("hypervisors", "nodeSelector")]
+                 ("hypervisors", "nodeSelector"), ("adoption", "namespaces"), ("imageLimits", "maxSize"),
+                 ("imageLimits", "minTrashRetention"), ("imageLimits", "qos", "iopsLimit"),
+                 ("imageLimits", "qos", "bpsLimit"), ("imageLimits", "dataPools"), ("imageLimits", "dataPools", 0),
+                 ("imageLimits", "perNamespace", "maxImages"), ("imageLimits", "perNamespace", "maxBytes")]
 IMAGE_PATHS = [("size",), ("name",), ("features",), ("features", 0), ("objectSize",), ("dataPool",), ("source",),
                ("source", "image"), ("source", "snapshot"), ("allowShrink",), ("deletionPolicy",),
-               ("trashRetention",), ("storage",), ("adopt",)]
+               ("trashRetention",), ("storage",), ("adopt",), ("qos", "iopsLimit"), ("qos", "readBpsLimit")]
 HOST_PATHS = [("address",), ("port",), ("user",), ("hostKey",), ("hostKeyPolicy",), ("sshKeySecretRef", "name"),
               ("sshKeySecretRef", "namespace"), ("packages", "profile"), ("packages", "install", 0),
               ("packages", "remove", 0), ("packages", "repositories", 0, "name"),
