@@ -335,3 +335,17 @@ def test_a_rotation_cut_short_is_resumed_with_the_key_ceph_has(platform, operato
     wait_for(lambda: platform.get("rbds", name)["status"].get("keyGeneration") == 2, 60, what="rotation 2 done")
     assert secret_key() not in (cut_short, published) and secret_key() == cephcheck.key(ceph, entity)
     platform.delete("rbds", name, wait=True)
+
+
+def test_the_api_server_checks_image_limits_itself(platform, uniq):
+    """CEL and the schema refuse nonsensical limits before the operator sees them."""
+    name = f"cel-{uniq}"
+    for limits, words in (({"qos": {"iopsLimit": 0}}, "greater than zero"),
+                          ({"maxSize": 0}, "greater than zero"),
+                          ({"maxSize": "-1Gi"}, "greater than zero"),
+                          ({"minTrashRetention": "forever"}, "minTrashRetention"),
+                          ({"dataPools": ["a", "a"]}, "Duplicate value"),
+                          ({"perNamespace": {"maxImages": -1}}, "maxImages")):
+        result = platform.apply(storage(platform, name, imageLimits=limits), check=False)
+        assert result.returncode != 0 and words in result.stderr, (limits, result.stderr)
+    assert platform.get("rbds", name) is None
