@@ -55,8 +55,10 @@ def test_create_grow_and_refuse_shrink(platform, ceph, pool, uniq):
     obj = platform.get("rbdimg", name, "default")
     status = obj["status"]
     assert status["sizeBytes"] == GI and status["imageId"] == got["id"]
+    identity = (f"{platform.get('namespace', 'kube-system')['metadata']['uid']}/"
+                f"{platform.get('namespace', 'default')['metadata']['uid']}")  # cluster id / namespace uid
     with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name, read_only=True) as img:
-        assert img.metadata_get("rbd-operator.io/owner") == f"default/{name}/{obj['metadata']['uid']}"
+        assert img.metadata_get("rbd-operator.io/owner") == f"default/{name}/{obj['metadata']['uid']}@{identity}"
     assert status["features"] == ["layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten"]
 
     platform.apply(image(name, pool, size="2Gi"))
@@ -243,7 +245,9 @@ def test_snapshot_clone_flatten_and_deletion_waits_for_clones(platform, ceph, po
     with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, base, read_only=True) as img:
         assert snap in [s["name"] for s in img.list_snaps()]
         uid = platform.get("rbdsnap", snap, "default")["metadata"]["uid"]
-        assert img.metadata_get(f"rbd-operator.io/snapshot.{snap}") == f"default/{snap}/{uid}"
+        identity = (f"{platform.get('namespace', 'kube-system')['metadata']['uid']}/"
+                    f"{platform.get('namespace', 'default')['metadata']['uid']}")
+        assert img.metadata_get(f"rbd-operator.io/snapshot.{snap}") == f"default/{snap}/{uid}@{identity}"
 
     # A clone from the RbdSnapshot (same namespace), size taken from the snapshot.
     platform.apply(image(child, pool, source={"rbdSnapshot": snap}))
