@@ -176,8 +176,8 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, ima
         if t.namespace not in infos:
             infos[t.namespace] = await namespace_info(namespaces, t.namespace)
         info = infos[t.namespace]
-        allowed = info is not None and (storage.image_namespaces is None
-                                        or matches_namespaces(storage.image_namespaces, info.labels))
+        allowed = storage.image_namespaces is None or (info is not None and
+                                                       matches_namespaces(storage.image_namespaces, info.labels))
         owner = ImageOwner(t.namespace, t.name, t.uid, identity, info.uid if info else None)
         usage = (namespace_usage(usage_entries.get(t.namespace, []), t.uid, t.created)
                  if t.namespace in usage_entries else None)

@@ -21,8 +21,7 @@ from ..reconcile.actions import Action
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.ownership import Record, staging_name
 from ..reconcile.selector import matches
-from ..reconcile.storage_plan import (capacity_to_report, owns_client, plan_client, plan_pool, with_owner,
-                                      without_owner)
+from ..reconcile.storage_plan import capacity_to_report, owns_client, plan_client, plan_pool, without_owner
 from . import image as image_handlers
 from .namespaces import cluster_identity
 from .common import (reported, CEPH_TIMEOUT, RESYNC_SECONDS, StatusUpdate, admin_credentials, backoff, busy, object_lock,

@@ -162,7 +162,7 @@ class ImageOwner:
     def describe(self, other: "ImageOwner | None", kind: str = "RbdImage") -> str:
         """Another owner as this object's namespace may see it: named only within the same namespace."""
         if other is None:
-            return f"an owner record rbd-operator does not know"
+            return "an owner record rbd-operator does not know"
         if self.foreign(other):
             return f"an {kind} of another Kubernetes cluster"
         if self.same_namespace(other):
