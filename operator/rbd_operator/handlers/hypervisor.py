@@ -224,6 +224,7 @@ def _converge_packages(host: Host, spec: HostSpec, node: str, out: HostOutcome) 
         clean = True
     except LeaseLost as exc:
         clean = True  # every command it ran came back: nothing of it runs on the host
+        logging.getLogger(__name__).warning("HypervisorNode %s: DisruptionLeaseLost: %s", node, exc.message)
         out.cond("DisruptionBlocked", True, "DisruptionLeaseLost", exc.message)
         out.cond("PackagesReady", False, "DisruptionLeaseLost", exc.message)
         return False
