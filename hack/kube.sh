@@ -103,6 +103,15 @@ readyz() {
     "https://127.0.0.1:$KUBE_API_PORT/readyz" >/dev/null 2>&1
 }
 
+system_namespaces() {
+  local n
+  for n in default kube-system kube-public; do
+    curl -fsS --max-time 5 --cacert "$dir/pki/ca.crt" \
+      -H @<(printf 'Authorization: Bearer %s\n' "$(cat "$dir/token")") \
+      "https://127.0.0.1:$KUBE_API_PORT/api/v1/namespaces/$n" >/dev/null 2>&1 || return 1
+  done
+}
+
 # stop_all: TERM in reverse start order, wait, then KILL the rest.
 stop_all() {
   local timeout=${KUBE_DOWN_TIMEOUT:-20} pids=() stopped=() p i t
@@ -310,6 +319,9 @@ cmd_up() {
     --service-cluster-ip-range=10.0.0.0/24 \
     --endpoint-reconciler-type=none
   wait_for kube-apiserver "apiserver /readyz" readyz
+  # /readyz does not wait for the system namespaces (created by a controller of the API server a
+  # moment later); objects go into "default" right away.
+  wait_for kube-apiserver "the default and kube-system namespaces" system_namespaces
   log "apiserver ready after $(since "$t0")s"
 
   # No --authentication/authorization-kubeconfig: the apiserver has no

@@ -15,6 +15,28 @@ bin=$(hack/build-kube.sh)
 export PATH="$bin:$PATH"
 export KUBECTL="$bin/kubectl"
 
+# wait_until SECONDS WHAT CMD...: retry CMD (every second) until it succeeds; give up after SECONDS,
+# or at once when CMD returns 2, showing its last answer. Logs how long it waited if it had to.
+wait_until() {
+  local timeout=$1 what=$2 t0=$SECONDS rc errf tries=0
+  shift 2
+  errf=$(mktemp)
+  while :; do
+    tries=$((tries + 1))
+    if "$@" >/dev/null 2>"$errf"; then
+      [ "$tries" -eq 1 ] || echo "sandbox: $what after $((SECONDS - t0))s ($tries tries)" >&2
+      rm -f "$errf"; return 0
+    else
+      rc=$?
+    fi
+    if [ "$rc" = 2 ] || [ $((SECONDS - t0)) -ge "$timeout" ]; then
+      echo "sandbox: error: gave up waiting for $what after $((SECONDS - t0))s ($tries tries); last answer:" >&2
+      tail -n 20 "$errf" >&2; rm -f "$errf"; return 1
+    fi
+    sleep 1
+  done
+}
+
 operator_pid() { [ -s $sandbox/operator.pid ] && kill -0 "$(cat $sandbox/operator.pid)" 2>/dev/null && cat $sandbox/operator.pid; }
 
 up() {
@@ -41,13 +63,14 @@ up() {
       > $sandbox/operator.log 2>&1 < /dev/null &
     echo $! > $sandbox/operator.pid
   fi
-  for _ in $(seq 60); do
-    curl -fs http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break
-    sleep 1
-  done
-  curl -fs http://127.0.0.1:8080/healthz >/dev/null || { tail -30 $sandbox/operator.log >&2; echo "sandbox: operator not live" >&2; exit 1; }
-  kubectl --kubeconfig $sandbox/kubeconfig apply -f examples/ >/dev/null
-  if ! kubectl --kubeconfig $sandbox/kubeconfig wait rbdstorage/vmstore --for=condition=Ready --timeout=120s >/dev/null; then
+  live() { operator_pid >/dev/null || { echo "the operator exited" >&2; return 2; }; curl -fsS --max-time 2 http://127.0.0.1:8080/healthz; }
+  wait_until 90 "the operator live (http://127.0.0.1:8080/healthz)" live || { tail -30 $sandbox/operator.log >&2; exit 1; }
+  wait_until 60 "examples/ applied" kubectl --kubeconfig $sandbox/kubeconfig apply -f examples/ || exit 1
+  storage_ready() {
+    [ "$(kubectl --kubeconfig $sandbox/kubeconfig get rbdstorage vmstore \
+      -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
+  }
+  if ! wait_until 180 "RbdStorage vmstore Ready" storage_ready; then
     kubectl --kubeconfig $sandbox/kubeconfig get rbds -o wide >&2 || true
     tail -30 $sandbox/operator.log >&2
     echo "sandbox: the example storage did not become Ready" >&2

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -155,13 +154,9 @@ def start_platform() -> Platform:
         started.append("ceph")
         ceph_dir = WORK / "ceph"
     platform = Platform(kubeconfig, ceph_dir, bin_dir, started)
-    for attempt in range(3):  # a freshly started API server has failed it once (output not kept): retried
-        result = sh(str(ROOT / "hack" / "bootstrap.sh"), str(kubeconfig), str(ceph_dir), OPERATOR_NAMESPACE,
-                    env={"KUBECTL": str(bin_dir / "kubectl")}, check=attempt == 2)
-        if result.returncode == 0:
-            break
-        print(f"bootstrap failed ({result.returncode}), retrying:\n{result.stdout}\n{result.stderr}", file=sys.stderr)
-        time.sleep(3)
+    # One try: bootstrap waits for what it needs itself (bounded) and fails with the API server's answer.
+    sh(str(ROOT / "hack" / "bootstrap.sh"), str(kubeconfig), str(ceph_dir), OPERATOR_NAMESPACE,
+       env={"KUBECTL": str(bin_dir / "kubectl")})
     platform.operator_kubeconfig = service_account_kubeconfig(platform)
     return platform
 
