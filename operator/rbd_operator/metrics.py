@@ -1,5 +1,6 @@
 """Prometheus metrics (`/metrics`, `--metrics` address): reconciles, errors and durations per kind and
-reason; Ceph and SSH call latency; pool capacity and host rollout per storage.
+reason; Ceph and SSH call latency; pool capacity and host rollout per storage; whether this replica is
+the one that works (`rbd_operator_active`, handlers/replica.py).
 
 Label values are bounded: kinds, registered reasons (api/reasons.py; anything else becomes `other`),
 adapter function names, storage names. Secrets never become labels.
@@ -33,6 +34,8 @@ POOL_QUOTA = Gauge("rbd_operator_pool_quota_bytes", "Pool quota in bytes (0: non
 HOSTS_SELECTED = Gauge("rbd_operator_storage_hosts_selected", "Hypervisors the storage selects", ["storage"])
 HOSTS_CURRENT = Gauge("rbd_operator_storage_hosts_current", "Selected hypervisors holding the current key",
                       ["storage"])
+
+ACTIVE = Gauge("rbd_operator_active", "1 on the replica that handles objects, 0 on a standby (kopf peering)")
 
 _HISTOGRAMS = {"ceph": CEPH_CALLS, "ssh": SSH_CALLS}
 

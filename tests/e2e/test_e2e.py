@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import uuid
 
@@ -233,3 +234,102 @@ def test_rbac_matches_readme_exactly(deployed):
     documented = _readme_permissions()
     assert granted == documented, (f"granted, not in the README: {sorted(granted - documented)}; "
                                    f"in the README, not granted: {sorted(documented - granted)}")
+
+
+# -- which replica works; disruptions (deploy/pdb.yaml) ------------------------------------------------------------
+
+
+def active_gauges(cluster) -> dict[str, float]:
+    """rbd_operator_active of every operator pod, scraped through the API server's pod proxy."""
+    out = {}
+    for pod in cluster.pods():
+        name = pod["metadata"]["name"]
+        text = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}:9090/proxy/metrics",
+                               check=False).stdout
+        match = re.search(r"^rbd_operator_active ([0-9.]+)$", text, re.M)
+        out[name] = float(match.group(1)) if match else None
+    return out
+
+
+def both_ready(cluster) -> list[str] | None:
+    pods = [p for p in cluster.pods() if not p["metadata"].get("deletionTimestamp")]
+    ready = [p["metadata"]["name"] for p in pods
+             if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+    return sorted(ready) if len(pods) == 2 and len(ready) == 2 else None
+
+
+def one_active(cluster) -> tuple[str, str] | None:
+    """(active, standby) when exactly one pod's gauge is 1 and the other's 0, and kopf's log agrees."""
+    gauges = active_gauges(cluster)
+    if sorted(gauges.values(), key=lambda v: -1 if v is None else v) != [0, 1]:
+        return None
+    active = next(n for n, v in gauges.items() if v == 1)
+    standby = next(n for n, v in gauges.items() if v == 0)
+    try:
+        by_log = active_pod(cluster)
+    except AssertionError:
+        return None
+    return (active, standby) if by_log == (active, standby) else None
+
+
+def test_the_gauge_and_an_event_tell_which_replica_works(deployed):
+    wait_for(lambda: both_ready(deployed), 180, what="both replicas Ready (the standby too)")
+    active, standby = wait_for(lambda: one_active(deployed), 120, interval=1,
+                               what="rbd_operator_active 1 on the working pod (by kopf's log), 0 on the other")
+    uid = json.loads(deployed.kubectl("get", "pod", "-n", NAMESPACE, active, "-o", "json").stdout)["metadata"]["uid"]
+
+    def announced():
+        out = deployed.kubectl("get", "events", "-n", NAMESPACE, "-o", "json",
+                               "--field-selector", f"reason=ActiveReplica,involvedObject.name={active}").stdout
+        return [e for e in json.loads(out)["items"] if e["involvedObject"].get("uid") == uid]
+    events = wait_for(announced, 60, what=f"an ActiveReplica event on pod {active}")
+    assert active in events[-1]["message"]
+    described = deployed.kubectl("describe", "pod", "-n", NAMESPACE, active).stdout
+    assert "ActiveReplica" in described, "a person sees it in kubectl describe pod"
+
+
+def evict(cluster, pod: str) -> subprocess.CompletedProcess:
+    body = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": NAMESPACE}})
+    return cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/eviction", "-f", "-",
+                           input=body, check=False)
+
+
+def budget(cluster) -> dict:
+    return json.loads(cluster.kubectl("get", "pdb", "rbd-operator", "-n", NAMESPACE, "-o", "json").stdout)
+
+
+def test_the_budget_evicts_one_replica_at_a_time(deployed):
+    """Eviction API (what `kubectl drain` uses): the first eviction is allowed, the second right after
+    is refused with 429 until the first one's replacement is Ready, then it is allowed."""
+    wait_for(lambda: both_ready(deployed), 180, what="both replicas Ready")
+    wait_for(lambda: budget(deployed).get("status", {}).get("disruptionsAllowed") == 1, 120, interval=1,
+             what="the budget allows one disruption (both replicas healthy)")
+    active, standby = wait_for(lambda: one_active(deployed), 120, interval=1, what="one active replica")
+    first = evict(deployed, standby)
+    assert first.returncode == 0, f"the first eviction was refused: {first.stderr}"
+    second = evict(deployed, active)
+    assert second.returncode != 0 and ("429" in second.stderr or "TooManyRequests" in second.stderr
+                                       or "disruption budget" in second.stderr), second.stderr
+    assert deployed.kubectl("get", "pod", "-n", NAMESPACE, active, check=False).returncode == 0, "still there"
+    started = time.monotonic()
+    wait_for(lambda: both_ready(deployed) and standby not in both_ready(deployed), 300, interval=1,
+             what="the evicted replica's replacement Ready")
+    wait_for(lambda: budget(deployed).get("status", {}).get("disruptionsAllowed") == 1, 120, interval=1,
+             what="the budget allows a disruption again")
+    record(pdb_replacement_ready_s=round(time.monotonic() - started, 1))
+    third = evict(deployed, active)
+    assert third.returncode == 0, f"the second replica's eviction after recovery was refused: {third.stderr}"
+    # The replacement of the first evicted pod (the standby) takes over; the new pod stands by.
+    wait_for(lambda: both_ready(deployed) and active not in both_ready(deployed), 300, interval=1,
+             what="both replicas Ready again")
+    wait_for(lambda: one_active(deployed), 120, interval=1, what="one active replica after the evictions")
+
+
+def test_a_rollout_completes_with_a_standby(deployed):
+    """Both replicas are Ready, so a rolling update proceeds without waiting on the standby."""
+    wait_for(lambda: both_ready(deployed), 180, what="both replicas Ready")
+    started = time.monotonic()
+    deployed.kubectl("rollout", "restart", "-n", NAMESPACE, "deploy/rbd-operator")
+    deployed.kubectl("rollout", "status", "-n", NAMESPACE, "deploy/rbd-operator", "--timeout=300s")
+    record(rollout_s=round(time.monotonic() - started, 1))
+    wait_for(lambda: one_active(deployed), 120, interval=1, what="one active replica after the rollout")

@@ -11,6 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, metrics
 from ..adapters import kube
+from . import replica
 
 
 @kopf.on.startup()
@@ -43,6 +44,13 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     metrics_address = os.environ.get("RBD_OPERATOR_METRICS", "")
     if metrics_address and metrics_address != "none":
         metrics.serve(metrics_address)
+    # rbd_operator_active and the ActiveReplica Event (which replica works: handlers/replica.py)
+    replica.start(settings.peering.name, settings.peering.standalone, settings.peering.priority)
+
+
+@kopf.on.cleanup()
+def stop_replica_monitor(**_: object) -> None:
+    replica.stop()
 
 
 # Connections to the API server kopf may hold at once (its default session has no limit: a burst of
