@@ -224,3 +224,12 @@ def test_hosts_to_update_after_a_storage_change():
     assert hosts_to_update("vm", False, spec, status, index) == ["fresh", "left", "stale"]
     assert hosts_to_update("vm", True, spec, status, index) == ["done", "left", "stale"]
     assert hosts_to_update("vm", False, spec, {}, index) == ["left"], "no key yet: only removals"
+
+
+def test_adopt_host_files_is_explicit():
+    assert parse_host("h1", BASE).adopt is False
+    assert parse_host("h1", {**BASE, "adopt": True}).adopt is True
+    for bad in ("true", 1, None.__class__):
+        with pytest.raises(SpecError) as err:
+            parse_host("h1", {**BASE, "adopt": bad})
+        assert err.value.field == "spec.adopt"
