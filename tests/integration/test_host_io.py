@@ -118,6 +118,23 @@ def test_output_and_file_reads_are_bounded(hosts):
     assert growth < 64, f"memory grew by {growth:.1f} MiB"
 
 
+def test_output_is_whole_when_the_exit_status_comes_first(hosts):
+    """sshd sends a command's exit status as soon as it reaps the command, possibly before the rest of its
+    output (OpenSSH session.c: "there could be some more data waiting in the pipe"): a result is complete
+    only at the channel's EOF. Deterministically here: the command exits at once while a process it left
+    still holds its stdout and writes the line that matters (as the facts script's last line says whether
+    the rbd CLI is installed)."""
+    h = hosts["t-h1"]
+    with session(h) as s:
+        for _ in range(3):
+            result = s.run(["sh", "-c", "(sleep 0.5; echo rbdCli=true) & echo first"])
+            assert (result.rc, result.out) == (0, "first\nrbdCli=true\n")
+        # Something left running that keeps stdout open for long does not hold the call beyond EXIT_GRACE.
+        start = time.monotonic()
+        result = s.run(["sh", "-c", "(sleep 30; echo late) & echo first"])
+        assert (result.rc, result.out) == (0, "first\n") and time.monotonic() - start < ssh.EXIT_GRACE + 3
+
+
 def test_a_hostile_host_ends_in_command_failed_and_operator_memory_stays_flat(platform, operator, ceph, hosts, uniq):
     """A host whose virsh prints 1 GiB (the facts script runs it), then a 1 GiB /etc/ceph/ceph.conf, then one
     that never ends: the HypervisorNode reports CommandFailed, and the operator process's RSS grows far less."""

@@ -33,6 +33,7 @@ DEAD_PEER_SECONDS = 30   # unacknowledged data for this long: the connection is 
 # most this many bytes. Beyond it the channel (or file) is closed and the call fails (CommandFailed):
 # a hostile or broken host cannot make the operator's memory grow with what it sends.
 OUTPUT_LIMIT = int(os.environ.get("RBD_OPERATOR_HOST_OUTPUT_LIMIT") or 4 * 1024 * 1024)
+EXIT_GRACE = 5.0  # seconds output may still come after a command's exit status (see SshSession._run)
 
 
 class SshError(OperatorError):
@@ -206,6 +207,7 @@ class SshSession:
                 chan.sendall(stdin)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
+            exited_at = 0.0
             deadline = time.monotonic() + timeout
             while True:
                 while chan.recv_ready():
@@ -214,8 +216,13 @@ class SshSession:
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     _bounded(err, f"{argv[0]} printed (stderr)", self.address)
+                # sshd may send the exit status before the last of the output (it reaps the command while
+                # output still waits in its pipe): done once the output has ended too (EOF, or closed), or,
+                # if something the command left running keeps its stdout open, EXIT_GRACE after the status.
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    exited_at = exited_at or time.monotonic()
+                    if chan.eof_received or chan.closed or time.monotonic() - exited_at > EXIT_GRACE:
+                        break
                 if time.monotonic() > deadline:
                     raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s")
                 time.sleep(0.01)
