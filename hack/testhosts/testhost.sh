@@ -350,11 +350,26 @@ repo_url() {
   echo "http://$ip:$repo_port/$family"
 }
 
+# Stops the HTTP servers that no running host uses: test runs of several slots (and the sandbox)
+# share this machine, and one's teardown must not take another's package source away mid-run.
 repo_down() {
-  local f pid ip
+  local f pid ip env used
   for f in "$cache"/http/*.pid; do
     [ -e "$f" ] || continue
     ip=$(basename "$f" .pid)
+    used=
+    for env in "$cache"/run/*/env; do
+      [ -e "$env" ] || continue
+      # shellcheck disable=SC1090
+      if [ "$(. "$env"; echo "$GATEWAY")" = "$ip" ] && host_running "$(basename "$(dirname "$env")")"; then
+        used=$(basename "$(dirname "$env")")
+        break
+      fi
+    done
+    if [ -n "$used" ]; then
+      log "repository server on $ip kept: host $used uses it"
+      continue
+    fi
     if pid=$(http_pid "$ip"); then kill "$pid" 2>/dev/null || true; fi
     rm -f "$f"
   done
