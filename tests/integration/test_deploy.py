@@ -6,11 +6,14 @@ the NetworkPolicy's meaning is evaluated here, since kind's bridge CNI does not 
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any, Mapping
 
 import pytest
+import yaml
 
-from .harness import ROOT
+from .harness import OPERATOR_NAMESPACE, ROOT, sh
 
 SCRAPER_LABEL = "rbd-operator.io/metrics-scraper"
 
@@ -118,3 +121,38 @@ def test_the_evaluator_can_tell_a_wrong_policy(dry_run):
     wrong_range = json.loads(json.dumps(policy))
     wrong_range["spec"]["ingress"][1]["ports"][1]["port"] = 9090
     assert admits(wrong_range, pod, other, "TCP", 9090)
+
+
+# -- hack/bootstrap.sh: waits for what it needs, bounded, and says why it gave up ----------------------------------
+
+
+def test_bootstrap_gives_up_in_time_with_the_reason(platform, tmp_path):
+    """Against an API server that does not answer: it fails within its bound, naming what it waited for."""
+    conf = yaml.safe_load(platform.kubeconfig.read_text())
+    conf["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"  # discard: nothing listens
+    dead = tmp_path / "kubeconfig"
+    dead.write_text(yaml.safe_dump(conf))
+    started = time.monotonic()
+    result = sh(str(ROOT / "hack" / "bootstrap.sh"), str(dead), str(platform.ceph_dir), check=False,
+                env={"KUBECTL": str(platform.bin_dir / "kubectl"), "BOOTSTRAP_TIMEOUT": "3"})
+    assert result.returncode == 1
+    assert time.monotonic() - started < 30
+    assert "timed out after 3s" in result.stderr and "/readyz" in result.stderr, result.stderr
+    assert "refused" in result.stderr, "the last answer is shown"
+
+
+def test_bootstrap_again_on_a_running_server(platform):
+    """What every upgrade and every second `make sandbox-up` does: one try, the policy in effect after it."""
+    result = sh(str(ROOT / "hack" / "bootstrap.sh"), str(platform.kubeconfig), str(platform.ceph_dir),
+                OPERATOR_NAMESPACE, env={"KUBECTL": str(platform.bin_dir / "kubectl")})
+    assert "CRDs established and served" in result.stderr
+    served = '"name":"mutatingadmissionpolicies"' in platform.kubectl(
+        "get", "--raw", "/apis/admissionregistration.k8s.io/v1", check=False).stdout
+    if served and os.environ.get("RBD_FINALIZER_POLICY") != "0":  # installed, and in effect once it returns
+        probe = json.dumps({"apiVersion": "rbd-operator.io/v1alpha1", "kind": "RbdImage",
+                            "metadata": {"name": "bootstrap-test", "namespace": "default"},
+                            "spec": {"storage": "probe", "size": "1Gi"}})
+        out = platform.kubectl("create", "--dry-run=server", "-o", "jsonpath={.metadata.finalizers}", "-f", "-",
+                               input=probe)
+        assert "rbd-operator.io/finalizer" in out.stdout
+        assert "policy in effect" in result.stderr
