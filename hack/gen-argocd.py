@@ -156,7 +156,7 @@ def readme_table(kind: str) -> str:
 def outputs() -> dict[Path, str]:
     files: dict[Path, str] = {}
     cm_data = {}
-    for kind in ALL:
+    for kind in map(str, ALL):
         base = OUT / "resource_customizations" / GROUP / kind
         lua = health_lua(kind)
         files[base / "health.lua"] = lua
@@ -173,7 +173,7 @@ def outputs() -> dict[Path, str]:
                                      "# Merge these keys into your argocd-cm (kubectl patch, or a kustomize patch).\n"
                                      + yaml_dump(cm))
     readme = (ROOT / "README.md").read_text()
-    for kind in ALL:
+    for kind in map(str, ALL):
         start, end = f"<!-- reasons:{kind} -->\n", f"<!-- /reasons:{kind} -->"
         if start in readme and end in readme:
             head, rest = readme.split(start, 1)

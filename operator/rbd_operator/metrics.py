@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from .api.reasons import REASONS
+from .api.reasons import ConditionType
 
 _ALL_REASONS = frozenset(r.name for r in REASONS)
 
@@ -48,7 +49,7 @@ def reason_label(reason: str | None) -> str:
 
 def _ready(conditions: Any) -> tuple[str | None, str | None]:
     for cond in conditions or []:
-        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+        if isinstance(cond, Mapping) and cond.get("type") == ConditionType.READY:
             return cond.get("status"), cond.get("reason")
     return None, None
 

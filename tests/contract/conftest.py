@@ -319,7 +319,6 @@ def kubeconfig(k8s, tmp_path, monkeypatch):
     # Per-process caches of the operator: a fresh API client, Secret cache and locks per test.
     monkeypatch.setattr(kube, "_core", None)
     monkeypatch.setattr(kube, "_secret_cache", {})
-    monkeypatch.setattr(common, "_locks", {})
     return path
 
 

@@ -7,7 +7,7 @@ import uuid
 
 import rbd
 
-from rbd_operator.handlers.storage import LIBVIRT_SECRET_NAMESPACE
+from rbd_operator.reconcile.storage_plan import LIBVIRT_SECRET_NAMESPACE
 
 from . import cephcheck
 from .harness import OPERATOR_NAMESPACE, wait_for

@@ -121,7 +121,7 @@ def test_selector():
 
 def test_storage_hosts_summary():
     from rbd_operator.api.storage import parse_storage
-    from rbd_operator.handlers.storage import hosts_summary
+    from rbd_operator.reconcile.storage_plan import hosts_summary
 
     spec = parse_storage("vmstore", {"cluster": {"monitors": ["h:3300"], "adminSecretRef": {"name": "a", "namespace": "b"}},
                                      "hypervisors": {"nodeSelector": {"matchLabels": {"rbd": "yes"}}}})
@@ -209,7 +209,7 @@ Operation aborted.
 
 
 def test_hosts_to_update_after_a_storage_change():
-    from rbd_operator.handlers.hypervisor import hosts_to_update
+    from rbd_operator.reconcile.hosts import hosts_to_update
     spec = {"hypervisors": {"nodeSelector": {"matchLabels": {"rbd": "yes"}}}}
     status = {"keyVersion": "7", "libvirtSecretUUID": UUID}
     current = {"name": "vm", "keyVersion": "7", "secretUUID": UUID, "current": True}

@@ -26,8 +26,8 @@ def kinds(actions):
 def test_create_is_staged_under_an_owner_derived_name():
     actions = plan_image(image(size="1Gi"), None, OWNER)
     assert kinds(actions) == ["create"]
-    assert actions[0].args["size"] == GI
-    assert actions[0].args["owner"] == OWNER and actions[0].args["staging"] == staging_name(OWNER)
+    assert actions[0].size == GI
+    assert actions[0].owner == OWNER and actions[0].staging == staging_name(OWNER)
     assert staging_name(OWNER) != staging_name("ns/disk/uid-2")
 
 
@@ -41,7 +41,7 @@ def test_grow_and_refuse_shrink():
         plan_image(image(size="512Mi"), observed(), OWNER)
     assert err.value.reason == "ShrinkNotAllowed"
     actions = plan_image(image(size="512Mi", allowShrink=True), observed(), OWNER)
-    assert kinds(actions) == ["resize"] and actions[0].args["shrink"]
+    assert kinds(actions) == ["resize"] and actions[0].shrink
 
 
 def test_quota():
@@ -88,10 +88,10 @@ def test_clone_source_must_be_owned_in_the_same_namespace():
 
 def test_features_converge_in_dependency_order():
     actions = plan_image(image(size="1Gi", features=["layering"]), observed(), OWNER)
-    assert [(a.kind, a.args["features"], a.args["enabled"]) for a in actions] == [
-        ("update-features", ["fast-diff", "object-map", "exclusive-lock"], False)]
+    assert [(a.kind, a.features, a.enabled) for a in actions] == [
+        ("update-features", ("fast-diff", "object-map", "exclusive-lock"), False)]
     actions = plan_image(image(size="1Gi"), observed(features=("layering", "deep-flatten")), OWNER)
-    assert actions[0].args == {"features": ["exclusive-lock", "object-map", "fast-diff"], "enabled": True}
+    assert (actions[0].features, actions[0].enabled) == (("exclusive-lock", "object-map", "fast-diff"), True)
 
 
 def test_clone():

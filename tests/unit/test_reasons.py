@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rbd_operator.api.reasons import BY_NAME, EVENT_REASONS, Health, health_of
+from rbd_operator.api.reasons import BY_NAME, EVENT_REASONS, ConditionType, EventReason, Health, Reason, health_of
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "rbd_operator"
-# call name -> index of the positional argument holding a condition reason
+ENUMS = {"Reason": Reason, "EventReason": EventReason, "ConditionType": ConditionType}
+# call name -> index of the positional argument holding a condition reason (a typed Reason, never a literal)
 CONDITION_CALLS = {"condition": 2, "fail": 0, "Waiting": 0, "CephError": 0, "SshError": 0, "PackageError": 0,
-                   "Refused": 0, "OperatorError": 0, "CallTimedOut": 0, "cond": 2, "ImportFailed": 0}
+                   "Refused": 0, "OperatorError": 0, "CallTimedOut": 0, "cond": 2, "ImportFailed": 0, "LeaseLost": 0}
 EVENT_CALLS = {"note": 0}
 
 
@@ -23,51 +24,59 @@ def _name(call: ast.Call) -> str:
     return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
 
 
-def _literals(node: ast.AST) -> list[str]:
-    """String literals a reason argument can be: "X", or "X" if ... else "Y"."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return [node.value]
-    if isinstance(node, ast.IfExp):
-        return _literals(node.body) + _literals(node.orelse)
-    return []
-
-
-def emitted() -> tuple[dict[str, str], dict[str, str]]:
-    """(condition reasons, event reasons) -> where found."""
-    conditions, events = {}, {}
+def _trees():
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "reasons.py":
-            continue
-        tree = ast.parse(path.read_text())
+        if path.name != "reasons.py":
+            yield path, ast.parse(path.read_text())
+
+
+def _reason_args(call: ast.Call) -> list[ast.AST]:
+    args = [kw.value for kw in call.keywords if kw.arg == "reason"]
+    index = CONDITION_CALLS.get(_name(call), EVENT_CALLS.get(_name(call)))
+    if index is not None and len(call.args) > index:
+        args.append(call.args[index])
+    return args
+
+
+def test_no_reason_is_a_string_literal():
+    """Reasons are typed (api/reasons.py): a literal where a reason goes would escape the registry."""
+    found = []
+    for path, tree in _trees():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                name, where = _name(node), f"{path.relative_to(ROOT)}:{node.lineno}"
-                for kw in node.keywords:
-                    if kw.arg == "reason":
-                        target = events if name == "event" else conditions
-                        target.update({r: where for r in _literals(kw.value)})
-                index = CONDITION_CALLS.get(name, EVENT_CALLS.get(name))
-                if index is not None and len(node.args) > index:
-                    target = events if name in EVENT_CALLS else conditions
-                    target.update({r: where for r in _literals(node.args[index])})
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ACTION_REASONS"
-                                                    for t in node.targets):
-                for value in node.value.values:
-                    events[value.value] = f"{path.relative_to(ROOT)}:{node.lineno}"
-    return conditions, events
+            if not isinstance(node, ast.Call):
+                continue
+            for arg in _reason_args(node):
+                for sub in ast.walk(arg):
+                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value[:1].isupper():
+                        found.append(f"{path.relative_to(ROOT)}:{sub.lineno}: {sub.value!r}")
+    assert not found, "reasons as string literals (use Reason/EventReason members):\n" + "\n".join(found)
 
 
-def test_every_condition_reason_is_documented():
-    conditions, _ = emitted()
-    assert len(conditions) > 40, "the scan found too little: it is broken"
-    missing = {r: where for r, where in conditions.items() if r not in BY_NAME and r[:1].isupper()}
-    assert not missing, f"undocumented condition reasons (add them to api/reasons.py): {missing}"
+def test_every_enum_member_named_in_the_code_exists_and_every_reason_is_used():
+    used: dict[str, set[str]] = {name: set() for name in ENUMS}
+    missing = []
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ENUMS:
+                enum = ENUMS[node.value.id]
+                if node.attr.isupper():
+                    used[node.value.id].add(node.attr)
+                    if node.attr not in enum.__members__:
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not missing, "members that do not exist (a typo fails only when that line runs):\n" + "\n".join(missing)
+    assert len(used["Reason"]) > 60, "the scan found too little: it is broken"
+    unused = sorted(set(Reason.__members__) - used["Reason"])
+    assert not unused, f"documented reasons the operator never reports (remove them): {unused}"
+    unused = sorted(set(EventReason.__members__) - used["EventReason"])
+    assert not unused, f"documented event reasons never posted (remove them): {unused}"
 
 
-def test_every_event_reason_is_documented():
-    conditions, events = emitted()
-    missing = {r: where for r, where in events.items() if r not in EVENT_REASONS and r not in BY_NAME}
-    assert not missing, f"undocumented event reasons (add them to EVENT_REASONS): {missing}"
+def test_every_reason_is_documented():
+    assert set(BY_NAME) == {r.value for r in Reason}
+    assert set(EVENT_REASONS) == set(EventReason) and all(EVENT_REASONS.values())
+    # Warning events repeat a condition's Reason; an EventReason is only ever a Normal event's. One name is both:
+    # HostKeyPinned (the Normal event of trust on first use, and Ready=False for that pass).
+    assert {r.value for r in EventReason} & set(BY_NAME) == {"HostKeyPinned"}
 
 
 def test_unknown_reasons_fail_closed_and_transient_ones_are_never_degraded():

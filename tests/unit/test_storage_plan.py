@@ -2,6 +2,7 @@ import pytest
 
 from rbd_operator.api.errors import Refused, SpecError
 from rbd_operator.api.storage import parse_storage
+from rbd_operator.reconcile.actions import ClaimPool, CreatePool
 from rbd_operator.reconcile.ownership import staging_name
 from rbd_operator.reconcile.storage_plan import POOL_OWNER_KEY, ObservedPool, plan_client, plan_pool
 
@@ -23,7 +24,7 @@ def dump(owner=ME, **over):
 
 
 def kinds(actions):
-    return [(a.kind, a.args.get("var") or a.args.get("field")) for a in actions]
+    return [(a.kind, getattr(a, "var", None) or getattr(a, "field", None)) for a in actions]
 
 
 def plan(spec, observed, pools=None, alive=live(ME)):
@@ -34,15 +35,15 @@ def test_new_pool_is_staged_marked_and_renamed_in_one_step():
     spec = parse_storage("vms", BASE)
     actions = plan(spec, None)
     assert kinds(actions) == [("create-pool", None), ("set-pool", "pg_autoscale_mode"), ("rbd-pool-init", None)]
-    assert actions[0].args == {"pg_num": 128, "app": "rbd", "owner": ME, "cluster": None, "staging": staging_name(ME),
-                               "staged": False}
+    assert actions[0] == CreatePool("vms", pg_num=128, app="rbd", owner=ME, cluster=None, staging=staging_name(ME),
+                                    staged=False)
 
 
 def test_a_staged_pool_left_by_a_crash_is_resumed():
     spec = parse_storage("vms", BASE)
     staged = dump(owner=None, pool_name=staging_name(ME))
     actions = plan(spec, None, {staging_name(ME): staged})
-    assert actions[0].kind == "create-pool" and actions[0].args["staged"] is True
+    assert actions[0].kind == "create-pool" and actions[0].staged is True
 
 
 def test_owner_marker_is_read_from_application_metadata():
@@ -100,7 +101,7 @@ def test_adopted_pool_keeps_what_the_spec_does_not_state():
     brownfield = dump(owner=None, pg_num_target=16, quota_max_bytes=5 * 2**30, pg_autoscale_mode="on")
     actions = plan(spec, brownfield)
     assert kinds(actions) == [("set-pool-owner", None)], "pg_num, autoscaler and quota stay as they are"
-    assert actions[0].args == {"app": "rbd", "owner": ME, "cluster": None}
+    assert actions[0] == ClaimPool("vms", app="rbd", owner=ME, cluster=None)
     # Once adopted (our marker), still only what the spec states.
     assert plan(spec, dump(pg_num_target=16, quota_max_bytes=5 * 2**30, pg_autoscale_mode="on")) == []
     stated = parse_storage("vms", {**BASE, "pool": {"adopt": True, "pgNum": 32}})
@@ -131,7 +132,7 @@ def test_existing_client_needs_adopt_and_keeps_its_caps_unless_stated():
         plan_client("client.vmmgr", {"mon": "profile rbd"}, seed, [], ME, False, live(ME))
     assert err.value.reason == "NotOwned"
     actions = plan_client("client.vmmgr", None, seed, [], ME, True, live(ME))
-    assert [a.kind for a in actions] == ["set-client-owners"] and actions[0].args == {"owners": [ME]}
+    assert [a.kind for a in actions] == ["set-client-owners"] and actions[0].owners == (ME,)
 
 
 def test_shared_client_needs_adopt():
@@ -140,7 +141,7 @@ def test_shared_client_needs_adopt():
     assert err.value.reason == "OwnedByOther"
     actions = plan_client("client.x", {"mon": "profile rbd"}, {"mon": "profile rbd"}, [OTHER], ME, True,
                           live(ME, OTHER))
-    assert actions[0].args == {"owners": sorted([ME, OTHER])}
+    assert actions[0].owners == tuple(sorted([ME, OTHER]))
 
 
 def test_caps_never_leak_keys_into_descriptions():

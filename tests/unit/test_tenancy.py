@@ -71,7 +71,7 @@ def test_ours_in_either_format_and_earlier_records_are_upgraded():
     assert check_image_owner("x", ME.record, ME, False, live, False) == Decision.OURS
     assert check_image_owner("x", ME.legacy, ME, False, live, False) == Decision.UPGRADE
     actions = plan_image(image(size="1Gi"), observed(owner=ME.legacy), ME)
-    assert [(a.kind, a.args["owner"]) for a in actions] == [("upgrade-owner", ME.record)]
+    assert [(a.kind, a.owner) for a in actions] == [("upgrade-owner", ME.record)]
     assert plan_image(image(size="1Gi"), observed(owner=ME.record), ME) == []
 
 
@@ -134,7 +134,7 @@ def test_pools_and_clients_carry_the_cluster_too():
                                            "application_metadata": {"rbd": meta}, "pg_autoscale_mode": "off",
                                            "options": {}, "flags_names": ""})
     legacy = plan_pool(spec, pool("s-1"), {"p": pool("s-1")}, "s-1", gone, CLUSTER)
-    assert [(a.kind, a.args["cluster"]) for a in legacy] == [("upgrade-pool-owner", CLUSTER)]
+    assert [(a.kind, a.cluster) for a in legacy] == [("upgrade-pool-owner", CLUSTER)]
     assert plan_pool(spec, pool("s-1", CLUSTER), {"p": pool("s-1", CLUSTER)}, "s-1", gone, CLUSTER) == []
     err = refused(plan_pool, spec, pool("s-1", OTHER_CLUSTER), {}, "s-1", gone, CLUSTER)
     assert err.reason == "OwnedByOther", "the same uid recorded by another cluster is not ours"
@@ -151,7 +151,7 @@ def test_pools_and_clients_carry_the_cluster_too():
     assert err.reason == "OwnedByOther"
     shared = plan_client("client.x", None, {"mon": "profile rbd"}, [f"s-2@{OTHER_CLUSTER}"], "s-1", True, gone,
                          CLUSTER)
-    assert shared[0].args["owners"] == sorted([f"s-1@{CLUSTER}", f"s-2@{OTHER_CLUSTER}"])
+    assert shared[0].owners == tuple(sorted([f"s-1@{CLUSTER}", f"s-2@{OTHER_CLUSTER}"]))
 
 
 # -- limits -----------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_a_new_image_beyond_any_limit_is_refused_naming_the_field_and_the_limit(
     ok = plan_image(image(size="10Gi", trashRetention="1h", dataPool="ec-data", qos={"iopsLimit": 2000}), None, ME,
                     tenancy=Tenancy(limits=LIMITS))
     assert [a.kind for a in ok] == ["create", "set-qos"]
-    assert ok[1].args["qos"] == {"rbd_qos_iops_limit": 2000, "rbd_qos_bps_limit": 100 * 2**20}, "the ceiling"
+    assert ok[1].qos == {"rbd_qos_iops_limit": 2000, "rbd_qos_bps_limit": 100 * 2**20}, "the ceiling"
 
 
 def test_limits_are_checked_before_the_data_pool_is_looked_up_and_bind_clones_and_grows():
@@ -198,7 +198,7 @@ def test_a_limit_added_later_keeps_what_exists_and_lowers_qos_to_the_ceiling():
     have = observed(size=12 * GI, owner=ME.record, qos={"rbd_qos_iops_limit": 0})
     plan = plan_image(big, have, ME, tenancy=Tenancy(limits=LIMITS, settled=True))
     assert [a.kind for a in plan] == ["set-qos"]
-    assert plan[0].args["qos"] == {"rbd_qos_iops_limit": 2000, "rbd_qos_bps_limit": 100 * 2**20}
+    assert plan[0].qos == {"rbd_qos_iops_limit": 2000, "rbd_qos_bps_limit": 100 * 2**20}
     assert len(plan.beyond) == 3 and any("maxSize" in b for b in plan.beyond)
     # The same spec, changed since it was accepted (a new generation): refused, nothing written.
     assert refused(plan_image, big, have, ME, tenancy=Tenancy(limits=LIMITS, settled=False)).reason == "LimitExceeded"
@@ -244,9 +244,9 @@ def test_per_namespace_counts_are_race_free_the_older_request_wins():
     url = {"url": "https://t.example/templates/debian.qcow2"}
     room = Tenancy(limits=ImageLimits(per_namespace=NamespaceLimits(max_bytes=20 * GI)), usage=Usage(1, 15 * GI))
     act = plan_image(image(source=url), None, ME, import_prefixes=imports, tenancy=room)[0]
-    assert (act.args["limit"], act.args["limit_reason"]) == (5 * GI, "LimitExceeded")
+    assert (act.limit, act.limit_reason) == (5 * GI, "LimitExceeded")
     act = plan_image(image(source=url), None, ME, 2 * GI, import_prefixes=imports, tenancy=room)[0]
-    assert (act.args["limit"], act.args["limit_reason"]) == (2 * GI, "SizeExceedsQuota")
+    assert (act.limit, act.limit_reason) == (2 * GI, "SizeExceedsQuota")
     none_left = Tenancy(limits=ImageLimits(per_namespace=NamespaceLimits(max_bytes=GI)), usage=Usage(1, GI))
     assert refused(plan_image, image(source=url), None, ME, import_prefixes=imports,
                    tenancy=none_left).reason == "LimitExceeded"

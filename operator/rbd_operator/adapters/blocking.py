@@ -25,6 +25,7 @@ from typing import Any, Callable, TypeVar
 
 from .. import metrics
 from ..api.errors import OperatorError
+from ..api.reasons import Reason
 
 T = TypeVar("T")
 
@@ -63,10 +64,10 @@ def cancelled() -> bool:
 def check_cancelled(what: str = "the operation") -> None:
     """Raise before a mutation when the call was abandoned: nothing changes after a timeout."""
     if cancelled():
-        raise CallTimedOut("Timeout", f"{what} was stopped: its handler gave up waiting")
+        raise CallTimedOut(Reason.TIMEOUT, f"{what} was stopped: its handler gave up waiting")
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any, timeout: float = 60.0, reason: str = "Timeout",
+async def run_blocking(fn: Callable[..., T], *args: Any, timeout: float = 60.0, reason: str = Reason.TIMEOUT,
                        pool: str = "ceph", **kwargs: Any) -> T:
     """Call fn in a worker thread of `pool`; give up waiting after `timeout` seconds (CallTimedOut).
 
@@ -122,5 +123,5 @@ async def wait_inflight(uid: str, timeout: float) -> None:
         return
     done, still = await asyncio.wait([asyncio.shield(f) for f in pending], timeout=timeout)
     if still:
-        raise CallTimedOut("Timeout", f"{len(still)} earlier operation(s) on this object still run after "
+        raise CallTimedOut(Reason.TIMEOUT, f"{len(still)} earlier operation(s) on this object still run after "
                            "their handler gave up; waiting for them before changing anything else")

@@ -16,6 +16,7 @@ from ..reconcile.host_plan import check_managed_path, check_uuid
 from .blocking import check_cancelled
 from .libvirt_conn import running_domains, wrap
 from .ssh import SshError, SshSession, tail
+from ..api.reasons import Reason
 
 
 FACTS_SCRIPT = r"""
@@ -148,14 +149,14 @@ def dnf_removals(out: str, err: str) -> list[str]:
 
 def classify_package_failure(output: str) -> str:
     if re.search(r"Could not get lock|Unable to lock|Waiting for process with pid|another copy is running", output):
-        return "PackageManagerBusy"
+        return Reason.PACKAGE_MANAGER_BUSY
     if re.search(r"Unable to locate package|has no installation candidate|No match for argument|"
                  r"Unable to find a match", output):
-        return "PackageNotFound"
+        return Reason.PACKAGE_NOT_FOUND
     if re.search(r"Failed to fetch|Failed to download metadata|Cannot download repomd|Could not resolve|"
                  r"Connection refused|Could not connect|Cannot retrieve repository", output):
-        return "RepositoryUnreachable"
-    return "PackageCommandFailed"
+        return Reason.REPOSITORY_UNREACHABLE
+    return Reason.PACKAGE_COMMAND_FAILED
 
 
 class Host:
@@ -166,7 +167,7 @@ class Host:
     @property
     def _libvirt(self) -> "libvirt.virConnect":
         if self.virt is None:
-            raise SshError("LibvirtUnavailable", f"no libvirt connection to {self.ssh.address}")
+            raise SshError(Reason.LIBVIRT_UNAVAILABLE, f"no libvirt connection to {self.ssh.address}")
         return self.virt
 
     def facts(self) -> Facts:
@@ -190,7 +191,7 @@ class Host:
         check_cancelled(what)
         result = self.ssh.run(locked(argv), env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout)
         if result.rc == _LOCK_BUSY:
-            raise PackageError("PackageManagerBusy", f"{what}: another package command of rbd-operator still runs "
+            raise PackageError(Reason.PACKAGE_MANAGER_BUSY, f"{what}: another package command of rbd-operator still runs "
                                f"on the host ({PACKAGE_LOCK} is locked)")
         if result.rc != 0:
             output = result.err + "\n" + result.out
@@ -203,7 +204,7 @@ class Host:
             return None
         if result.rc == 3:
             return tail(result.out, 200) or "a package transaction runs"
-        raise SshError("CommandFailed", f"checking for package transactions failed (exit {result.rc}): "
+        raise SshError(Reason.COMMAND_FAILED, f"checking for package transactions failed (exit {result.rc}): "
                        f"{tail(result.err or result.out, 200)}")
 
     def simulate(self, family: str, install: list[str], remove: list[str]) -> list[str]:
@@ -235,10 +236,10 @@ class Host:
             return False
         result = self.ssh.run(locked(["sh", "-s"]), stdin=REPAIR_DPKG_SCRIPT.encode(), timeout=900)
         if result.rc == _LOCK_BUSY:
-            raise PackageError("PackageManagerBusy", f"another package command of rbd-operator still runs on the "
+            raise PackageError(Reason.PACKAGE_MANAGER_BUSY, f"another package command of rbd-operator still runs on the "
                                f"host ({PACKAGE_LOCK} is locked)")
         if result.rc != 0:
-            raise PackageError("PackageCommandFailed", f"dpkg --configure -a failed: {tail(result.err or result.out)}")
+            raise PackageError(Reason.PACKAGE_COMMAND_FAILED, f"dpkg --configure -a failed: {tail(result.err or result.out)}")
         return "repaired" in result.out
 
     def refresh_indexes(self, family: str) -> None:
@@ -314,7 +315,7 @@ class Host:
             self._libvirt.secretLookupByUUIDString(check_uuid(uuid)).undefine()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
-                raise SshError("LibvirtUnavailable", f"undefining libvirt secret {uuid}: {exc}") from None
+                raise SshError(Reason.LIBVIRT_UNAVAILABLE, f"undefining libvirt secret {uuid}: {exc}") from None
 
     def running_domains(self) -> int:
         return int(wrap("listing running domains", running_domains, self._libvirt))
@@ -323,7 +324,7 @@ class Host:
     def probe(self, client: str, keyring_path: str, pool: str) -> str:
         check_managed_path(keyring_path)
         if keyring_path != f"/etc/ceph/ceph.client.{client}.keyring" or pool.startswith("-"):
-            raise SshError("UnsafeValue", f"probe arguments for client {client!r} failed validation")
+            raise SshError(Reason.UNSAFE_VALUE, f"probe arguments for client {client!r} failed validation")
         result = self.ssh.run(["timeout", "30", "rbd", "--conf", "/etc/ceph/ceph.conf", "--id", client,
                                "--keyring", keyring_path, "ls", pool], timeout=60)
         if result.rc == 0:

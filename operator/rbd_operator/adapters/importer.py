@@ -24,6 +24,7 @@ import rbd
 
 from ..api.errors import OperatorError, Refused
 from .blocking import check_cancelled
+from ..api.reasons import Reason
 
 CHUNK = 4 * 2**20
 QCOW2_MAGIC = b"QFI\xfb"
@@ -57,11 +58,11 @@ def open_url(url: str, prefixes: tuple[str, ...]) -> http.client.HTTPResponse:
     """GET url, following redirects only within the allowed prefixes."""
     for _ in range(MAX_REDIRECTS + 1):
         if not allowed(url, prefixes):
-            raise ImportFailed("ImportNotAllowed", f"{url[:200]} is not under the storage's "
+            raise ImportFailed(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not under the storage's "
                                "spec.imports.allowedURLPrefixes; nothing was fetched", retry=False)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImportFailed("ImportNotAllowed", f"{url[:200]} is not an http(s) URL", retry=False)
+            raise ImportFailed(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not an http(s) URL", retry=False)
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=TIMEOUT)
         path = parts.path or "/"
@@ -72,16 +73,16 @@ def open_url(url: str, prefixes: tuple[str, ...]) -> http.client.HTTPResponse:
             resp = conn.getresponse()
         except OSError as exc:
             conn.close()
-            raise ImportFailed("URLUnreachable", f"{parts.scheme}://{parts.hostname}: {exc.strerror or exc}") from None
+            raise ImportFailed(Reason.URL_UNREACHABLE, f"{parts.scheme}://{parts.hostname}: {exc.strerror or exc}") from None
         if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
             url = urllib.parse.urljoin(url, resp.getheader("Location"))
             conn.close()
             continue
         if resp.status != 200:
             conn.close()
-            raise ImportFailed("URLUnreachable", f"{url[:200]}: HTTP {resp.status}")
+            raise ImportFailed(Reason.URL_UNREACHABLE, f"{url[:200]}: HTTP {resp.status}")
         return resp
-    raise ImportFailed("URLUnreachable", f"{url[:200]}: too many redirects")
+    raise ImportFailed(Reason.URL_UNREACHABLE, f"{url[:200]}: too many redirects")
 
 
 def _fresh(ioctx: rados.Ioctx, name: str, size: int, features: int = rbd.RBD_FEATURE_LAYERING) -> None:
@@ -104,7 +105,7 @@ def remove_quietly(ioctx: rados.Ioctx, *names: str) -> None:
 class SizeBound:
     """The most an imported image may become: the pool quota or the storage's imageLimits (0: no bound)."""
     bytes: int = 0
-    reason: str = "SizeExceedsQuota"
+    reason: str = Reason.SIZE_EXCEEDS_QUOTA
     what: str = "the pool quota"
 
     def check(self, size: int, subject: str) -> None:
@@ -130,7 +131,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
                 try:
                     chunk = resp.read(CHUNK)
                 except OSError as exc:
-                    raise ImportFailed("URLUnreachable", f"download interrupted: {exc}") from None
+                    raise ImportFailed(Reason.URL_UNREACHABLE, f"download interrupted: {exc}") from None
                 if not chunk:
                     break
                 digest.update(chunk)
@@ -143,7 +144,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
                 with progress.lock:
                     progress.bytes = offset
             if total and offset != total:
-                raise ImportFailed("URLUnreachable", f"download ended after {offset} of {total} bytes")
+                raise ImportFailed(Reason.URL_UNREACHABLE, f"download ended after {offset} of {total} bytes")
             image.resize(offset)
         return digest.hexdigest(), offset
     finally:
@@ -160,22 +161,22 @@ class Qcow2:
 
 def parse_qcow2_header(head: bytes) -> Qcow2:
     if len(head) < 72 or head[:4] != QCOW2_MAGIC:
-        raise ImportFailed("UnsupportedImageFormat", "not a qcow2 image", retry=False)
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "not a qcow2 image", retry=False)
     version, backing_offset, _, cluster_bits, size, crypt, l1_size, l1_offset = struct.unpack(
         ">IQIIQIIQ", head[4:48])
     if version not in (2, 3):
-        raise ImportFailed("UnsupportedImageFormat", f"qcow2 version {version}", retry=False)
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 version {version}", retry=False)
     if backing_offset:
-        raise ImportFailed("UnsupportedImageFormat", "a qcow2 with a backing file", retry=False)
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "a qcow2 with a backing file", retry=False)
     if crypt:
-        raise ImportFailed("UnsupportedImageFormat", "an encrypted qcow2", retry=False)
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "an encrypted qcow2", retry=False)
     if version == 3:
         incompatible = struct.unpack(">Q", head[72:80])[0]
         if incompatible & ~0x1:  # only "dirty" is harmless for reading (refcounts are not used here)
-            raise ImportFailed("UnsupportedImageFormat", f"qcow2 incompatible features {incompatible:#x} "
+            raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 incompatible features {incompatible:#x} "
                                "(external data file, extended L2, compression type...)", retry=False)
     if not 9 <= cluster_bits <= 21:
-        raise ImportFailed("UnsupportedImageFormat", f"qcow2 cluster_bits {cluster_bits}", retry=False)
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 cluster_bits {cluster_bits}", retry=False)
     return Qcow2(cluster_bits, size, l1_size, l1_offset)
 
 
@@ -201,7 +202,7 @@ def qcow2_to_image(src: rbd.Image, dst: rbd.Image, progress: Progress) -> None:
             if guest >= q.size:
                 break
             if entry & COMPRESSED:
-                raise ImportFailed("UnsupportedImageFormat", "a compressed qcow2 (convert it with -c off)",
+                raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "a compressed qcow2 (convert it with -c off)",
                                    retry=False)
             offset = entry & OFFSET_MASK
             if not offset or entry & 1:  # unallocated, or the v3 "zero" flag: thin stays thin
@@ -221,7 +222,7 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
     try:
         digest, length = download(ioctx, url, prefixes, scratch, limit, progress, features)
         if sha256 and digest != sha256.lower():
-            raise ImportFailed("ChecksumMismatch", f"the download's sha256 is {digest}, the spec says "
+            raise ImportFailed(Reason.CHECKSUM_MISMATCH, f"the download's sha256 is {digest}, the spec says "
                                f"{sha256.lower()}; nothing was kept", retry=False)
         with rbd.Image(ioctx, scratch, read_only=True) as src:
             head = src.read(0, 512) if length >= 512 else src.read(0, length)
@@ -253,8 +254,8 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
 
 def check_prefixes(url: str, prefixes: tuple[str, ...]) -> None:
     if not prefixes:
-        raise Refused("ImportNotAllowed", "the storage allows no imports (spec.imports.allowedURLPrefixes is "
+        raise Refused(Reason.IMPORT_NOT_ALLOWED, "the storage allows no imports (spec.imports.allowedURLPrefixes is "
                       "absent); nothing was fetched")
     if not allowed(url, prefixes):
-        raise Refused("ImportNotAllowed", f"{url[:200]} is not under the storage's spec.imports.allowedURLPrefixes; "
+        raise Refused(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not under the storage's spec.imports.allowedURLPrefixes; "
                       "nothing was fetched")

@@ -12,6 +12,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from ..api.errors import Refused
+from ..api.reasons import Reason
 
 _lock = threading.Lock()
 _core: kubernetes.client.CoreV1Api | None = None
@@ -35,7 +36,7 @@ def check_secret_namespace(namespace: str | None, name: str) -> str:
     """The namespace of a Secret reference, which must be the operator's own (Refused otherwise)."""
     own = operator_namespace()
     if namespace not in (None, "", own):
-        raise Refused("SecretOutsideNamespace", f"Secret {namespace}/{name} is outside the operator's namespace "
+        raise Refused(Reason.SECRET_OUTSIDE_NAMESPACE, f"Secret {namespace}/{name} is outside the operator's namespace "
                       f"{own!r}; the operator reads Secrets only there. Nothing was read")
     return own
 
@@ -154,7 +155,7 @@ def claimable_secret(namespace: str, name: str, owner: dict[str, Any]) -> Any | 
             raise
         return None
     if not any(o.uid == owner["uid"] and o.controller for o in (current.metadata.owner_references or [])):
-        raise Refused("SecretConflict", f"Secret {namespace}/{name} exists and does not belong to "
+        raise Refused(Reason.SECRET_CONFLICT, f"Secret {namespace}/{name} exists and does not belong to "
                       f"{owner['kind']} {owner['name']}; it was not written (choose another spec.client.secretName "
                       "or delete that Secret). Nothing was changed")
     return current

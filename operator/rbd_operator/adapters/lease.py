@@ -33,6 +33,7 @@ from kubernetes.client.rest import ApiException
 from ..api.errors import OperatorError
 from ..reconcile.disruption import LeaseObserver, LeaseRecord, Tenure
 from . import kube
+from ..api.reasons import Reason
 
 IDENTITY = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 DISRUPTION_LEASE = "rbd-operator-disruption"
@@ -136,7 +137,7 @@ class LeaseLock:
         """Before a disruptive step: the Lease must be ours with margin, by this replica's own clock."""
         why = self.tenure.may_start()
         if why is not None:
-            raise LeaseLost("DisruptionLeaseLost", f"not {step}: Lease {self.name} may no longer be this "
+            raise LeaseLost(Reason.DISRUPTION_LEASE_LOST, f"not {step}: Lease {self.name} may no longer be this "
                             f"replica's ({why}); nothing more is started until it is held again")
 
     def record_host(self, node: str, address: str) -> None:

@@ -24,6 +24,7 @@ from typing import Callable
 import libvirt
 
 from .ssh import SshError
+from ..api.reasons import Reason
 
 log = logging.getLogger(__name__)
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
@@ -105,7 +106,7 @@ class Connections:
                 conn = libvirt.open(uri)
             except libvirt.libvirtError as exc:
                 text = str(exc)
-                reason = "HostKeyMismatch" if "HOST KEY" in text.upper() else "LibvirtUnavailable"
+                reason = Reason.HOST_KEY_MISMATCH if "HOST KEY" in text.upper() else Reason.LIBVIRT_UNAVAILABLE
                 raise SshError(reason, f"libvirt on {target.address}: {text.splitlines()[0][:300]}") from None
         finally:
             shutil.rmtree(directory, ignore_errors=True)  # read at connect time only
@@ -149,4 +150,4 @@ def wrap(what: str, fn: Callable, *args: object) -> object:
     try:
         return fn(*args)
     except libvirt.libvirtError as exc:
-        raise SshError("LibvirtUnavailable", f"{what}: {str(exc).splitlines()[0][:300]}") from None
+        raise SshError(Reason.LIBVIRT_UNAVAILABLE, f"{what}: {str(exc).splitlines()[0][:300]}") from None

@@ -24,6 +24,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
 from ..api.errors import OperatorError
+from ..api.reasons import Reason
 
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_SECONDS = 15   # a silent peer is noticed; a black-holed one fails the channel timeouts below
@@ -76,7 +77,7 @@ def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes
     try:
         sock = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:
-        raise SshError("HostUnreachable", f"cannot connect to {where}: {exc.strerror or exc}") from None
+        raise SshError(Reason.HOST_UNREACHABLE, f"cannot connect to {where}: {exc.strerror or exc}") from None
     _dead_peer_detection(sock)
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
@@ -84,13 +85,13 @@ def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes
         if pinned is not None:
             algorithms = HOST_KEY_ALGORITHMS.get(pinned[0])
             if not algorithms:
-                raise SshError("HostKeyMismatch", f"pinned key type {pinned[0]!r} is not supported")
+                raise SshError(Reason.HOST_KEY_MISMATCH, f"pinned key type {pinned[0]!r} is not supported")
             transport.get_security_options().key_types = algorithms
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
         seen = (key.get_name(), key.asbytes())
         if pinned is not None and seen != pinned:
-            raise SshError("HostKeyMismatch",
+            raise SshError(Reason.HOST_KEY_MISMATCH,
                            f"{where} presented {seen[0]} {fingerprint(*seen)}, "
                            f"pinned is {pinned[0]} {fingerprint(*pinned)}; nothing was executed")
     except SshError:
@@ -99,12 +100,12 @@ def _handshake(address: str, port: int, timeout: float, pinned: tuple[str, bytes
     except paramiko.SSHException as exc:
         transport.close()
         if pinned is not None and isinstance(exc, paramiko.ssh_exception.IncompatiblePeer) and "host key" in str(exc):
-            raise SshError("HostKeyMismatch", f"{where} offers no {pinned[0]} host key (the pinned key's "
+            raise SshError(Reason.HOST_KEY_MISMATCH, f"{where} offers no {pinned[0]} host key (the pinned key's "
                            "algorithm); nothing was executed") from None
-        raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+        raise SshError(Reason.HOST_UNREACHABLE, f"SSH handshake with {where} failed: {type(exc).__name__}") from None
     except (OSError, EOFError) as exc:
         transport.close()
-        raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+        raise SshError(Reason.HOST_UNREACHABLE, f"SSH handshake with {where} failed: {type(exc).__name__}") from None
     return transport
 
 
@@ -135,7 +136,7 @@ def load_private_key(text: str) -> paramiko.PKey:
             return cls.from_private_key(io.StringIO(text))
         except (paramiko.SSHException, ValueError, IndexError):
             continue
-    raise SshError("AuthenticationFailed", "ssh-privatekey is not an unencrypted ed25519, ecdsa or rsa private key")
+    raise SshError(Reason.AUTHENTICATION_FAILED, "ssh-privatekey is not an unencrypted ed25519, ecdsa or rsa private key")
 
 
 class SshSession:
@@ -148,7 +149,7 @@ class SshSession:
     def __init__(self, address: str, port: int, user: str, private_key: str, pinned: tuple[str, bytes],
                  timeout: float = CONNECT_TIMEOUT) -> None:
         if pinned is None:
-            raise SshError("HostKeyMismatch", f"{address}:{port}: no pinned host key; nothing was executed")
+            raise SshError(Reason.HOST_KEY_MISMATCH, f"{address}:{port}: no pinned host key; nothing was executed")
         self.address, self.port, self.user = address, port, user
         self._key = load_private_key(private_key)
         self._pinned = pinned
@@ -173,10 +174,10 @@ class SshSession:
             transport.auth_publickey(self.user, self._key)
         except paramiko.AuthenticationException:
             transport.close()
-            raise SshError("AuthenticationFailed", f"{where} refused the key for user {self.user}") from None
+            raise SshError(Reason.AUTHENTICATION_FAILED, f"{where} refused the key for user {self.user}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise SshError("HostUnreachable", f"SSH handshake with {where} failed: {type(exc).__name__}") from None
+            raise SshError(Reason.HOST_UNREACHABLE, f"SSH handshake with {where} failed: {type(exc).__name__}") from None
         transport.set_keepalive(KEEPALIVE_SECONDS)
         self._transport = transport
 
@@ -224,18 +225,18 @@ class SshSession:
                     if chan.eof_received or chan.closed or time.monotonic() - exited_at > EXIT_GRACE:
                         break
                 if time.monotonic() > deadline:
-                    raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s")
+                    raise SshError(Reason.COMMAND_TIMED_OUT, f"{argv[0]} did not finish within {timeout:.0f}s")
                 time.sleep(0.01)
             rc = chan.recv_exit_status()
             if rc == -1:  # the channel closed without an exit status: the connection is gone
-                raise SshError("HostUnreachable", f"connection to {self.address} lost while {argv[0]} ran")
+                raise SshError(Reason.HOST_UNREACHABLE, f"connection to {self.address} lost while {argv[0]} ran")
         except socket.timeout:
-            raise SshError("CommandTimedOut", f"{argv[0]} did not finish within {timeout:.0f}s") from None
+            raise SshError(Reason.COMMAND_TIMED_OUT, f"{argv[0]} did not finish within {timeout:.0f}s") from None
         finally:
             chan.close()
         result = Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and rc != 0:
-            raise SshError("CommandFailed", f"{argv[0]} exited {rc}: {tail(result.err or result.out)}")
+            raise SshError(Reason.COMMAND_FAILED, f"{argv[0]} exited {rc}: {tail(result.err or result.out)}")
         return result
 
     def script(self, text: str, *args: str, timeout: float = 120) -> Result:
@@ -279,7 +280,7 @@ class SshSession:
         with _io_errors(self, f"creating {path}"):
             kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
         if kind != CMD_HANDLE:
-            raise SshError("CommandFailed", f"creating {path} on {self.address}: unexpected SFTP answer {kind}")
+            raise SshError(Reason.COMMAND_FAILED, f"creating {path} on {self.address}: unexpected SFTP answer {kind}")
         return SFTPFile(sftp, msg.get_binary(), "wb")
 
     def write(self, path: str, data: bytes, mode: int) -> None:
@@ -329,17 +330,17 @@ def _io_errors(session: SshSession, what: str) -> Iterator[None]:
     except SshError:
         raise
     except (socket.timeout, TimeoutError):
-        raise SshError("CommandTimedOut", f"{what} on {session.address}: no answer in time") from None
+        raise SshError(Reason.COMMAND_TIMED_OUT, f"{what} on {session.address}: no answer in time") from None
     except (paramiko.SSHException, EOFError, ConnectionError) as exc:
-        raise SshError("HostUnreachable", f"{what} on {session.address}: connection lost "
+        raise SshError(Reason.HOST_UNREACHABLE, f"{what} on {session.address}: connection lost "
                        f"({type(exc).__name__})") from None
     except OSError as exc:
-        reason = "HostUnreachable" if exc.errno in _NETWORK_ERRNOS else "CommandFailed"
+        reason = Reason.HOST_UNREACHABLE if exc.errno in _NETWORK_ERRNOS else Reason.COMMAND_FAILED
         raise SshError(reason, f"{what} on {session.address}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _too_large(what: str, address: str) -> SshError:
-    return SshError("CommandFailed", f"{what} on {address}: output too large (more than {OUTPUT_LIMIT} bytes, "
+    return SshError(Reason.COMMAND_FAILED, f"{what} on {address}: output too large (more than {OUTPUT_LIMIT} bytes, "
                     "RBD_OPERATOR_HOST_OUTPUT_LIMIT); stopped reading, nothing of it was used")
 
 

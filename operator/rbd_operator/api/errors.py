@@ -6,6 +6,7 @@ Reasons are documented in `api/reasons.py`.
 """
 
 from __future__ import annotations
+from .reasons import Reason
 
 
 class OperatorError(Exception):
@@ -31,7 +32,7 @@ class SpecError(OperatorError):
 
     retry = None
 
-    def __init__(self, field: str, message: str, reason: str = "InvalidSpec") -> None:
+    def __init__(self, field: str, message: str, reason: str = Reason.INVALID_SPEC) -> None:
         super().__init__(reason, f"{field}: {message}")
         self.field = field
 

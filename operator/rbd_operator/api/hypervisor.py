@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from .errors import SpecError
 from .storage import SecretRef, secret_ref
+from .reasons import Reason
 
 PROFILES = ("qemu-rbd", "kernel-rbd", "none")
 HOST_KEY_POLICIES = ("Pinned", "TrustOnFirstUse")
@@ -80,7 +81,7 @@ def parse_host_key(line: str, path: str = "spec.hostKey") -> tuple[str, bytes]:
 
 def check_package(value: Any, path: str) -> str:
     if not isinstance(value, str) or not _PACKAGE.match(value):
-        raise SpecError(path, f"{value!r} is not a package name", reason="InvalidPackage")
+        raise SpecError(path, f"{value!r} is not a package name", reason=Reason.INVALID_PACKAGE)
     return value
 
 

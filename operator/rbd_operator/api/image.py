@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from .errors import SpecError
 from .names import check_image_name, check_pool_name
 from .quantity import parse_quantity
+from .reasons import Reason
 
 # librbd feature bits (include/rbd/features.h).
 FEATURE_BITS = {
@@ -113,13 +114,13 @@ def check_features(features: Any, path: str = "spec.features") -> tuple[str, ...
     for feature in features:
         if feature not in USER_FEATURES:
             raise SpecError(path, f"unknown feature {feature!r} (known: {', '.join(USER_FEATURES)})",
-                            reason="InvalidFeatures")
+                            reason=Reason.INVALID_FEATURES)
         if feature not in seen:
             seen.append(feature)
     for feature in seen:
         needed = FEATURE_DEPENDENCIES.get(feature)
         if needed and needed not in seen:
-            raise SpecError(path, f"feature {feature!r} needs {needed!r}", reason="InvalidFeatures")
+            raise SpecError(path, f"feature {feature!r} needs {needed!r}", reason=Reason.INVALID_FEATURES)
     return tuple(seen)
 
 
@@ -127,9 +128,9 @@ def parse_size(value: Any, path: str = "spec.size") -> int:
     try:
         size = parse_quantity(value)
     except ValueError as exc:
-        raise SpecError(path, str(exc), reason="InvalidSize") from None
+        raise SpecError(path, str(exc), reason=Reason.INVALID_SIZE) from None
     if size <= 0:
-        raise SpecError(path, f"must be greater than zero, got {value!r}", reason="InvalidSize")
+        raise SpecError(path, f"must be greater than zero, got {value!r}", reason=Reason.INVALID_SIZE)
     return size
 
 
@@ -197,7 +198,7 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
 
     raw_size = spec.get("size")
     if raw_size is None and source is None:
-        raise SpecError("spec.size", "is required unless the image is cloned from spec.source", reason="InvalidSize")
+        raise SpecError("spec.size", "is required unless the image is cloned from spec.source", reason=Reason.INVALID_SIZE)
     size = None if raw_size is None else parse_size(raw_size)
 
     features = check_features(spec.get("features", list(DEFAULT_FEATURES)))

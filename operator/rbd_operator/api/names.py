@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from .errors import SpecError
+from .reasons import Reason
 
 POOL_NAME_MAX = 63
 IMAGE_NAME_MAX = 96
@@ -19,15 +20,15 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def check_name(field: str, value: object, max_length: int) -> str:
     if not isinstance(value, str) or not value:
-        raise SpecError(field, "must be a non-empty string", reason="InvalidName")
+        raise SpecError(field, "must be a non-empty string", reason=Reason.INVALID_NAME)
     if len(value) > max_length:
-        raise SpecError(field, f"{value[:20]!r}… is longer than {max_length} characters", reason="InvalidName")
+        raise SpecError(field, f"{value[:20]!r}… is longer than {max_length} characters", reason=Reason.INVALID_NAME)
     if not _SAFE.match(value):
         raise SpecError(
             field,
             f"{value!r} may only contain letters, digits, '_', '.', '-' and must start with a letter or digit "
             "(no '/', '@', whitespace)",
-            reason="InvalidName",
+            reason=Reason.INVALID_NAME,
         )
     return value
 
@@ -50,5 +51,5 @@ def check_client_name(field: str, value: object) -> str:
     name = check_name(field, value, CLIENT_NAME_MAX)
     if _RESERVED_CLIENT.match(name) or _ENTITY_PREFIX.match(name):
         raise SpecError(field, f"{name!r} names a privileged or non-client Ceph identity; the operator "
-                        "manages only its own client.<name> users", reason="InvalidName")
+                        "manages only its own client.<name> users", reason=Reason.INVALID_NAME)
     return name

@@ -1,4 +1,5 @@
-"""Shared handler plumbing: status patches, conditions, events, credentials, backoff."""
+"""Shared handler plumbing: per-object locks, status patches, conditions, events, backoff, the report of
+an Outcome (converge/outcome.py) into status."""
 
 from __future__ import annotations
 
@@ -6,43 +7,54 @@ import asyncio
 import functools
 import logging
 import os
-import re
 import traceback
 from typing import Any, Awaitable, Callable, Mapping
 
 import kopf
-from kubernetes.client.rest import ApiException
 
 from .. import metrics
-from ..adapters import blocking, kube
-from ..adapters.blocking import run_blocking
-from ..adapters.ceph import CephError, Credentials, valid_cephx_key
+from ..adapters import blocking
 from ..api.conditions import Condition, get_condition, merge_conditions
 from ..api.errors import OperatorError, Waiting
-from ..api.storage import SecretRef
+from ..api.reasons import ConditionType, Reason
+from ..converge.outcome import Outcome
 
 RESYNC_SECONDS = float(os.environ.get("RBD_OPERATOR_RESYNC_SECONDS", "60"))
-CEPH_TIMEOUT = 60.0
-
-_locks: dict[str, asyncio.Lock] = {}
 
 
-class object_lock:
-    """One reconcile at a time per object (a handler and a timer may overlap).
+class ObjectLocks:
+    """One reconcile at a time per object (a handler and a timer may overlap). One per process, in the
+    Runtime (handlers/runtime.py).
 
-    Inside it, blocking calls are registered to this object: one abandoned on a timeout keeps the
+    Inside `hold(uid)`, blocking calls are registered to this object: one abandoned on a timeout keeps the
     object busy until its thread ends (see adapters/blocking.py); `settle` waits for that.
     """
 
-    def __init__(self, uid: str) -> None:
-        self.uid = uid
-        lock = _locks.get(uid)
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def hold(self, uid: str) -> "_Held":
+        lock = self._locks.get(uid)
         if lock is None:
-            lock = _locks[uid] = asyncio.Lock()
-        self.lock = lock
+            lock = self._locks[uid] = asyncio.Lock()
+        return _Held(uid, lock)
+
+    def busy(self, uid: str) -> bool:
+        """A handler is converging this object right now (or an abandoned call of it still runs):
+        a timer tick holds an older body, so it skips."""
+        lock = self._locks.get(uid)
+        return (lock is not None and lock.locked()) or bool(blocking.inflight.get(uid))
+
+    def release(self, uid: str) -> None:
+        self._locks.pop(uid, None)
+
+
+class _Held:
+    def __init__(self, uid: str, lock: asyncio.Lock) -> None:
+        self.uid, self.lock = uid, lock
         self._token: Any = None
 
-    async def __aenter__(self) -> "object_lock":
+    async def __aenter__(self) -> "_Held":
         await self.lock.acquire()
         self._token = blocking.current_object.set(self.uid)
         return self
@@ -55,17 +67,6 @@ class object_lock:
 async def settle(uid: str) -> None:
     """Before changing anything: earlier calls for this object that timed out must have ended."""
     await blocking.wait_inflight(uid, timeout=5.0)
-
-
-def busy(uid: str) -> bool:
-    """A handler is converging this object right now (or an abandoned call of it still runs):
-    a timer tick holds an older body, so it skips."""
-    lock = _locks.get(uid)
-    return (lock is not None and lock.locked()) or bool(blocking.inflight.get(uid))
-
-
-def release_lock(uid: str) -> None:
-    _locks.pop(uid, None)
 
 
 def backoff(retry: int) -> float:
@@ -96,7 +97,7 @@ class StatusUpdate:
         changed = not old or (old.get("status"), old.get("reason"), old.get("message")) != (
             "True" if ok else "False", reason, message)
         bad = (not ok) if bad is None else bad
-        if event and changed and (bad or type_ == "Ready"):
+        if event and changed and (bad or type_ == ConditionType.READY):
             kopf.event(self.body, type="Warning" if bad else "Normal", reason=reason, message=message or type_)
 
     def fail(self, reason: str, message: str, retry_in: float | None = None) -> None:
@@ -104,7 +105,7 @@ class StatusUpdate:
 
         A timer tick only reports: the next tick is its retry.
         """
-        self.condition("Ready", False, reason, message)
+        self.condition(ConditionType.READY, False, reason, message)
         self.flush()
         if self.timer:
             return
@@ -149,7 +150,7 @@ def reported(*, timer: bool = False) -> Callable[[Callable[..., Awaitable[None]]
                 logger.error("unexpected %s in %s:\n%s", type(exc).__name__, fn.__name__,
                              "".join(traceback.format_tb(exc.__traceback__)))
                 StatusUpdate(kwargs["body"], kwargs["patch"], timer=timer).fail(
-                    "UnexpectedError", f"{type(exc).__name__} in {fn.__name__} (see the operator's log); retried",
+                    Reason.UNEXPECTED_ERROR, f"{type(exc).__name__} in {fn.__name__} (see the operator's log); retried",
                     backoff(kwargs.get("retry", 0)))
             finally:
                 body = kwargs.get("body") or {}
@@ -159,27 +160,11 @@ def reported(*, timer: bool = False) -> Callable[[Callable[..., Awaitable[None]]
     return decorate
 
 
-async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:
-    """Credentials from the admin Secret the spec references (keys userID, userKey).
-
-    Only a Secret in the operator's namespace is read: Refused(SecretOutsideNamespace) otherwise.
-    """
-    ref = SecretRef(ref.name, kube.check_secret_namespace(ref.namespace, ref.name))
-    hit, data = kube.cached_secret(ref.namespace, ref.name)
-    try:
-        if not hit:
-            data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool="kube")
-    except ApiException as exc:
-        raise CephError("AuthFailed", f"cannot read admin Secret {ref.namespace}/{ref.name}: "
-                        f"HTTP {exc.status} {exc.reason}") from None
-    if data is None:
-        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} does not exist")
-    key = data.get("userKey")
-    if not key:
-        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name} has no userKey")
-    if not valid_cephx_key(key.strip()):
-        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name}: userKey is not a cephx key")
-    user = data.get("userID") or "admin"
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", user):
-        raise CephError("AuthFailed", f"admin Secret {ref.namespace}/{ref.name}: userID is not a cephx user name")
-    return Credentials(monitors, user, key.strip())
+def report(status: "StatusUpdate", body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Write an Outcome: its events, its status fields, its conditions (not flushed)."""
+    for note in outcome.events:
+        kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+    if outcome.status:
+        status.set(**outcome.status)
+    for cond in outcome.conditions:
+        status.condition(cond.type, cond.ok, cond.reason, cond.message, event=cond.event, bad=cond.bad)

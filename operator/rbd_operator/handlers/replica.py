@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import kubernetes
 from .. import metrics
 from ..adapters import kube
+from ..api.reasons import EventReason
 
 log = logging.getLogger("rbd_operator.replica")
 
@@ -149,7 +150,7 @@ class Monitor(threading.Thread):
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{self.pod}.activereplica.", "namespace": namespace},
-            "involvedObject": involved, "type": "Normal", "reason": "ActiveReplica",
+            "involvedObject": involved, "type": "Normal", "reason": EventReason.ACTIVE_REPLICA,
             "message": f"{self.pod} is the active replica (kopf peering {self.peering}, identity {self.identity}); "
                        f"the other replicas stand by",
             "source": {"component": "rbd-operator"},

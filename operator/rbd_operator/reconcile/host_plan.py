@@ -11,6 +11,7 @@ from ..api.cephx import valid_cephx_key
 from ..api.errors import Refused, SpecError
 from ..api.hypervisor import HostSpec, Repository
 from ..api.names import check_client_name, check_pool_name
+from ..api.reasons import Reason
 
 MANAGED_PREFIX = "rbd-operator-"
 CEPH_DIR = "/etc/ceph"
@@ -152,7 +153,7 @@ MANAGED_PATHS = re.compile(
 
 def unsafe(what: str, value: object) -> Refused:
     shown = repr(value)[:80] if not isinstance(value, str) or len(value) < 200 else repr(value[:40]) + "…"
-    return Refused("UnsafeValue", f"{what} {shown} failed validation; nothing of it was sent to the host")
+    return Refused(Reason.UNSAFE_VALUE, f"{what} {shown} failed validation; nothing of it was sent to the host")
 
 
 def check_uuid(value: object, what: str = "libvirt secret UUID") -> str:

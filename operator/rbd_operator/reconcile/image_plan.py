@@ -9,9 +9,11 @@ from ..api.errors import Refused, SpecError, Waiting
 from ..api.image import DYNAMIC_FEATURES, FEATURE_BITS, ImageSpec
 from ..api.quantity import format_bytes
 from ..api.storage import ImageLimits
-from .actions import Action
+from .actions import (ClaimImage, CloneImage, CreateImage, Flatten, ImportImage, ProtectSnapshot, Resize, SetQos,
+                      Step, UpdateFeatures, UpgradeImageOwner)
 from .limits import LimitInput, Usage, check_limits
 from .ownership import Decision, ImageOwner, check_image_owner, staging_name
+from ..api.reasons import Reason
 
 # Enabling follows dependencies; disabling goes the other way round.
 _FEATURE_ORDER = ("exclusive-lock", "object-map", "fast-diff", "journaling")
@@ -50,7 +52,7 @@ class Tenancy:
 class ImagePlan(list):
     """The steps (a list of Actions), and what an existing image keeps beyond its storage's limits."""
 
-    def __init__(self, actions: list[Action] = (), beyond: tuple[str, ...] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, actions: list[Step] = (), beyond: tuple[str, ...] = ()) -> None:  # type: ignore[assignment]
         super().__init__(actions)
         self.beyond = beyond
 
@@ -75,7 +77,7 @@ def check_source_owner(spec: ImageSpec, source_owner: str | None, owner: ImageOw
     other = ImageOwner.parse(source_owner)
     if other is None or not owner.same_namespace(other) or not live(other.uid):
         whose = owner.describe(other) if source_owner else "no RbdImage"
-        raise Refused("SourceNotAllowed", f"clone source {spec.source.image!r} belongs to {whose}; a clone's "
+        raise Refused(Reason.SOURCE_NOT_ALLOWED, f"clone source {spec.source.image!r} belongs to {whose}; a clone's "
                       f"source must be an image of a live RbdImage in namespace {owner.namespace!r}. Nothing was "
                       "changed")
 
@@ -100,7 +102,7 @@ def plan_image(
     owner = as_owner(owner)
     if spec.size is not None and quota_max_bytes and spec.size > quota_max_bytes:
         raise SpecError("spec.size", f"{format_bytes(spec.size)} is beyond the pool quota of "
-                        f"{format_bytes(quota_max_bytes)}", reason="SizeExceedsQuota")
+                        f"{format_bytes(quota_max_bytes)}", reason=Reason.SIZE_EXCEEDS_QUOTA)
     target = spec.size
     if target is None and observed is None and source is not None and source.image_exists:
         target = source.size  # a clone that states no size gets its source's
@@ -108,108 +110,106 @@ def plan_image(
                                       observed.size if observed else None, target, tenancy.settled,
                                       tenancy.usage), tenancy.defaults)
     if spec.data_pool and not data_pool_exists:
-        raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason="DataPoolNotFound")
+        raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason=Reason.DATA_POOL_NOT_FOUND)
     name = spec.name
     if observed is None:
         if spec.source and spec.source.url:
-            bounds = [(quota_max_bytes, "SizeExceedsQuota", "the pool quota")] if quota_max_bytes else []
+            bounds = [(quota_max_bytes, Reason.SIZE_EXCEEDS_QUOTA, "the pool quota")] if quota_max_bytes else []
             if verdict.size_limit is not None:
                 if verdict.size_limit <= 0:
-                    raise Refused("LimitExceeded", "spec.source: this namespace has no room left on the storage "
+                    raise Refused(Reason.LIMIT_EXCEEDED, "spec.source: this namespace has no room left on the storage "
                                   "(spec.imageLimits.perNamespace.maxBytes). Nothing was written in Ceph")
-                bounds.append((verdict.size_limit, "LimitExceeded", "the storage's spec.imageLimits"))
+                bounds.append((verdict.size_limit, Reason.LIMIT_EXCEEDED, "the storage's spec.imageLimits"))
             return ImagePlan(_plan_import(spec, owner, min(bounds) if bounds else (0, "", ""), import_prefixes,
                                           verdict.qos))
         return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos))
 
-    actions: list[Action] = []
+    actions: list[Step] = []
     decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, tenancy.granted)
     if decision == Decision.CLAIM:
-        actions.append(Action("set-owner", name, {"owner": owner.record}))
+        actions.append(ClaimImage(name, owner=owner.record))
     elif decision == Decision.UPGRADE:
-        actions.append(Action("upgrade-owner", name, {"owner": owner.record}))
+        actions.append(UpgradeImageOwner(name, owner=owner.record))
     if spec.size is not None and spec.size != observed.size:
         if spec.size < observed.size and not spec.allow_shrink:
             raise SpecError("spec.size", f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} "
-                            "loses data; set spec.allowShrink: true to allow it", reason="ShrinkNotAllowed")
+                            "loses data; set spec.allowShrink: true to allow it", reason=Reason.SHRINK_NOT_ALLOWED)
         if spec.size < observed.size and observed.watchers:
-            raise Waiting("InUse", f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} waits: the "
+            raise Waiting(Reason.IN_USE, f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} waits: the "
                           f"image is in use ({len(observed.watchers)} watcher(s)); nothing was changed", delay=30.0)
-        actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < observed.size}))
+        actions.append(Resize(name, size=spec.size, shrink=spec.size < observed.size))
     actions += _plan_features(spec, observed.features)
     if verdict.qos:
         drift = {k: v for k, v in verdict.qos.items() if observed.qos.get(k, 0) != v}
         if drift:
-            actions.append(Action("set-qos", name, {"qos": drift}))
+            actions.append(SetQos(name, qos=drift))
     if spec.source and spec.source.flatten and observed.parent:
-        actions.append(Action("flatten", name))
+        actions.append(Flatten(name))
     return ImagePlan(actions, verdict.beyond)
 
 
 def _plan_import(spec: ImageSpec, owner: ImageOwner, bound: tuple[int, str, str], prefixes: tuple[str, ...],
-                 qos: Mapping[str, int] | None) -> list[Action]:
+                 qos: Mapping[str, int] | None) -> list[Step]:
     """An image filled from a template URL: only from the storage's allowed prefixes (a URL is a request
     the operator makes on the tenant's behalf), into a staging image renamed into place when complete.
     `bound`: the most the image may become (0: no bound), the reason and what sets it."""
     assert spec.source and spec.source.url
     if not prefixes or not any(spec.source.url.startswith(p) for p in prefixes):
-        raise Refused("ImportNotAllowed", f"{spec.source.url[:200]} is not under the storage's "
+        raise Refused(Reason.IMPORT_NOT_ALLOWED, f"{spec.source.url[:200]} is not under the storage's "
                       "spec.imports.allowedURLPrefixes; nothing was fetched")
     staging = staging_name(owner.legacy)
     limits = {k: v for k, v in (qos or {}).items() if v}
-    return [Action("import", spec.name, {"url": spec.source.url, "sha256": spec.source.sha256, "prefixes": prefixes,
-                                         "min_size": spec.size or 0, "limit": bound[0],
-                                         "limit_reason": bound[1] or "SizeExceedsQuota",
-                                         "limit_what": bound[2] or "the pool quota",
-                                         "features": spec.feature_bits, "owner": owner.record, "staging": staging,
-                                         "scratch": staging + "-download"})] + \
-        ([Action("set-qos", spec.name, {"qos": limits})] if limits else [])
+    fill = ImportImage(spec.name, url=spec.source.url, sha256=spec.source.sha256, prefixes=tuple(prefixes),
+                       min_size=spec.size or 0, limit=bound[0], limit_reason=bound[1] or Reason.SIZE_EXCEEDS_QUOTA,
+                       limit_what=bound[2] or "the pool quota", features=spec.feature_bits, owner=owner.record,
+                       staging=staging, scratch=staging + "-download")
+    return [fill] + ([SetQos(spec.name, qos=limits)] if limits else [])
 
 
 def _plan_new(spec: ImageSpec, owner: ImageOwner, source: ObservedSource | None, live: Callable[[str], bool],
-              qos: Mapping[str, int] | None) -> list[Action]:
+              qos: Mapping[str, int] | None) -> list[Step]:
     """A new image is made under its staging name, tagged with its owner and renamed into place
     (one `create`/`clone` step does all three, resuming a staged image left by a crash)."""
     name = spec.name
-    staged = {"owner": owner.record, "staging": staging_name(owner.legacy)}
+    staging = staging_name(owner.legacy)
     limits = {k: v for k, v in (qos or {}).items() if v}
-    qos_steps = [Action("set-qos", name, {"qos": limits})] if limits else []
+    qos_steps: list[Step] = [SetQos(name, qos=limits)] if limits else []
     if spec.source is None:
-        create = {"size": spec.size, "features": spec.feature_bits, "order": spec.order, "data_pool": spec.data_pool}
-        return [Action("create", name, {**create, **staged})] + qos_steps
+        return [CreateImage(name, size=spec.size or 0, features=spec.feature_bits, order=spec.order,
+                            data_pool=spec.data_pool, owner=owner.record, staging=staging)] + qos_steps
     src = spec.source
     if source is None or not source.image_exists:
-        raise Waiting("SourceNotFound", f"clone source image {src.image!r} does not exist")
+        raise Waiting(Reason.SOURCE_NOT_FOUND, f"clone source image {src.image!r} does not exist")
     check_source_owner(spec, source.owner, owner, live)
     if not source.snapshot_exists:
-        raise Waiting("SnapshotNotFound", f"snapshot {src.image}@{src.snapshot} does not exist")
+        raise Waiting(Reason.SNAPSHOT_NOT_FOUND, f"snapshot {src.image}@{src.snapshot} does not exist")
     if spec.size is not None and spec.size < source.size and not spec.allow_shrink:
         raise SpecError("spec.size", f"{format_bytes(spec.size)} is smaller than the source "
                         f"({format_bytes(source.size)}); set spec.allowShrink: true to allow it",
-                        reason="ShrinkNotAllowed")
-    actions = []
+                        reason=Reason.SHRINK_NOT_ALLOWED)
+    actions: list[Step] = []
     if not source.protected:
-        actions.append(Action("protect-snapshot", f"{src.image}@{src.snapshot}"))
-    actions.append(Action("clone", name, {"parent": src.image, "snapshot": src.snapshot,
-                                          "features": spec.feature_bits, "order": spec.order,
-                                          "data_pool": spec.data_pool, "parent_owner": source.owner, **staged}))
+        actions.append(ProtectSnapshot(f"{src.image}@{src.snapshot}"))
+    actions.append(CloneImage(name, parent=src.image, snapshot=src.snapshot, features=spec.feature_bits,
+                              order=spec.order, data_pool=spec.data_pool, parent_owner=source.owner,
+                              owner=owner.record, staging=staging))
     if spec.size is not None and spec.size != source.size:
-        actions.append(Action("resize", name, {"size": spec.size, "shrink": spec.size < source.size}))
+        actions.append(Resize(name, size=spec.size, shrink=spec.size < source.size))
     if src.flatten:
-        actions.append(Action("flatten", name))
+        actions.append(Flatten(name))
     return actions + qos_steps
 
 
-def _plan_features(spec: ImageSpec, have_bits: int) -> list[Action]:
+def _plan_features(spec: ImageSpec, have_bits: int) -> list[Step]:
     want = set(spec.features) & DYNAMIC_FEATURES
     have = {f for f in DYNAMIC_FEATURES if have_bits & FEATURE_BITS[f]}
     enable = [f for f in _FEATURE_ORDER if f in want - have]
     disable = [f for f in reversed(_FEATURE_ORDER) if f in have - want]
     actions = []
     if disable:
-        actions.append(Action("update-features", spec.name, {"features": disable, "enabled": False}))
+        actions.append(UpdateFeatures(spec.name, features=tuple(disable), enabled=False))
     if enable:
-        actions.append(Action("update-features", spec.name, {"features": enable, "enabled": True}))
+        actions.append(UpdateFeatures(spec.name, features=tuple(enable), enabled=True))
     return actions
 
 
@@ -223,7 +223,7 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: ImageO
     says so: False, and no API write follows.
     """
     if not namespace_allowed:
-        return ready != ("False", "NamespaceNotAllowed")
+        return ready != ("False", Reason.NAMESPACE_NOT_ALLOWED)
     if observed is None:
         # Gone (deleted by hand): recreate. Not made yet: kopf's own retries are on it.
         return ready is not None and ready[0] == "True"
@@ -231,10 +231,10 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: ImageO
         actions = plan_image(spec, observed, owner, quota_max_bytes, None, True, live, tenancy=tenancy)
     except (SpecError, Waiting, Refused) as exc:
         return ready != ("False", exc.reason)
-    if ready == ("False", "InUse") and actions and all(a.kind == "resize" and a.args["shrink"] for a in actions):
+    if ready == ("False", Reason.IN_USE) and actions and all(isinstance(a, Resize) and a.shrink for a in actions):
         return False  # a shrink waiting for its watchers: the handler retries it by itself
     kept_beyond = within is False
-    return bool(actions) or ready != ("True", "Converged") or bool(actions.beyond) != kept_beyond
+    return bool(actions) or ready != ("True", Reason.CONVERGED) or bool(actions.beyond) != kept_beyond
 
 
 def used_by(watchers: list[str], nodes: dict[str, str]) -> list[dict[str, str]]:

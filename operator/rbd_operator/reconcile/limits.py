@@ -18,6 +18,7 @@ from ..api.errors import Refused
 from ..api.image import QOS_SETTINGS, ImageSpec
 from ..api.quantity import format_bytes
 from ..api.storage import ImageLimits
+from ..api.reasons import Reason
 
 _FIELDS = {setting: field_name for field_name, setting in QOS_SETTINGS.items()}
 
@@ -84,7 +85,7 @@ def data_pool_allowed(inp: LimitInput) -> Problem | None:
     if not inp.new or pool is None or pool in inp.limits.data_pools:
         return None
     allowed = ", ".join(inp.limits.data_pools) or "none"
-    return Problem("DataPoolNotAllowed", f"spec.dataPool: pool {pool!r} is not one the storage allows "
+    return Problem(Reason.DATA_POOL_NOT_ALLOWED, f"spec.dataPool: pool {pool!r} is not one the storage allows "
                    f"(spec.imageLimits.dataPools: {allowed})", True)
 
 
@@ -96,7 +97,7 @@ def size_within_max(inp: LimitInput) -> Problem | None:
     if size is None or size <= limit:
         return None
     grows = inp.new or (inp.current_size is not None and size > inp.current_size)
-    return Problem("LimitExceeded", f"spec.size: {format_bytes(size)} is beyond the storage's "
+    return Problem(Reason.LIMIT_EXCEEDED, f"spec.size: {format_bytes(size)} is beyond the storage's "
                    f"spec.imageLimits.maxSize of {format_bytes(limit)}", grows)
 
 
@@ -104,7 +105,7 @@ def retention_within_min(inp: LimitInput) -> Problem | None:
     least = inp.limits.min_trash_retention_seconds
     if least is None or inp.spec.trash_retention_seconds >= least:
         return None
-    return Problem("LimitExceeded", f"spec.trashRetention: {inp.spec.trash_retention_seconds}s is below the storage's "
+    return Problem(Reason.LIMIT_EXCEEDED, f"spec.trashRetention: {inp.spec.trash_retention_seconds}s is below the storage's "
                    f"spec.imageLimits.minTrashRetention of {least}s (deletion keeps the image in the trash that long)",
                    _changes(inp))
 
@@ -119,14 +120,14 @@ def qos_within_ceilings(inp: LimitInput) -> Problem | None:
                           f"spec.imageLimits.qos.{_FIELDS[setting]} of {ceiling}")
     if not beyond:
         return None
-    return Problem("LimitExceeded", "; ".join(beyond), _changes(inp))
+    return Problem(Reason.LIMIT_EXCEEDED, "; ".join(beyond), _changes(inp))
 
 
 def namespace_images(inp: LimitInput) -> Problem | None:
     most = inp.limits.per_namespace.max_images
     if most is None or inp.usage is None or not inp.new or inp.usage.images + 1 <= most:
         return None
-    return Problem("LimitExceeded", f"spec.storage: this namespace has {inp.usage.images} image(s) on the storage; "
+    return Problem(Reason.LIMIT_EXCEEDED, f"spec.storage: this namespace has {inp.usage.images} image(s) on the storage; "
                    f"its spec.imageLimits.perNamespace.maxImages is {most}", True)
 
 
@@ -140,7 +141,7 @@ def namespace_bytes(inp: LimitInput) -> Problem | None:
     total = inp.usage.bytes + size
     if total <= most:
         return None
-    return Problem("LimitExceeded", f"spec.size: this namespace's images on the storage would total "
+    return Problem(Reason.LIMIT_EXCEEDED, f"spec.size: this namespace's images on the storage would total "
                    f"{format_bytes(total)}, beyond its spec.imageLimits.perNamespace.maxBytes of "
                    f"{format_bytes(most)}", True)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..api.errors import Refused
+from ..api.reasons import Reason
 
 STAGING_PREFIX = "rbdop-new-"
 
@@ -83,13 +84,13 @@ def decide(subject: Subject, records: Iterable[Record], me: Record, adopt: bool,
         hint = f"; set {subject.adopt_field}: true to share it" if shareable else \
             f"; set {subject.adopt_field}: true to take it over" if not live_owners else ""
         whose = [describe(r.uid) for r in live_owners] + (["an owner in another Kubernetes cluster"] if others else [])
-        raise Refused("OwnedByOther", f"{subject.what} belongs to {', '.join(whose)}{hint}. Nothing was changed")
+        raise Refused(Reason.OWNED_BY_OTHER, f"{subject.what} belongs to {', '.join(whose)}{hint}. Nothing was changed")
     if adopt:
         return Decision.CLAIM
     if records:
-        raise Refused("NotOwned", f"{subject.what} was made by {', '.join(describe(r.uid) for r in records)}, which "
+        raise Refused(Reason.NOT_OWNED, f"{subject.what} was made by {', '.join(describe(r.uid) for r in records)}, which "
                       f"no longer exists; set {subject.adopt_field}: true to adopt it. Nothing was changed")
-    raise Refused("NotOwned", f"{subject.what} exists and was not made by rbd-operator; set "
+    raise Refused(Reason.NOT_OWNED, f"{subject.what} exists and was not made by rbd-operator; set "
                   f"{subject.adopt_field}: true to adopt it. Nothing was changed")
 
 
@@ -187,23 +188,23 @@ def check_image_owner(what: str, observed_owner: str | None, me: ImageOwner, ado
     other = ImageOwner.parse(observed_owner)
     unreadable = observed_owner is not None and other is None
     if other is not None and not me.foreign(other) and live(other.uid):
-        raise Refused("OwnedByOther", f"{what} belongs to {me.describe(other, kind)}. Nothing was changed")
+        raise Refused(Reason.OWNED_BY_OTHER, f"{what} belongs to {me.describe(other, kind)}. Nothing was changed")
     # No live object of this cluster owns it: made by hand, left by a deleted object, or another cluster's.
     retained_here = other is not None and me.same_namespace(other)
     if not adopt:
         if other is not None and me.foreign(other):
-            raise Refused("OwnedByOther", f"{what} belongs to {me.describe(other, kind)}; only an adoption granted "
+            raise Refused(Reason.OWNED_BY_OTHER, f"{what} belongs to {me.describe(other, kind)}; only an adoption granted "
                           "by the storage (spec.adoption) with spec.adopt: true takes it over. Nothing was changed")
         if unreadable:
-            raise Refused("OwnedByOther", f"{what} carries an owner record rbd-operator does not read; "
+            raise Refused(Reason.OWNED_BY_OTHER, f"{what} carries an owner record rbd-operator does not read; "
                           "set spec.adopt: true to take it over. Nothing was changed")
         if other is not None:
-            raise Refused("NotOwned", f"{what} was made by {me.describe(other, kind)}, which no longer exists; set "
+            raise Refused(Reason.NOT_OWNED, f"{what} was made by {me.describe(other, kind)}, which no longer exists; set "
                           "spec.adopt: true to adopt it. Nothing was changed")
-        raise Refused("NotOwned", f"{what} exists and was not made by rbd-operator; set spec.adopt: true to adopt "
+        raise Refused(Reason.NOT_OWNED, f"{what} exists and was not made by rbd-operator; set spec.adopt: true to adopt "
                       "it. Nothing was changed")
     if not retained_here and not granted:
-        raise Refused("AdoptionNotAllowed", f"{what} is not owned by a live {kind} of this cluster, and the storage "
+        raise Refused(Reason.ADOPTION_NOT_ALLOWED, f"{what} is not owned by a live {kind} of this cluster, and the storage "
                       "does not grant this namespace adoption (its spec.adoption.namespaces). Nothing was changed")
     return Decision.CLAIM
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..api.errors import Refused, SpecError
-from ..api.storage import DEFAULT_PG_NUM, StorageSpec
-from .actions import Action
-from .caps import same_caps
+from ..api.storage import DEFAULT_PG_NUM, StorageSpec, parse_storage
+from .actions import (ClaimPool, CreateClient, CreatePool, EnableApplication, InitRbdPool, RecordClientOwners,
+                      SetCaps, SetPool, SetQuota, Step, UpgradeClientOwners, UpgradePoolOwner)
+from .caps import caps_for, same_caps
 from .ownership import Decision, Record, Subject, decide, staging_name
+from .selector import matches
+from ..api.reasons import Reason
 
 # Application metadata keys (on the pool, in Ceph) naming the owning RbdStorage's uid and the Kubernetes
 # cluster it lives in (its kube-system namespace's uid). Ceph allows only [A-Za-z0-9_.-] in these keys
@@ -93,7 +97,7 @@ def desired_settings(spec: StorageSpec, full: bool = True) -> dict[str, str]:
 
 
 def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[str, ObservedPool],
-              me: str, live: Callable[[str], bool], cluster: str | None = None) -> list[Action]:
+              me: str, live: Callable[[str], bool], cluster: str | None = None) -> list[Step]:
     """Steps that create or correct the pool. Raises SpecError/Refused before any step if it can't work.
 
     `me` is the storage's uid, `cluster` this Kubernetes cluster's identity, `live(uid)` says whether an
@@ -102,17 +106,16 @@ def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[s
     """
     pool = spec.pool
     if spec.client.cache_pool and spec.client.cache_pool not in pools:
-        raise SpecError("spec.client.cachePool", f"pool {spec.client.cache_pool!r} does not exist", reason="CachePoolNotFound")
-    actions: list[Action] = []
+        raise SpecError("spec.client.cachePool", f"pool {spec.client.cache_pool!r} does not exist", reason=Reason.CACHE_POOL_NOT_FOUND)
+    actions: list[Step] = []
     full = not pool.adopt
     if observed is None:
         staging = staging_name(me)
         staged = pools.get(staging)
         if staged is not None and staged.owner not in (None, me):
-            raise Refused("OwnedByOther", f"staging pool {staging!r} belongs to RbdStorage {staged.owner}")
-        actions.append(Action("create-pool", pool.name, {"pg_num": pool.pg_num_or_default, "app": pool.application,
-                                                         "owner": me, "cluster": cluster, "staging": staging,
-                                                         "staged": staged is not None}))
+            raise Refused(Reason.OWNED_BY_OTHER, f"staging pool {staging!r} belongs to RbdStorage {staged.owner}")
+        actions.append(CreatePool(pool.name, pg_num=pool.pg_num_or_default, app=pool.application, owner=me,
+                                  cluster=cluster, staging=staging, staged=staged is not None))
         # rbd pool init (or enabling another application) still follows the creation.
         observed = ObservedPool(-1, pool.pg_num_or_default, 0, 0, 0, ())
         full = True  # a new pool gets the defaults
@@ -121,30 +124,30 @@ def plan_pool(spec: StorageSpec, observed: ObservedPool | None, pools: Mapping[s
         decision = decide(subject, [observed.record] if observed.record else [], Record(me, cluster), pool.adopt,
                           live, describe=lambda uid: f"RbdStorage {uid}")
         if decision != Decision.OURS:
-            kind = "set-pool-owner" if decision == Decision.CLAIM else "upgrade-pool-owner"
-            actions.append(Action(kind, pool.name, {"app": pool.application, "owner": me, "cluster": cluster}))
+            step = ClaimPool if decision == Decision.CLAIM else UpgradePoolOwner
+            actions.append(step(pool.name, app=pool.application, owner=me, cluster=cluster))
         want_pg = pool.pg_num if pool.pg_num is not None else (DEFAULT_PG_NUM if full else None)
         if want_pg is not None and observed.pg_num_target != want_pg:
-            actions.append(Action("set-pool", pool.name, {"var": "pg_num", "val": str(want_pg)}))
-            actions.append(Action("set-pool", pool.name, {"var": "pgp_num", "val": str(want_pg)}))
+            actions.append(SetPool(pool.name, var="pg_num", val=str(want_pg)))
+            actions.append(SetPool(pool.name, var="pgp_num", val=str(want_pg)))
     if pool.replicas is not None and observed.size != pool.replicas:
-        actions.append(Action("set-pool", pool.name, {"var": "size", "val": str(pool.replicas)}))
+        actions.append(SetPool(pool.name, var="size", val=str(pool.replicas)))
     for key, want in desired_settings(spec, full).items():
         if not _same_setting(want, observed.settings.get(key)):
-            actions.append(Action("set-pool", pool.name, {"var": key, "val": want}))
+            actions.append(SetPool(pool.name, var=key, val=want))
     if full or pool.quota_max_bytes is not None:
         want_bytes = pool.quota_max_bytes or 0
         if observed.quota_max_bytes != want_bytes:
-            actions.append(Action("set-quota", pool.name, {"field": "max_bytes", "val": str(want_bytes)}))
+            actions.append(SetQuota(pool.name, field="max_bytes", val=str(want_bytes)))
     if full or pool.quota_max_objects is not None:
         want_objects = pool.quota_max_objects or 0
         if observed.quota_max_objects != want_objects:
-            actions.append(Action("set-quota", pool.name, {"field": "max_objects", "val": str(want_objects)}))
+            actions.append(SetQuota(pool.name, field="max_objects", val=str(want_objects)))
     if pool.application not in observed.applications:
         if pool.application == "rbd":
-            actions.append(Action("rbd-pool-init", pool.name))
+            actions.append(InitRbdPool(pool.name))
         else:
-            actions.append(Action("enable-application", pool.name, {"app": pool.application}))
+            actions.append(EnableApplication(pool.name, app=pool.application))
     return actions
 
 
@@ -166,7 +169,7 @@ def owns_client(owners: list[str], me: str, cluster: str | None) -> bool:
 
 def plan_client(entity: str, want_caps: Mapping[str, str] | None, have_caps: Mapping[str, str] | None,
                 owners: list[str], me: str, adopt: bool, live: Callable[[str], bool],
-                cluster: str | None = None) -> list[Action]:
+                cluster: str | None = None) -> list[Step]:
     """Steps that create the client or correct its caps (`have_caps` None: absent).
 
     `owners`: the owner record in Ceph (storage uids, `uid@cluster` from this release on). The owner
@@ -174,19 +177,19 @@ def plan_client(entity: str, want_caps: Mapping[str, str] | None, have_caps: Map
     ours. `want_caps` None: the spec states no caps for an adopted client, whose caps are then left as
     they are.
     """
-    actions: list[Action] = []
+    actions: list[Step] = []
     if have_caps is None:
         if with_owner(owners, me, cluster) != sorted(owners):
-            actions.append(Action("set-client-owners", entity, {"owners": with_owner(owners, me, cluster)}))
-        return actions + [Action("create-client", entity, {"caps": dict(want_caps or {})})]
+            actions.append(RecordClientOwners(entity, owners=tuple(with_owner(owners, me, cluster))))
+        return actions + [CreateClient(entity, caps=dict(want_caps or {}))]
     subject = Subject(f"cephx user {entity}", "spec.client.adopt")
     decision = decide(subject, [Record.parse(o) for o in owners], Record(me, cluster), adopt, live, shareable=True,
                       describe=lambda uid: f"RbdStorage {uid}")
     if decision != Decision.OURS:
-        kind = "set-client-owners" if decision == Decision.CLAIM else "upgrade-client-owners"
-        actions.append(Action(kind, entity, {"owners": with_owner(owners, me, cluster)}))
+        step = RecordClientOwners if decision == Decision.CLAIM else UpgradeClientOwners
+        actions.append(step(entity, owners=tuple(with_owner(owners, me, cluster))))
     if want_caps is not None and not same_caps(want_caps, have_caps):
-        actions.append(Action("set-caps", entity, {"caps": dict(want_caps)}))
+        actions.append(SetCaps(entity, caps=dict(want_caps)))
     return actions
 
 
@@ -208,3 +211,67 @@ def capacity_to_report(previous: Mapping[str, Any] | None, current: Mapping[str,
         if abs(value - old) > max(CAPACITY_FLOOR, CAPACITY_STEP * max(abs(old), abs(value))):
             return current
     return previous
+
+
+# UUIDv5 namespace for libvirt secrets: the same storage gets the same UUID on every host.
+LIBVIRT_SECRET_NAMESPACE = uuid.UUID("6c1d9a5e-63f4-4f3e-9a0b-7d1f2f1b9e61")
+
+
+def libvirt_secret_uuid(fsid: str, entity: str, pool: str) -> str:
+    return str(uuid.uuid5(LIBVIRT_SECRET_NAMESPACE, f"{fsid}/{entity}/{pool}"))
+
+
+def keyring_text(entity: str, key: str) -> str:
+    return f"[{entity}]\n\tkey = {key}\n"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another live RbdStorage naming the same cephx user (read from the index on the event loop)."""
+    uid: str
+    caps: dict[str, str]
+    fsid: str | None
+    monitors: frozenset[str]
+
+
+def peers(storage: str, spec: StorageSpec, index: Mapping[str, Iterable[dict]]) -> tuple[list[Peer], frozenset[str]]:
+    """Other live storages sharing this one's client, and the uids of all RbdStorages (from the index, on the
+    event loop: worker threads get plain snapshots, never kopf's live index)."""
+    found, uids = [], set()
+    for other_name, entries in list(index.items()):
+        for entry in entries:
+            uids.add(entry["uid"])
+            if other_name == storage or entry["deleting"]:
+                continue
+            try:
+                other = parse_storage(other_name, entry["spec"])
+            except SpecError:
+                continue
+            if other.client.entity == spec.client.entity:
+                found.append(Peer(entry["uid"], caps_for(other.client, other.pool.name),
+                                  (entry["status"] or {}).get("fsid"), frozenset(other.monitors)))
+    return found, frozenset(uids)
+
+
+def peer_caps(found: list[Peer], owners: list[str], fsid: str, spec: StorageSpec) -> list[dict[str, str]]:
+    """Caps of the peers that co-own the client in this Ceph cluster."""
+    uids = {Record.parse(o).uid for o in owners}
+    return [p.caps for p in found if p.uid in uids
+            and (p.fsid == fsid or (p.fsid is None and p.monitors & set(spec.monitors)))]
+
+
+def hosts_summary(spec: StorageSpec, secret_uuid: str, key_version: str, name: str,
+                  hypervisors: Mapping[str, Iterable[dict]]) -> dict:
+    """How many HypervisorNodes this storage selects, and how many hold its current key.
+
+    A host is current when it reports this storage's secret UUID with the key of the client Secret's
+    current resourceVersion (a rotated key makes every host stale until it catches up).
+    """
+    selected, current = [], 0
+    for host, entries in hypervisors.items():
+        for entry in entries:
+            if matches(spec.node_selector, entry["labels"]):
+                selected.append(host)
+                current += any(s.get("name") == name and s.get("secretUUID") == secret_uuid and s.get("current")
+                               and s.get("keyVersion") == key_version for s in entry["storages"])
+    return {"selected": len(selected), "current": current, "names": sorted(selected)}

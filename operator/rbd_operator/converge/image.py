@@ -1,0 +1,321 @@
+"""RbdImage: find the storage (tenancy) -> observe the image -> plan -> librbd steps -> what status says.
+
+Also the drift sweep of a storage's images (one pool listing and one header read per image per
+interval, instead of a timer and an image open per image) and deletion to the RBD trash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from kubernetes.client.rest import ApiException
+
+from .. import GROUP, VERSION
+from ..adapters import ceph, importer, kube
+from ..adapters.blocking import check_cancelled, run_blocking
+from ..adapters.ceph import CephError, Credentials
+from ..adapters.namespaces import NamespaceInfo, cluster_identity, namespace_info
+from ..api.errors import OperatorError, Refused, SpecError, Waiting
+from ..api.image import ImageSpec, bits_to_features, parse_image
+from ..api.reasons import ConditionType, EventReason, Reason
+from ..api.storage import StorageSpec, parse_storage
+from ..reconcile.actions import ImportImage, Step
+from ..reconcile.image_plan import ObservedImage, Tenancy, describe_users, plan_image, sweep_verdict, used_by
+from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
+from ..reconcile.ownership import ImageOwner, staging_name
+from ..reconcile.selector import matches_namespaces
+from ..reconcile import tracking
+from .credentials import admin_credentials
+from .outcome import Outcome
+
+PLURAL = "rbdimages"
+CEPH_TIMEOUT = 60.0
+IMPORT_TIMEOUT = 6 * 3600.0
+IMPORT_REPORT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """The operator's indexes an image needs (kopf's, read on the event loop)."""
+    storages: Mapping[Any, Any]
+    images: Mapping[Any, Any]
+    hypervisors: Mapping[Any, Any]
+    snapshots: Mapping[Any, Any]
+    namespaces: Mapping[Any, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The image's storage, its admin credentials and the image's namespace."""
+    storage: StorageSpec
+    creds: Credentials
+    namespace: NamespaceInfo | None
+
+
+async def storage_for(spec: ImageSpec, namespace: str | None, idx: Indexes, *, admit: bool = True,
+                      deleting_ok: bool = False) -> Target:
+    """The image's storage (a storage being deleted only when `deleting_ok`); with `admit`, the storage must
+    admit the image's namespace (its spec.imageNamespaces)."""
+    entries = list(idx.storages.get(spec.storage, []))
+    if not entries or (entries[0]["deleting"] and not deleting_ok):
+        raise Waiting(Reason.STORAGE_NOT_FOUND, f"RbdStorage {spec.storage!r} does not exist (waiting for it)")
+    entry = entries[0]
+    try:
+        storage = parse_storage(spec.storage, entry["spec"])
+    except SpecError as exc:
+        raise Waiting(Reason.STORAGE_NOT_READY, f"RbdStorage {spec.storage!r} is invalid: {exc.message}") from None
+    info = await namespace_info(idx.namespaces, namespace) if namespace else None
+    if admit and storage.image_namespaces is not None:
+        if info is None or not matches_namespaces(storage.image_namespaces, info.labels):
+            raise Refused(Reason.NAMESPACE_NOT_ALLOWED, f"RbdStorage {spec.storage!r} does not admit RbdImages of "
+                          f"namespace {namespace!r} (its spec.imageNamespaces). Nothing was changed")
+    if (entry["status"] or {}).get("poolId") is None:
+        raise Waiting(Reason.STORAGE_NOT_READY, f"RbdStorage {spec.storage!r} has not created its pool yet")
+    return Target(storage, await admin_credentials(storage.monitors, storage.admin_secret), info)
+
+
+# -- converging -------------------------------------------------------------------------------------
+@dataclass
+class Converged:
+    image: ObservedImage
+    done: list[Step]
+    beyond: tuple[str, ...] = ()  # what the image keeps beyond its storage's limits (added after it was made)
+
+
+@ceph.with_session
+def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: ImageOwner,
+            live: Callable[[str], bool], tenancy: Tenancy, logger: logging.Logger,
+            unresolved: OperatorError | None = None, progress: importer.Progress | None = None) -> Converged:
+    """In a worker thread: observe, plan (everything refused before the first step), apply, report."""
+    pool = storage.pool.name
+    observed = cluster.observe_image(pool, spec.name)
+    if observed is None and unresolved is not None:
+        raise unresolved  # a clone to make from an RbdSnapshot that cannot be resolved (yet)
+    source = None
+    if observed is None and spec.source and not spec.source.url:
+        source = cluster.observe_source(pool, spec.source.image, spec.source.snapshot)
+    data_pool_exists = True
+    if observed is None and spec.data_pool and spec.data_pool in storage.image_limits.data_pools:
+        # Only a pool the storage allows is looked up (nothing tells a tenant which other pools exist).
+        data_pool_exists = spec.data_pool in cluster.pools()
+    steps = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live,
+                       storage.import_prefixes, tenancy)
+    if steps:
+        logger.info("librbd, pool %s: %s", pool, "; ".join(s.describe() for s in steps))
+    made = None
+    for step in steps:
+        check_cancelled(step.describe())
+        made = cluster.apply_image_step(pool, step, progress) or made
+    if steps:
+        # A creation reports what it made; anything more than that is looked at again.
+        only_made = made is not None and all(s.creation for s in steps)
+        observed = made if only_made else cluster.observe_image(pool, spec.name)
+    if observed is None:
+        raise CephError(Reason.IMAGE_NOT_FOUND, f"image {pool}/{spec.name} vanished while being converged")
+    return Converged(observed, list(steps), steps.beyond)
+
+
+async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any], idx: Indexes,
+                    logger: logging.Logger) -> Outcome:
+    """One pass over an RbdImage; raises OperatorError (with its reason) when it cannot converge."""
+    parsed = parse_image(name, body.get("spec") or {})
+    unresolved = None
+    try:  # needed only to make the clone: an existing image does not need its snapshot any more
+        parsed = _resolve(parsed, namespace, idx)
+    except Waiting as exc:
+        unresolved = exc
+    target = await storage_for(parsed, namespace, idx)
+    storage = target.storage
+    owner = ImageOwner(namespace, name, uid, await cluster_identity(idx.namespaces),
+                       target.namespace.uid if target.namespace else None)
+    created = str((body.get("metadata") or {}).get("creationTimestamp") or "")
+    others = list(tracking.by_storage(idx.images).get(parsed.storage, []))
+    tenancy = tracking.tenancy(storage, target.namespace.labels if target.namespace else None,
+                               tracking.settled(body), tracking.usage(storage, others, namespace, uid, created))
+    live = tracking.by_uid(idx.images).__contains__
+    try:
+        if parsed.source and parsed.source.url:
+            result = await _importing(target, parsed, owner, live, tenancy, namespace, name, logger)
+        else:
+            result = await run_blocking(in_ceph, target.creds, storage, parsed, owner, live, tenancy, logger,
+                                        unresolved, timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+    except OperatorError as exc:
+        if exc.reason in (Reason.CEPH_UNREACHABLE, Reason.AUTH_FAILED):
+            ceph.forget(target.creds)
+        raise
+    return report(storage.pool.name, parsed, result, tracking.node_addresses(idx.hypervisors),
+                  (body.get("metadata") or {}).get("generation"), _has_condition(body, ConditionType.WITHIN_LIMITS))
+
+
+def _resolve(spec: ImageSpec, namespace: str, idx: Indexes) -> ImageSpec:
+    if spec.source is None or spec.source.rbd_snapshot is None:
+        return spec
+    snaps = list(idx.snapshots.get((namespace, spec.source.rbd_snapshot), []))
+    images = list(tracking.by_key(idx.images).get((namespace, snaps[0].get("image")), []) or []) if snaps else []
+    return tracking.resolve_snapshot(spec, namespace, snaps[0] if snaps else None, images)
+
+
+def _has_condition(body: Mapping[str, Any], type_: ConditionType) -> bool:
+    return any(c.get("type") == type_ for c in ((body.get("status") or {}).get("conditions") or []))
+
+
+def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str], generation: int | None,
+           had_within: bool) -> Outcome:
+    """What status and events say after a pass: one event per reconcile that changed an existing image; none
+    on the happy path of a creation (the status says it all, and an Event per image costs the API server as
+    much as the image)."""
+    out = Outcome()
+    image = result.image
+    imported = [s for s in result.done if isinstance(s, ImportImage)]
+    if imported:
+        out.set(**{"import": {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}})
+        out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {imported[0].url[:200]} ({image.size} bytes)")
+    if result.done and not all(s.creation for s in result.done):
+        out.note(result.done[0].reason, "; ".join(s.describe() for s in result.done))
+    out.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id, parent=image.parent,
+            watchers=image.watchers, qos=tracking.qos_status(image.qos), usedBy=used_by(image.watchers, nodes),
+            pool=pool, acceptedGeneration=generation)
+    if result.beyond:
+        out.cond(ConditionType.WITHIN_LIMITS, False, Reason.LIMIT_EXCEEDED, "; ".join(result.beyond) + " (kept as it "
+                 "is: only changes beyond the storage's spec.imageLimits are refused)")
+    elif had_within:
+        out.cond(ConditionType.WITHIN_LIMITS, True, Reason.WITHIN, "within the storage's spec.imageLimits")
+    out.cond(ConditionType.READY, True, Reason.CONVERGED, f"{pool}/{spec.name} matches the spec",
+             event=not result.done)
+    return out
+
+
+async def _importing(target: Target, spec: ImageSpec, owner: ImageOwner, live: Callable[[str], bool],
+                     tenancy: Tenancy, namespace: str, name: str, logger: logging.Logger) -> Converged:
+    """An image imported from a URL: the import runs in the bounded import pool (it may take long); its
+    progress is reported into status.import every few seconds while it runs."""
+    progress = importer.Progress(phase="queued")
+    task = asyncio.ensure_future(run_blocking(in_ceph, target.creds, target.storage, spec, owner, live, tenancy,
+                                              logger, None, progress, timeout=IMPORT_TIMEOUT, reason=Reason.TIMEOUT,
+                                              pool="import"))
+    reported_once = None
+    while True:
+        done, _ = await asyncio.wait([task], timeout=IMPORT_REPORT_SECONDS)
+        if done:
+            return task.result()
+        state = progress.as_status()
+        if state != reported_once and state["phase"] != "queued" or reported_once is None:
+            reported_once = state
+            try:
+                await run_blocking(kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, {"import": state},
+                                   timeout=30, pool="kube")
+            except (ApiException, OperatorError) as exc:  # progress is informative: keep importing
+                logger.debug("could not report import progress: %s", exc)
+
+
+# -- deletion ----------------------------------------------------------------------------------------
+@dataclass
+class Deletion:
+    """What a deletion did: moved to the trash (or nothing was ours), or waits for the image's users."""
+    message: str = ""
+    in_use: Outcome | None = None  # status fields while it waits
+    waiting: str = ""
+
+
+@ceph.with_session
+def trash_in_ceph(cluster: ceph.CephCluster, pool: str, spec: ImageSpec, owner: ImageOwner,
+                  delay: int) -> ObservedImage | None:
+    """Move the image to the trash (for `delay` seconds) if it is ours and not in use; return it when in use."""
+    observed = cluster.observe_image(pool, spec.name)
+    if observed is None:
+        # a creation cut short by a crash
+        cluster.remove_staged_image(pool, staging_name(owner.legacy), owner, spec.name)
+        return None
+    if not owner.owns(observed.owner):
+        return None  # never ours (not adopted, refused, or another object's): left as it is
+    if observed.watchers:
+        return observed
+    check_cancelled(f"trashing {pool}/{spec.name}")
+    cluster.trash_image(pool, spec.name, delay, owner)
+    return None
+
+
+async def delete(spec: ImageSpec, name: str, namespace: str, uid: str, idx: Indexes) -> Deletion:
+    """Move the image to the trash. A storage that is being deleted waits for its images: they must still go.
+    Raises Waiting(StorageNotFound) when the storage is gone (the image is left in Ceph)."""
+    target = await storage_for(spec, namespace, idx, admit=False, deleting_ok=True)
+    owner = ImageOwner(namespace, name, uid, await cluster_identity(idx.namespaces),
+                       target.namespace.uid if target.namespace else None)
+    pool = target.storage.pool.name
+    delay = trash_delay(spec.trash_retention_seconds, target.storage.image_limits)
+    in_use = await run_blocking(trash_in_ceph, target.creds, pool, spec, owner, delay, timeout=CEPH_TIMEOUT,
+                                reason=Reason.CEPH_UNREACHABLE)
+    if in_use:
+        users = used_by(in_use.watchers, tracking.node_addresses(idx.hypervisors))
+        status = Outcome()
+        status.set(watchers=in_use.watchers, usedBy=users)
+        return Deletion(in_use=status, waiting=f"{pool}/{spec.name} is in use by {describe_users(users)}; "
+                        "not deleting")
+    return Deletion(message=f"{pool}/{spec.name} moved to the RBD trash, restorable for {delay}s")
+
+
+# -- the drift sweep -----------------------------------------------------------------------------------
+@ceph.with_session
+def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
+    return cluster.image_headers(pool, names)
+
+
+@dataclass
+class _Namespaces:
+    """What the sweep reads of each namespace once."""
+    index: Mapping[Any, Any]
+    infos: dict[str, NamespaceInfo | None] = field(default_factory=dict)
+
+    async def get(self, name: str) -> NamespaceInfo | None:
+        if name not in self.infos:
+            self.infos[name] = await namespace_info(self.index, name)
+        return self.infos[name]
+
+
+async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx: Indexes,
+                busy: Callable[[str], bool], logger: logging.Logger) -> int:
+    """Drift detection for all images of one storage. Images whose status no longer tells the truth are poked
+    (an annotation: kopf then reconciles them); nothing else is written. Returns how many were poked."""
+    everyone = list(tracking.by_storage(idx.images).get(storage_name, []))
+    tracked = []
+    for t in everyone:
+        try:
+            if not t.deleting:
+                tracked.append((t, parse_image(t.name, t.spec)))
+        except SpecError:
+            continue  # never reached Ceph; its condition says so
+    if not tracked:
+        return 0
+    headers = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
+                                 timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+    identity, spaces = await cluster_identity(idx.namespaces), _Namespaces(idx.namespaces)
+    live, poked = tracking.by_uid(idx.images).__contains__, 0
+    entries: dict[str, list[UsageEntry]] = {}  # per namespace, made once (perNamespace limits only)
+    if tracking.limited_per_namespace(storage):
+        for t in everyone:
+            if not t.deleting:
+                entries.setdefault(t.namespace, []).append(t.usage_entry())
+    for t, spec in tracked:
+        info = await spaces.get(t.namespace)
+        usage = namespace_usage(entries.get(t.namespace, []), t.uid, t.created) if entries else None
+        if not _verdict(storage, t, spec, headers.get(spec.name), info, identity, usage, live) or busy(t.uid):
+            continue
+        logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
+                    t.ready[1] if t.ready else "no status")
+        await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool="kube")
+        poked += 1
+    logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
+    return poked
+
+
+def _verdict(storage: StorageSpec, t: tracking.Tracked, spec: ImageSpec, header: ObservedImage | None,
+             info: NamespaceInfo | None, identity: str, usage: Usage | None, live: Callable[[str], bool]) -> bool:
+    allowed = storage.image_namespaces is None or (
+        info is not None and matches_namespaces(storage.image_namespaces, info.labels))
+    owner = ImageOwner(t.namespace, t.name, t.uid, identity, info.uid if info else None)
+    tenancy = tracking.tenancy(storage, info.labels if info else None, t.settled, usage)
+    return sweep_verdict(spec, header, owner, t.ready, storage.pool.quota_max_bytes or 0, live, allowed, tenancy,
+                         t.within)
