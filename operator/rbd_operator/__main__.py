@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
-    from .handlers import replica
+    from .adapters import replica
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     if not args.debug:  # paramiko narrates every channel at INFO
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         standalone=not args.peering,
         peering_name=args.peering or None,
         priority=priority if args.peering else None,
-        identity=replica.IDENTITY,  # the monitor of handlers/replica.py finds our peering entry by it
+        identity=replica.IDENTITY,  # the monitor of adapters/replica.py finds our peering entry by it
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
     )
     return 0

@@ -1,6 +1,6 @@
 """Prometheus metrics (`/metrics`, `--metrics` address): reconciles, errors and durations per kind and
 reason; Ceph and SSH call latency; pool capacity and host rollout per storage; whether this replica is
-the one that works (`rbd_operator_active`, handlers/replica.py).
+the one that works (`rbd_operator_active`, adapters/replica.py).
 
 Label values are bounded: kinds, registered reasons (api/reasons.py; anything else becomes `other`),
 adapter function names, storage names. Secrets never become labels.

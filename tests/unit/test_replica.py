@@ -1,10 +1,10 @@
-"""handlers/replica.py: which replica works, by kopf's peering rule."""
+"""adapters/replica.py: which replica works, by kopf's peering rule."""
 
 import datetime
 
 import pytest
 
-from rbd_operator.handlers.replica import standing
+from rbd_operator.adapters.replica import standing
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 

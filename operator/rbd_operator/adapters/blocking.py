@@ -21,6 +21,7 @@ import functools
 import os
 import threading
 import time
+from enum import StrEnum
 from typing import Any, Callable, TypeVar
 
 from .. import metrics
@@ -34,17 +35,24 @@ class CallTimedOut(OperatorError):
     """A blocking call did not return within its bound (the reason says what was unreachable)."""
 
 
+class Pool(StrEnum):
+    """The worker pools, one per kind of peer."""
+    CEPH = "ceph"
+    SSH = "ssh"
+    KUBE = "kube"
+    IMPORT = "import"  # template imports are long: few at once, never in the Ceph pool's way
+
+
 _SIZES = {
-    "ceph": int(os.environ.get("RBD_OPERATOR_CEPH_WORKERS", "16")),
-    "ssh": int(os.environ.get("RBD_OPERATOR_SSH_WORKERS", "16")),
-    "kube": int(os.environ.get("RBD_OPERATOR_KUBE_WORKERS", "8")),
-    # Template imports are long: few at once, never in the Ceph pool's way.
-    "import": int(os.environ.get("RBD_OPERATOR_IMPORTS", "2")),
+    Pool.CEPH: int(os.environ.get("RBD_OPERATOR_CEPH_WORKERS", "16")),
+    Pool.SSH: int(os.environ.get("RBD_OPERATOR_SSH_WORKERS", "16")),
+    Pool.KUBE: int(os.environ.get("RBD_OPERATOR_KUBE_WORKERS", "8")),
+    Pool.IMPORT: int(os.environ.get("RBD_OPERATOR_IMPORTS", "2")),
 }
 _executors = {kind: concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"{kind}-worker")
               for kind, n in _SIZES.items()}
 
-def executor(pool: str) -> concurrent.futures.ThreadPoolExecutor:
+def executor(pool: Pool) -> concurrent.futures.ThreadPoolExecutor:
     return _executors[pool]
 
 
@@ -68,7 +76,7 @@ def check_cancelled(what: str = "the operation") -> None:
 
 
 async def run_blocking(fn: Callable[..., T], *args: Any, timeout: float = 60.0, reason: str = Reason.TIMEOUT,
-                       pool: str = "ceph", **kwargs: Any) -> T:
+                       pool: Pool = Pool.CEPH, **kwargs: Any) -> T:
     """Call fn in a worker thread of `pool`; give up waiting after `timeout` seconds (CallTimedOut).
 
     The libraries have their own timeouts configured so that the thread ends too; this bound

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import libvirt
 
+from ..api.enums import Family
 from ..reconcile.host_plan import check_managed_path, check_uuid
 from .blocking import check_cancelled
 from .libvirt_conn import running_domains, wrap
@@ -62,10 +63,10 @@ exit 0
 
 
 PACKAGE_COMMANDS = {
-    "debian": {"install": ["apt-get", "install", "-y", "--no-install-recommends",
+    Family.DEBIAN: {"install": ["apt-get", "install", "-y", "--no-install-recommends",
                            "-o", "Dpkg::Options::=--force-confold"],
                "remove": ["apt-get", "remove", "-y"]},
-    "rhel": {"install": ["dnf", "-y", "install"], "remove": ["dnf", "-y", "remove"]},
+    Family.RHEL: {"install": ["dnf", "-y", "install"], "remove": ["dnf", "-y", "remove"]},
 }
 
 
@@ -214,7 +215,7 @@ class Host:
         apt: one transaction (`install A B-`), as apt may remove conflicting packages on install.
         dnf: the removal only — `dnf install` without --allowerasing never removes a package.
         """
-        if family == "debian":
+        if family == Family.DEBIAN:
             if not install and not remove:
                 return []
             argv = ["apt-get", "-s", "install", "-y", *install, *(f"{p}-" for p in remove)]
@@ -223,7 +224,7 @@ class Host:
                 return []
             argv = ["dnf", "--assumeno", "remove", *remove]
         result = self.ssh.run(argv, env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}, timeout=300)
-        if family == "debian":
+        if family == Family.DEBIAN:
             if result.rc != 0:
                 raise PackageError(classify_package_failure(result.err + result.out),
                                    f"simulating the package changes failed: {tail(result.err or result.out)}")
@@ -232,7 +233,7 @@ class Host:
 
     def repair_package_db(self, family: str) -> bool:
         """Finish a package transaction a lost connection or a crash left half-done (dpkg --configure -a)."""
-        if family != "debian":
+        if family != Family.DEBIAN:
             return False
         result = self.ssh.run(locked(["sh", "-s"]), stdin=REPAIR_DPKG_SCRIPT.encode(), timeout=900)
         if result.rc == _LOCK_BUSY:
@@ -243,7 +244,7 @@ class Host:
         return "repaired" in result.out
 
     def refresh_indexes(self, family: str) -> None:
-        if family == "debian":
+        if family == Family.DEBIAN:
             self._package_command(["apt-get", "update", "--error-on=any"], "apt-get update")
         else:
             self._package_command(["dnf", "-y", "clean", "all"], "dnf clean all")

@@ -11,7 +11,6 @@ current between resyncs.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import libvirt
+import paramiko
 
 from .ssh import SshError
 from ..api.reasons import Reason
@@ -63,9 +63,11 @@ class Target:
     key_digest: str
 
 
-def known_hosts_line(address: str, port: int, pinned: tuple[str, bytes]) -> str:
-    host = address if port == 22 else f"[{address}]:{port}"
-    return f"{host} {pinned[0]} {base64.b64encode(pinned[1]).decode()}\n"
+def write_known_hosts(path: str, address: str, port: int, pinned: tuple[str, bytes]) -> None:
+    """A known_hosts file holding only the pinned key (paramiko's HostKeys writes OpenSSH's format)."""
+    keys = paramiko.HostKeys()
+    keys.add(address if port == 22 else f"[{address}]:{port}", pinned[0], paramiko.PKey.from_type_string(*pinned))
+    keys.save(path)
 
 
 class Connections:
@@ -98,8 +100,7 @@ class Connections:
             fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(private_key if private_key.endswith("\n") else private_key + "\n")
-            with open(known, "w") as fh:
-                fh.write(known_hosts_line(target.address, target.port, target.pinned))
+            write_known_hosts(known, target.address, target.port, target.pinned)
             uri = (f"qemu+libssh://{target.user}@{target.address}:{target.port}/system?keyfile={keyfile}"
                    f"&known_hosts={known}&known_hosts_verify=normal&sshauth=privkey")
             try:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from kubernetes.client.rest import ApiException
 
 from . import kube
-from .blocking import run_blocking
+from .blocking import Pool, run_blocking
 from ..api.errors import OperatorError
 from ..api.reasons import Reason
 
@@ -35,7 +35,7 @@ async def namespace_info(index: Mapping[str, Any], name: str) -> NamespaceInfo |
     for entry in list(index.get(name, [])):
         return entry
     try:
-        found = await run_blocking(kube.read_namespace, name, timeout=30, pool="kube")
+        found = await run_blocking(kube.read_namespace, name, timeout=30, pool=Pool.KUBE)
     except ApiException as exc:  # fail closed: without it, no decision
         raise OperatorError(Reason.API_ERROR, f"cannot read namespace {name!r}: HTTP {exc.status}") from None
     return NamespaceInfo(found[0], found[1]) if found else None

@@ -6,10 +6,8 @@ stdin or through SFTP into files created with mode 0600, never in argv.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
-import hashlib
 import io
 import os
 import shlex
@@ -52,9 +50,8 @@ class Result:
 
 
 def fingerprint(key_type: str, blob: bytes) -> str:
-    """OpenSSH-style SHA256 fingerprint of a public key."""
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
+    """OpenSSH-style SHA256 fingerprint of a public key (paramiko's)."""
+    return paramiko.PKey.from_type_string(key_type, blob).fingerprint
 
 
 # Host key algorithms a pinned key of each type may be presented with (RSA keys sign with SHA-2).

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from .enums import DeletionPolicy, Profile
 from .errors import SpecError
 from .storage import SecretRef, secret_ref
 from .reasons import Reason
 
-PROFILES = ("qemu-rbd", "kernel-rbd", "none")
+PROFILES = tuple(Profile)
 HOST_KEY_POLICIES = ("Pinned", "TrustOnFirstUse")
-DELETION_POLICIES = ("Retain", "Delete")
+DELETION_POLICIES = tuple(DeletionPolicy)
 HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
 _ADDRESS = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:]{2,39})$")
@@ -57,7 +58,7 @@ class HostSpec:
     remove: tuple[str, ...] = ()
     allow_disruption: bool = False
     paused: bool = False
-    deletion_policy: str = "Retain"
+    deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
     adopt: bool = False  # take over host files the operator did not write (their other settings kept)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -133,7 +134,7 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
         raise SpecError("spec.hostKey", "is required unless spec.hostKeyPolicy is TrustOnFirstUse")
 
     packages = spec.get("packages") or {}
-    profile = packages.get("profile") or "qemu-rbd"
+    profile = packages.get("profile") or Profile.QEMU_RBD
     if profile not in PROFILES:
         raise SpecError("spec.packages.profile", f"{profile!r} is not one of {', '.join(PROFILES)}")
     repos = tuple(_repository(r, f"spec.packages.repositories[{i}]")
@@ -146,7 +147,7 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
     if both:
         raise SpecError("spec.packages.remove", f"{', '.join(sorted(both))} also listed in spec.packages.install")
     maintenance = spec.get("maintenance") or {}
-    deletion_policy = spec.get("deletionPolicy") or "Retain"
+    deletion_policy = spec.get("deletionPolicy") or DeletionPolicy.RETAIN
     if deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"{deletion_policy!r} is not one of {', '.join(DELETION_POLICIES)}")
     adopt = spec.get("adopt", False)
@@ -155,10 +156,10 @@ def parse_host(name: str, spec: Mapping[str, Any]) -> HostSpec:
     return HostSpec(
         address=address, port=port, user=user,
         ssh_key=ssh_key,
-        host_key=host_key or None, host_key_policy=policy, profile=profile,
+        host_key=host_key or None, host_key_policy=policy, profile=Profile(profile),
         repositories=repos, install=install, remove=remove,
         allow_disruption=bool(maintenance.get("allowDisruption", False)),
         paused=bool(spec.get("paused", False)),
-        deletion_policy=deletion_policy,
+        deletion_policy=DeletionPolicy(deletion_policy),
         adopt=adopt,
     )

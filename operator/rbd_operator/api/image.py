@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .enums import DeletionPolicy
 from .errors import SpecError
-from .names import check_image_name, check_pool_name
+from .names import check_image_name, check_pool_name, is_k8s_name
 from .quantity import parse_quantity
 from .reasons import Reason
 
@@ -35,7 +36,7 @@ FEATURE_DEPENDENCIES = {
     "journaling": "exclusive-lock",
 }
 DEFAULT_FEATURES = ("layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten")
-DELETION_POLICIES = ("Delete", "Retain")
+DELETION_POLICIES = tuple(DeletionPolicy)
 DEFAULT_TRASH_RETENTION = "24h"
 # spec.qos field -> librbd image setting (stored as image config: `rbd config image ls`); 0 = unlimited.
 QOS_SETTINGS = {
@@ -46,7 +47,6 @@ QOS_SETTINGS = {
     "readBpsLimit": "rbd_qos_read_bps_limit",
     "writeBpsLimit": "rbd_qos_write_bps_limit",
 }
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]{1,2000}$")
 _SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
@@ -72,7 +72,7 @@ class ImageSpec:
     data_pool: str | None
     source: CloneSource | None
     allow_shrink: bool
-    deletion_policy: str
+    deletion_policy: DeletionPolicy
     trash_retention_seconds: int
     adopt: bool = False
     qos: Mapping[str, int] | None = None  # librbd setting -> value; None: QoS not managed
@@ -168,33 +168,7 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         raise SpecError("spec.storage", "names the RbdStorage and is required")
     image_name = check_image_name("spec.name", spec.get("name") or name)
 
-    source = None
-    raw_source = spec.get("source")
-    if raw_source:
-        if not isinstance(raw_source, Mapping):
-            raise SpecError("spec.source", "must be an object with image and snapshot")
-        ref = raw_source.get("rbdSnapshot")
-        url = raw_source.get("url")
-        if url is not None:
-            if not isinstance(url, str) or not _URL.match(url) or any(raw_source.get(k) for k in
-                                                                       ("image", "snapshot", "rbdSnapshot")):
-                raise SpecError("spec.source.url", f"{str(url)[:100]!r} is not an http(s) URL (and a source is a "
-                                "URL, an rbdSnapshot, or image and snapshot)")
-            sha = raw_source.get("sha256")
-            if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
-                raise SpecError("spec.source.sha256", "must be 64 hexadecimal digits")
-            source = CloneSource("", "", False, url=url, sha256=sha.lower() if sha else None)
-        elif ref is not None:
-            if not isinstance(ref, str) or not _K8S_NAME.match(ref) or raw_source.get("image") \
-                    or raw_source.get("snapshot"):
-                raise SpecError("spec.source", "needs rbdSnapshot (an RbdSnapshot name), or image and snapshot")
-            source = CloneSource("", "", bool(raw_source.get("flatten", False)), rbd_snapshot=ref)
-        else:
-            source = CloneSource(
-                image=check_image_name("spec.source.image", raw_source.get("image")),
-                snapshot=check_image_name("spec.source.snapshot", raw_source.get("snapshot")),
-                flatten=bool(raw_source.get("flatten", False)),
-            )
+    source = _source(spec.get("source"))
 
     raw_size = spec.get("size")
     if raw_size is None and source is None:
@@ -203,20 +177,13 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
 
     features = check_features(spec.get("features", list(DEFAULT_FEATURES)))
 
-    object_size = spec.get("objectSize")
-    if object_size is not None:
-        try:
-            object_size = parse_quantity(object_size)
-        except ValueError as exc:
-            raise SpecError("spec.objectSize", str(exc)) from None
-        if object_size < 4096 or object_size > 32 * 2**20 or object_size & (object_size - 1):
-            raise SpecError("spec.objectSize", "must be a power of two from 4Ki to 32Mi")
+    object_size = _object_size(spec.get("objectSize"))
 
     data_pool = spec.get("dataPool")
     if data_pool is not None:
         data_pool = check_pool_name("spec.dataPool", data_pool)
 
-    policy = spec.get("deletionPolicy") or "Delete"
+    policy = spec.get("deletionPolicy") or DeletionPolicy.DELETE
     if policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
     retention = parse_duration(spec.get("trashRetention") or DEFAULT_TRASH_RETENTION, "spec.trashRetention")
@@ -230,8 +197,51 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         data_pool=data_pool,
         source=source,
         allow_shrink=bool(spec.get("allowShrink", False)),
-        deletion_policy=policy,
+        deletion_policy=DeletionPolicy(policy),
         trash_retention_seconds=retention,
         adopt=bool(spec.get("adopt", False)),
         qos=parse_qos(spec.get("qos"), "spec.qos"),
     )
+
+
+def _source(raw_source: Any) -> CloneSource | None:
+    """spec.source: a URL to import, an RbdSnapshot of the namespace, or image and snapshot in the pool."""
+    if not raw_source:
+        return None
+    if not isinstance(raw_source, Mapping):
+        raise SpecError("spec.source", "must be an object with image and snapshot")
+    ref = raw_source.get("rbdSnapshot")
+    url = raw_source.get("url")
+    if url is not None:
+        if not isinstance(url, str) or not _URL.match(url) or any(raw_source.get(k) for k in
+                                                                   ("image", "snapshot", "rbdSnapshot")):
+            raise SpecError("spec.source.url", f"{str(url)[:100]!r} is not an http(s) URL (and a source is a "
+                            "URL, an rbdSnapshot, or image and snapshot)")
+        sha = raw_source.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+            raise SpecError("spec.source.sha256", "must be 64 hexadecimal digits")
+        source = CloneSource("", "", False, url=url, sha256=sha.lower() if sha else None)
+    elif ref is not None:
+        if not isinstance(ref, str) or not is_k8s_name(ref) or raw_source.get("image") \
+                or raw_source.get("snapshot"):
+            raise SpecError("spec.source", "needs rbdSnapshot (an RbdSnapshot name), or image and snapshot")
+        source = CloneSource("", "", bool(raw_source.get("flatten", False)), rbd_snapshot=ref)
+    else:
+        source = CloneSource(
+            image=check_image_name("spec.source.image", raw_source.get("image")),
+            snapshot=check_image_name("spec.source.snapshot", raw_source.get("snapshot")),
+            flatten=bool(raw_source.get("flatten", False)),
+        )
+    return source
+
+
+def _object_size(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    try:
+        object_size = parse_quantity(raw)
+    except ValueError as exc:
+        raise SpecError("spec.objectSize", str(exc)) from None
+    if object_size < 4096 or object_size > 32 * 2**20 or object_size & (object_size - 1):
+        raise SpecError("spec.objectSize", "must be a power of two from 4Ki to 32Mi")
+    return object_size

@@ -1,7 +1,8 @@
-"""Names that reach Ceph (pools, images, cephx clients) and the rules they follow.
+"""Names and the rules they follow: Kubernetes object names and namespaces (one definition here), and the
+names that reach Ceph (pools, images, cephx clients).
 
-The rules are stricter than Ceph's own: these names also end up in shell
-commands on hypervisors, in file names and in libvirt XML.
+The Ceph rules are stricter than Ceph's own: these names also end up in shell commands on hypervisors,
+in file names and in libvirt XML.
 """
 
 from __future__ import annotations
@@ -10,6 +11,19 @@ import re
 
 from .errors import SpecError
 from .reasons import Reason
+
+# Kubernetes: a DNS subdomain (object names: Secrets, RbdSnapshots, ...) and a DNS label (namespaces).
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def is_k8s_name(value: object) -> bool:
+    return isinstance(value, str) and bool(K8S_NAME.match(value))
+
+
+def is_k8s_label(value: object) -> bool:
+    return isinstance(value, str) and bool(K8S_LABEL.match(value))
+
 
 POOL_NAME_MAX = 63
 IMAGE_NAME_MAX = 96

@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .enums import DeletionPolicy
 from .errors import SpecError
-from .names import check_client_name, check_pool_name
+from .names import check_client_name, check_pool_name, is_k8s_label, is_k8s_name
 from .quantity import parse_quantity
 
 
@@ -16,7 +17,7 @@ def parse_qos(raw: Any, path: str) -> Any:
     return parse(raw, path)
 
 CAPS_PROFILES = ("rbd", "legacy")
-DELETION_POLICIES = ("Retain", "Delete")
+DELETION_POLICIES = tuple(DeletionPolicy)
 CAPS_SERVICES = ("mon", "osd", "mgr")
 
 # Pool settings a user may put in pool.parameters. size, pg_num and pgp_num
@@ -66,8 +67,6 @@ def _valid_parameter(key: str, text: str) -> bool:
 
 _PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _CAP = re.compile(r"^[A-Za-z0-9 _.,=*'\"-]{1,512}$")
 
 
@@ -88,9 +87,9 @@ def secret_ref(raw: Any, path: str) -> SecretRef:
     if not isinstance(raw, Mapping) or not raw.get("name"):
         raise SpecError(path, "needs name (and optionally namespace)")
     name, namespace = raw.get("name"), raw.get("namespace")
-    if not isinstance(name, str) or not _K8S_NAME.match(name):
+    if not is_k8s_name(name):
         raise SpecError(f"{path}.name", f"{name!r} is not a Secret name")
-    if namespace is not None and (not isinstance(namespace, str) or not _K8S_LABEL.match(namespace)):
+    if namespace is not None and not is_k8s_label(namespace):
         raise SpecError(f"{path}.namespace", f"{namespace!r} is not a namespace name")
     return SecretRef(name, namespace or None)
 
@@ -160,7 +159,7 @@ class StorageSpec:
     pool: PoolSpec
     client: ClientSpec
     node_selector: Mapping[str, Any] = field(default_factory=dict)
-    deletion_policy: str = "Retain"
+    deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
     image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
     image_qos: Mapping[str, int] | None = None  # imageDefaults.qos: librbd setting -> value
     import_prefixes: tuple[str, ...] = ()  # imports.allowedURLPrefixes; empty: no imports
@@ -186,41 +185,67 @@ def _positive_int(value: Any, path: str, *, allow_zero: bool = False) -> int:
 def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
     """Validate an RbdStorage spec and fill in defaults. Raises SpecError."""
     cluster = _mapping(spec, "cluster", "spec")
+    policy = spec.get("deletionPolicy") or DeletionPolicy.RETAIN
+    if policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
+    return StorageSpec(
+        monitors=_monitors(cluster),
+        admin_secret=secret_ref(cluster.get("adminSecretRef"), "spec.cluster.adminSecretRef"),
+        pool=_pool(name, _mapping(spec, "pool", "spec")),
+        client=_client(name, _mapping(spec, "client", "spec")),
+        node_selector=dict(_mapping(_mapping(spec, "hypervisors", "spec"), "nodeSelector", "spec.hypervisors")),
+        deletion_policy=DeletionPolicy(policy),
+        image_namespaces=_selector(spec.get("imageNamespaces"), "spec.imageNamespaces"),
+        import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
+        image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
+        adoption_namespaces=_selector(_mapping(spec, "adoption", "spec").get("namespaces"), "spec.adoption.namespaces"),
+        image_limits=parse_image_limits(_mapping(spec, "imageLimits", "spec")),
+    )
+
+
+def _monitors(cluster: Mapping[str, Any]) -> tuple[str, ...]:
     monitors = cluster.get("monitors") or []
     if not isinstance(monitors, list) or not monitors:
         raise SpecError("spec.cluster.monitors", "must list at least one monitor as host:port")
     for i, mon in enumerate(monitors):
         if not isinstance(mon, str) or not _MONITOR.match(mon) or not 0 < int(mon.rsplit(":", 1)[1]) < 65536:
             raise SpecError(f"spec.cluster.monitors[{i}]", f"{mon!r} is not host:port")
-    admin_secret = secret_ref(cluster.get("adminSecretRef"), "spec.cluster.adminSecretRef")
+    return tuple(monitors)
 
-    pool = _mapping(spec, "pool", "spec")
-    pool_name = check_pool_name("spec.pool.name", pool.get("name") or name)
-    pg_num = pool.get("pgNum")
-    if pg_num is not None:
-        pg_num = _positive_int(pg_num, "spec.pool.pgNum")
-        if pg_num > 32768:
-            raise SpecError("spec.pool.pgNum", f"{pg_num} is more than 32768")
-    replicas = pool.get("replicas")
-    if replicas is not None:
-        replicas = _positive_int(replicas, "spec.pool.replicas")
-        if replicas > 10:
-            raise SpecError("spec.pool.replicas", f"{replicas} is more than 10")
+
+def _selector(raw: Any, path: str) -> dict[str, Any] | None:
+    return None if raw is None else dict(check_selector(raw, path))
+
+
+def _bounded(pool: Mapping[str, Any], key: str, most: int) -> int | None:
+    value = pool.get(key)
+    if value is None:
+        return None
+    value = _positive_int(value, f"spec.pool.{key}")
+    if value > most:
+        raise SpecError(f"spec.pool.{key}", f"{value} is more than {most}")
+    return value
+
+
+def _pool(name: str, pool: Mapping[str, Any]) -> PoolSpec:
     quota = _mapping(pool, "quota", "spec.pool")
     max_bytes = quota.get("maxBytes")
     if max_bytes is not None:
-        try:
-            max_bytes = parse_quantity(max_bytes)
-        except ValueError as exc:
-            raise SpecError("spec.pool.quota.maxBytes", str(exc)) from None
-        if max_bytes < 0:
-            raise SpecError("spec.pool.quota.maxBytes", "must not be negative")
+        max_bytes = _quantity(max_bytes, "spec.pool.quota.maxBytes")
     max_objects = quota.get("maxObjects")
     if max_objects is not None:
         max_objects = _positive_int(max_objects, "spec.pool.quota.maxObjects", allow_zero=True)
-    params = _mapping(pool, "parameters", "spec.pool")
+    application = pool.get("application") or "rbd"
+    if not isinstance(application, str) or not re.match(r"^[a-z][a-z0-9_-]{0,31}$", application):
+        raise SpecError("spec.pool.application", f"{application!r} is not an application name")
+    return PoolSpec(check_pool_name("spec.pool.name", pool.get("name") or name), _bounded(pool, "pgNum", 32768),
+                    _bounded(pool, "replicas", 10), max_bytes, max_objects, _parameters(pool), application,
+                    adopt=_flag(pool, "adopt", "spec.pool"))
+
+
+def _parameters(pool: Mapping[str, Any]) -> dict[str, str]:
     parameters: dict[str, str] = {}
-    for key, value in params.items():
+    for key, value in _mapping(pool, "parameters", "spec.pool").items():
         if key not in POOL_PARAMETERS:
             raise SpecError(f"spec.pool.parameters.{key}", "is not a pool setting the operator manages "
                             f"(allowed: {', '.join(sorted(POOL_PARAMETERS))})")
@@ -228,65 +253,39 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         if not _PARAM_VALUE.match(text) or not _valid_parameter(key, text):
             raise SpecError(f"spec.pool.parameters.{key}", f"{text!r} is not a valid value for {key}")
         parameters[key] = text
-    application = pool.get("application") or "rbd"
-    if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", application):
-        raise SpecError("spec.pool.application", f"{application!r} is not an application name")
+    return parameters
 
-    client = _mapping(spec, "client", "spec")
-    client_name = check_client_name("spec.client.name", client.get("name") or "vmmgr")
+
+def _client(name: str, client: Mapping[str, Any]) -> ClientSpec:
     profile = client.get("capsProfile")
     if profile is not None and profile not in CAPS_PROFILES:
         raise SpecError("spec.client.capsProfile", f"{profile!r} is not one of {', '.join(CAPS_PROFILES)}")
-    caps = client.get("caps")
-    if caps is not None:
-        if not isinstance(caps, Mapping) or not caps:
-            raise SpecError("spec.client.caps", "must map services (mon, osd, mgr) to caps")
-        for service, cap in caps.items():
-            if service not in CAPS_SERVICES:
-                raise SpecError(f"spec.client.caps.{service}", f"unknown service (allowed: {', '.join(CAPS_SERVICES)})")
-            if not isinstance(cap, str) or not _CAP.match(cap):
-                raise SpecError(f"spec.client.caps.{service}", f"{cap!r} is not a caps string")
-        caps = dict(caps)
-        broad = privileged_grants(caps)
-        if broad:
-            raise SpecError("spec.client.caps", "grants privileges beyond RBD use of named pools: "
-                            + "; ".join(broad))
     cache_pool = client.get("cachePool")
     if cache_pool is not None:
         cache_pool = check_pool_name("spec.client.cachePool", cache_pool)
     secret_name = client.get("secretName") or f"{name}-client"
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", secret_name):
+    if not is_k8s_name(secret_name):
         raise SpecError("spec.client.secretName", f"{secret_name!r} is not a valid Secret name")
+    return ClientSpec(check_client_name("spec.client.name", client.get("name") or "vmmgr"), profile,
+                      _caps(client.get("caps")), cache_pool, secret_name, adopt=_flag(client, "adopt", "spec.client"),
+                      rotate_key_generation=_positive_int(client.get("rotateKeyGeneration", 0),
+                                                          "spec.client.rotateKeyGeneration", allow_zero=True))
 
-    hypervisors = _mapping(spec, "hypervisors", "spec")
-    selector = _mapping(hypervisors, "nodeSelector", "spec.hypervisors")
-    policy = spec.get("deletionPolicy") or "Retain"
-    if policy not in DELETION_POLICIES:
-        raise SpecError("spec.deletionPolicy", f"{policy!r} is not one of {', '.join(DELETION_POLICIES)}")
-    image_namespaces = spec.get("imageNamespaces")
-    if image_namespaces is not None:
-        image_namespaces = dict(check_selector(image_namespaces, "spec.imageNamespaces"))
-    adoption = _mapping(spec, "adoption", "spec").get("namespaces")
-    if adoption is not None:
-        adoption = dict(check_selector(adoption, "spec.adoption.namespaces"))
 
-    return StorageSpec(
-        monitors=tuple(monitors),
-        admin_secret=admin_secret,
-        pool=PoolSpec(pool_name, pg_num, replicas, max_bytes, max_objects, parameters, application,
-                      adopt=_flag(pool, "adopt", "spec.pool")),
-        client=ClientSpec(client_name, profile, caps, cache_pool, secret_name,
-                          adopt=_flag(client, "adopt", "spec.client"),
-                          rotate_key_generation=_positive_int(client.get("rotateKeyGeneration", 0),
-                                                              "spec.client.rotateKeyGeneration", allow_zero=True)),
-        node_selector=dict(selector),
-        deletion_policy=policy,
-        image_namespaces=image_namespaces,
-        import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
-        image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
-        adoption_namespaces=adoption,
-        image_limits=parse_image_limits(_mapping(spec, "imageLimits", "spec")),
-    )
+def _caps(caps: Any) -> dict[str, str] | None:
+    if caps is None:
+        return None
+    if not isinstance(caps, Mapping) or not caps:
+        raise SpecError("spec.client.caps", "must map services (mon, osd, mgr) to caps")
+    for service, cap in caps.items():
+        if service not in CAPS_SERVICES:
+            raise SpecError(f"spec.client.caps.{service}", f"unknown service (allowed: {', '.join(CAPS_SERVICES)})")
+        if not isinstance(cap, str) or not _CAP.match(cap):
+            raise SpecError(f"spec.client.caps.{service}", f"{cap!r} is not a caps string")
+    broad = privileged_grants(caps)
+    if broad:
+        raise SpecError("spec.client.caps", "grants privileges beyond RBD use of named pools: " + "; ".join(broad))
+    return dict(caps)
 
 
 def parse_image_limits(raw: Mapping[str, Any]) -> ImageLimits:

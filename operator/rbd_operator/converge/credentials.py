@@ -8,7 +8,7 @@ import re
 from kubernetes.client.rest import ApiException
 
 from ..adapters import kube
-from ..adapters.blocking import run_blocking
+from ..adapters.blocking import Pool, run_blocking
 from ..adapters.ceph import CephError, Credentials, valid_cephx_key
 from ..adapters.ssh import SshError
 from ..api.hypervisor import HostSpec
@@ -27,7 +27,7 @@ async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Creden
     hit, data = kube.cached_secret(ref.namespace, ref.name)
     try:
         if not hit:
-            data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool="kube")
+            data = await run_blocking(kube.read_secret, ref.namespace, ref.name, timeout=30, pool=Pool.KUBE)
     except ApiException as exc:
         raise CephError(Reason.AUTH_FAILED, f"cannot read admin Secret {ref.namespace}/{ref.name}: "
                         f"HTTP {exc.status} {exc.reason}") from None

@@ -11,8 +11,9 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
+from ..api.enums import DeletionPolicy, Profile
 from ..adapters import kube, libvirt_conn
-from ..adapters.blocking import run_blocking
+from ..adapters.blocking import Pool, run_blocking
 from ..adapters.host import Facts, Host, PackageError
 from ..adapters.lease import DisruptionFence
 from ..adapters.ssh import SshError, SshSession, fingerprint
@@ -109,10 +110,10 @@ def _packages(host: Host, work: Pass, fence: DisruptionFence, out: HostOutcome) 
 
 
 def _capability(spec: HostSpec, facts: Facts, out: Outcome) -> None:
-    if spec.profile == "qemu-rbd":
+    if spec.profile == Profile.QEMU_RBD:
         out.cond(ConditionType.RBD_CAPABLE, facts.qemu_rbd, Reason.QEMU_RBD if facts.qemu_rbd else Reason.NO_QEMU_RBD,
                  f"qemu {facts.qemu_version or '?'} {'has' if facts.qemu_rbd else 'lacks'} the rbd block driver")
-    elif spec.profile == "kernel-rbd":
+    elif spec.profile == Profile.KERNEL_RBD:
         out.cond(ConditionType.RBD_CAPABLE, facts.krbd, Reason.KERNEL_RBD if facts.krbd else Reason.NO_KERNEL_RBD,
                  f"kernel {facts.kernel} {'has' if facts.krbd else 'lacks'} the rbd module")
     else:
@@ -140,7 +141,7 @@ def converge_storages(host: Host, work: Pass, out: HostOutcome) -> None:
                  else "skipped: the rbd CLI (ceph-common) is not installed")
         out.storages.append({"name": storage.name, "secretUUID": storage.secret_uuid, "keyVersion": storage.key_version,
                              "keyringPath": storage.keyring_path, "current": True, "probe": probe,
-                             "deletionPolicy": work.policies.get(storage.name, "Retain")})
+                             "deletionPolicy": work.policies.get(storage.name, DeletionPolicy.RETAIN)})
     out.storages.extend(previous.carry)
     _removals(host, previous, defined, out)
     _storage_conditions(storages, out)
@@ -220,7 +221,7 @@ async def host_storages(chosen: list[tuple[str, dict]]) -> tuple[list[HostStorag
         ref = status.get("clientSecretRef") or {}
         try:
             data, version = await run_blocking(kube.read_secret_versioned, ref.get("namespace"), ref.get("name"),
-                                               timeout=30, pool="kube")
+                                               timeout=30, pool=Pool.KUBE)
             if not data or not data.get("userKey"):
                 problems[name] = (Reason.STORAGES_PENDING, f"{name}: client Secret {ref.get('name')} has no key yet")
                 continue
@@ -236,7 +237,7 @@ async def host_storages(chosen: list[tuple[str, dict]]) -> tuple[list[HostStorag
 async def first_contact(spec: HostSpec) -> Outcome:
     """Trust on first use: learn and pin the key; nothing is sent to the host in this pass."""
     key_type, blob = await run_blocking(ssh_first_contact, spec.address, spec.port, timeout=60,
-                                        reason=Reason.HOST_UNREACHABLE, pool="ssh")
+                                        reason=Reason.HOST_UNREACHABLE, pool=Pool.SSH)
     shown = f"{key_type} {fingerprint(key_type, blob)}"
     out = Outcome(annotations={PIN_ANNOTATION: shown}, retry="host key pinned; converging next", retry_in=1.0)
     out.set(pinnedHostKey=f"{key_type} {base64.b64encode(blob).decode()}", hostKeyFingerprint=shown)
@@ -259,12 +260,12 @@ async def reconcile(name: str, uid: str, spec: HostSpec, body: Mapping[str, Any]
     pinned = pin(spec, status, dict((body.get("metadata") or {}).get("annotations") or {}))
     if pinned is None:  # first contact: needs no key, sends nothing
         return await first_contact(spec)
-    key = await run_blocking(ssh_key, spec, timeout=30, pool="kube")
+    key = await run_blocking(ssh_key, spec, timeout=30, pool=Pool.KUBE)
     chosen, problems = await host_storages(sel.ready)
     previous = host_plan.plan_previous_storages(list(status.get("storages") or []), {s.name for s in chosen},
                                                 sel.selecting, sel.existing)
     work = Pass(name, uid, spec, key, pinned, chosen, previous, sel.policies)
-    out = await run_blocking(in_host, work, fence, timeout=HOST_TIMEOUT, pool="ssh")
+    out = await run_blocking(in_host, work, fence, timeout=HOST_TIMEOUT, pool=Pool.SSH)
     return summarize(out, previous, problems, sel)
 
 
@@ -343,6 +344,6 @@ async def clean(uid: str, spec: HostSpec, body: Mapping[str, Any], logger: loggi
     if pinned is None:
         logger.info("host %s was never pinned, so it received nothing: nothing to remove", spec.address)
         return None
-    key = await run_blocking(ssh_key, spec, timeout=30, pool="kube")
+    key = await run_blocking(ssh_key, spec, timeout=30, pool=Pool.KUBE)
     return await run_blocking(clean_in_host, spec, uid, key, pinned, list(status.get("storages") or []),
-                              timeout=CLEAN_TIMEOUT, reason=Reason.TIMEOUT, pool="ssh")
+                              timeout=CLEAN_TIMEOUT, reason=Reason.TIMEOUT, pool=Pool.SSH)

@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import ceph, importer, kube
-from ..adapters.blocking import check_cancelled, run_blocking
+from ..adapters.blocking import Pool, check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..adapters.namespaces import NamespaceInfo, cluster_identity, namespace_info
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
@@ -195,7 +195,7 @@ async def _importing(target: Target, spec: ImageSpec, owner: ImageOwner, live: C
     progress = importer.Progress(phase="queued")
     task = asyncio.ensure_future(run_blocking(in_ceph, target.creds, target.storage, spec, owner, live, tenancy,
                                               logger, None, progress, timeout=IMPORT_TIMEOUT, reason=Reason.TIMEOUT,
-                                              pool="import"))
+                                              pool=Pool.IMPORT))
     reported_once = None
     while True:
         done, _ = await asyncio.wait([task], timeout=IMPORT_REPORT_SECONDS)
@@ -206,7 +206,7 @@ async def _importing(target: Target, spec: ImageSpec, owner: ImageOwner, live: C
             reported_once = state
             try:
                 await run_blocking(kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, {"import": state},
-                                   timeout=30, pool="kube")
+                                   timeout=30, pool=Pool.KUBE)
             except (ApiException, OperatorError) as exc:  # progress is informative: keep importing
                 logger.debug("could not report import progress: %s", exc)
 
@@ -305,7 +305,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
             continue
         logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
                     t.ready[1] if t.ready else "no status")
-        await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool="kube")
+        await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool=Pool.KUBE)
         poked += 1
     logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
     return poked

@@ -11,6 +11,7 @@ from typing import Callable
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from ..api.enums import Family
 from .. import GROUP, VERSION
 from ..adapters import kube
 from ..adapters.host import Facts, Host, PackageError
@@ -176,7 +177,7 @@ def _apply(host: Host, family: str, change: Change, step: Callable[[str], None],
         host.remove(family, change.to_remove)
         out.note(EventReason.PACKAGES_REMOVED, " ".join(change.to_remove))
         changed = True
-        if family == "rhel" and had_libvirt and "libvirt" not in host.installed(["libvirt"]) \
+        if family == Family.RHEL and had_libvirt and "libvirt" not in host.installed(["libvirt"]) \
                 and "libvirt" not in to_install:
             to_install.append("libvirt")  # the seed: removing qemu-kvm took libvirt with it
     if to_install:

@@ -17,8 +17,8 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..adapters import kube, libvirt_conn
+from ..adapters.blocking import Pool, run_blocking
 from ..adapters.blocking import executor as blocking_executor
-from ..adapters.blocking import run_blocking
 from ..api.errors import OperatorError
 from ..reconcile.hosts import hosts_to_update, selected_hosts
 
@@ -58,7 +58,7 @@ class Propagation:
         self._poked[(host, storage)] = (state, now)
         logger.info("RbdStorage %s changed: reconciling HypervisorNode %s now", storage, host)
         try:
-            await run_blocking(kube.poke, GROUP, VERSION, HOSTS, None, host, timeout=30, pool="kube")
+            await run_blocking(kube.poke, GROUP, VERSION, HOSTS, None, host, timeout=30, pool=Pool.KUBE)
         except (ApiException, OperatorError) as exc:  # the host's own resync catches up
             logger.warning("could not poke HypervisorNode %s: %s", host, getattr(exc, "status", exc))
 
@@ -89,4 +89,4 @@ class DomainWatch:
                 kube.patch_cluster_status(GROUP, VERSION, HOSTS, name, {"facts": {"runningDomains": count}})
             except Exception as exc:  # noqa: BLE001 - the next resync corrects it
                 logging.getLogger(__name__).debug("running domains of %s not refreshed: %s", name, type(exc).__name__)
-        blocking_executor("kube").submit(update)
+        blocking_executor(Pool.KUBE).submit(update)

@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION, metrics
 from ..adapters import ceph, kube, purge
-from ..adapters.blocking import check_cancelled, run_blocking
+from ..adapters.blocking import Pool, check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..adapters.namespaces import cluster_identity
 from ..api.errors import OperatorError
@@ -125,7 +125,7 @@ async def reconcile(name: str, uid: str, body: Mapping[str, Any], spec: StorageS
     try:
         # Before Ceph is touched: the client Secret's name must be free or ours.
         current = await run_blocking(kube.claimable_secret, namespace, spec.client.secret_name,
-                                     _secret_owner(name, uid), timeout=30, pool="kube")
+                                     _secret_owner(name, uid), timeout=30, pool=Pool.KUBE)
         published, published_generation = kube.published_key(current, KEY_GENERATION_ANNOTATION)
         found, live = peers(name, spec, storages)
         rotated = max(int((body.get("status") or {}).get("keyGeneration") or 0), published_generation)
@@ -165,7 +165,7 @@ async def _publish(name: str, uid: str, spec: StorageSpec, key: str, generation:
     try:
         change, key_version = await run_blocking(kube.ensure_secret, namespace, spec.client.secret_name, secret,
                                                  _secret_owner(name, uid), {f"{GROUP}/storage": name},
-                                                 {KEY_GENERATION_ANNOTATION: str(generation)}, timeout=30, pool="kube")
+                                                 {KEY_GENERATION_ANNOTATION: str(generation)}, timeout=30, pool=Pool.KUBE)
     except OperatorError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported as a condition, retried

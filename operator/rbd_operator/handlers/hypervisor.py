@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from ..api.enums import DeletionPolicy
 from .. import GROUP, VERSION
 from ..adapters import libvirt_conn
 from ..api.errors import OperatorError
@@ -68,7 +69,7 @@ async def propagate(type: str | None, name: str, body: kopf.Body, hypervisors: k
 
 
 def _delete_policy(spec: kopf.Spec, **_: Any) -> bool:
-    return spec.get("deletionPolicy") == "Delete"
+    return spec.get("deletionPolicy") == DeletionPolicy.DELETE
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_delete_policy)

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from ..api.enums import DeletionPolicy
 from .. import GROUP, VERSION
 from ..api.errors import OperatorError, SpecError, Waiting
 from ..api.image import parse_image
@@ -49,7 +50,7 @@ async def delete(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, 
         parsed = parse_image(name, body.get("spec") or {})
     except SpecError:
         return locks.release(uid)  # an invalid spec never reached Ceph
-    if parsed.deletion_policy == "Retain":
+    if parsed.deletion_policy == DeletionPolicy.RETAIN:
         return locks.release(uid)
     status = StatusUpdate(body, patch)
     async with locks.hold(uid):

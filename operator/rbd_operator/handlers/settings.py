@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, metrics
 from ..adapters import kube
-from . import replica
+from ..adapters import replica
 
 
 @kopf.on.startup()
@@ -44,7 +44,7 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     metrics_address = os.environ.get("RBD_OPERATOR_METRICS", "")
     if metrics_address and metrics_address != "none":
         metrics.serve(metrics_address)
-    # rbd_operator_active and the ActiveReplica Event (which replica works: handlers/replica.py)
+    # rbd_operator_active and the ActiveReplica Event (which replica works: adapters/replica.py)
     replica.start(settings.peering.name, settings.peering.standalone, settings.peering.priority)
 
 

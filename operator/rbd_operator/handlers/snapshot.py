@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from ..api.enums import DeletionPolicy
 from .. import GROUP, VERSION
 from ..api.errors import OperatorError, SpecError, Waiting
 from ..api.reasons import EventReason, Reason
@@ -46,7 +47,7 @@ async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kop
         parsed = parse_snapshot(name, spec)
     except SpecError:
         return locks.release(uid)
-    if parsed.deletion_policy == "Retain":
+    if parsed.deletion_policy == DeletionPolicy.RETAIN:
         return locks.release(uid)
     status = StatusUpdate(body, patch)
     async with locks.hold(uid):

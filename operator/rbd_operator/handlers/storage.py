@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from ..api.enums import DeletionPolicy
 from .. import GROUP, VERSION, metrics
 from ..api.errors import OperatorError, SpecError
 from ..api.reasons import EventReason, Reason
@@ -81,7 +82,7 @@ async def delete(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         parsed = parse_storage(name, spec)
     except SpecError:
         return locks.release(uid)  # an invalid spec never reached Ceph
-    if parsed.deletion_policy == "Retain":
+    if parsed.deletion_policy == DeletionPolicy.RETAIN:
         logger.info("deletionPolicy Retain: pool %s and %s stay in Ceph", parsed.pool.name, parsed.client.entity)
         locks.release(uid)
         return metrics.storage_gone(name)

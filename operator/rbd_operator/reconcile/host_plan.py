@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from xml.sax.saxutils import escape
 
+from ..api.enums import DeletionPolicy, Family, Profile
 from ..api.cephx import valid_cephx_key
 from ..api.errors import Refused, SpecError
 from ..api.hypervisor import HostSpec, Repository
-from ..api.names import check_client_name, check_pool_name
+from ..api.names import check_client_name, check_pool_name, is_k8s_name
 from ..api.reasons import Reason
 
 MANAGED_PREFIX = "rbd-operator-"
@@ -19,21 +20,21 @@ LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 
 # What gives QEMU its rbd driver (plus librbd and the ceph CLI), per distro family.
 PROFILE_PACKAGES = {
-    ("qemu-rbd", "debian"): ("qemu-utils", "qemu-block-extra", "librbd1", "ceph-common"),
-    ("qemu-rbd", "rhel"): ("qemu-img", "qemu-kvm", "librbd1", "ceph-common"),
-    ("kernel-rbd", "debian"): ("ceph-common",),
-    ("kernel-rbd", "rhel"): ("ceph-common",),
+    (Profile.QEMU_RBD, Family.DEBIAN): ("qemu-utils", "qemu-block-extra", "librbd1", "ceph-common"),
+    (Profile.QEMU_RBD, Family.RHEL): ("qemu-img", "qemu-kvm", "librbd1", "ceph-common"),
+    (Profile.KERNEL_RBD, Family.DEBIAN): ("ceph-common",),
+    (Profile.KERNEL_RBD, Family.RHEL): ("ceph-common",),
 }
 # Removing these stops or replaces the hypervisor under running VMs.
 _DISRUPTIVE = re.compile(r"^(qemu|libvirt|kvm)")
 
 
-def family_of(os_id: str, os_like: str) -> str | None:
+def family_of(os_id: str, os_like: str) -> Family | None:
     words = set(f"{os_id} {os_like}".lower().split())
     if words & {"debian", "ubuntu"}:
-        return "debian"
+        return Family.DEBIAN
     if words & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
-        return "rhel"
+        return Family.RHEL
     return None
 
 
@@ -76,7 +77,7 @@ def repository_files(repo: Repository, family: str) -> list[RemoteFile]:
     """The files that configure one repository (all named rbd-operator-<name>...)."""
     name = f"{MANAGED_PREFIX}{repo.name}"
     files: list[RemoteFile] = []
-    if family == "debian":
+    if family == Family.DEBIAN:
         options = []
         if repo.gpg_key:
             key_path = f"/etc/apt/keyrings/{name}.asc"
@@ -89,7 +90,7 @@ def repository_files(repo: Repository, family: str) -> list[RemoteFile]:
         if repo.priority is not None:
             files.append(RemoteFile(f"/etc/apt/preferences.d/{name}",
                                     f"Package: *\nPin: origin \"{repo.host}\"\nPin-Priority: {repo.priority}\n"))
-    elif family == "rhel":
+    elif family == Family.RHEL:
         lines = [f"[{name}]", f"name=rbd-operator repository {repo.name}", f"baseurl={repo.base_url}", "enabled=1"]
         if repo.gpg_key:
             key_path = f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{name}"
@@ -105,7 +106,7 @@ def repository_files(repo: Repository, family: str) -> list[RemoteFile]:
 
 def repository_plan(spec: HostSpec, family: str) -> list[RemoteFile]:
     files = [f for repo in spec.repositories for f in repository_files(repo, family)]
-    if family == "rhel" and any(r.priority is not None for r in spec.repositories):
+    if family == Family.RHEL and any(r.priority is not None for r in spec.repositories):
         # The seed's step: yum-plugin-priorities enabled (dnf honours priority= natively).
         files.append(owned_ini_file("/etc/yum/pluginconf.d/priorities.conf", 0o644, Settings(
             "main", (("enabled", "1"),), legacy=re.escape("[main]\nenabled = 1\n"), legacy_needs_record=False)))
@@ -113,8 +114,8 @@ def repository_plan(spec: HostSpec, family: str) -> list[RemoteFile]:
 
 
 MANAGED_DIRS = {
-    "debian": ("/etc/apt/sources.list.d", "/etc/apt/preferences.d", "/etc/apt/keyrings"),
-    "rhel": ("/etc/yum.repos.d", "/etc/pki/rpm-gpg"),
+    Family.DEBIAN: ("/etc/apt/sources.list.d", "/etc/apt/preferences.d", "/etc/apt/keyrings"),
+    Family.RHEL: ("/etc/yum.repos.d", "/etc/pki/rpm-gpg"),
 }
 
 
@@ -136,7 +137,6 @@ def stale_files(existing: dict[str, list[str]], desired: list[RemoteFile]) -> li
 # a value is checked here right before it becomes a host path, file content or command argument.
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MON_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$")
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _CEPHX_KEY = re.compile(r"^[A-Za-z0-9+/]{20,}={0,2}$")
 _SAFE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 MANAGED_PATHS = re.compile(
@@ -211,7 +211,7 @@ class HostStorage:
 
 def host_storage(name: str, status: dict, secret: dict, key_version: str, spec_client: str | None) -> HostStorage:
     """A storage's host-side view from its status and client Secret, every value validated here."""
-    if not isinstance(name, str) or not _K8S_NAME.match(name):
+    if not is_k8s_name(name):
         raise unsafe("storage name", name)
     fsid = check_uuid(status.get("fsid"), "status.fsid")
     monitors = tuple(monitor_hosts(status.get("monitors") or []))
@@ -474,7 +474,7 @@ def plan_previous_storages(previous: list[dict], converging: set[str], selecting
         name = old.get("name")
         if name in selecting:
             carry.append({**old, "current": False})
-        elif name in existing or old.get("deletionPolicy") == "Delete":
+        elif name in existing or old.get("deletionPolicy") == DeletionPolicy.DELETE:
             remove.append(old)
         else:
             carry.append({**old, "current": False, "retained": True})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from ..api.enums import DeletionPolicy
 from ..api.errors import Refused
 from ..api.hypervisor import HostSpec, parse_host_key
 from ..api.reasons import ConditionType, Reason
@@ -37,7 +38,7 @@ def selected(labels: Mapping[str, str], storages: Mapping[str, Iterable[dict]]) 
             if not matches((entry["spec"].get("hypervisors") or {}).get("nodeSelector"), labels):
                 continue
             sel.selecting.add(name)
-            sel.policies[name] = entry["spec"].get("deletionPolicy") or "Retain"
+            sel.policies[name] = entry["spec"].get("deletionPolicy") or DeletionPolicy.RETAIN
             status = entry["status"] or {}
             if status.get("libvirtSecretUUID") and status.get("clientSecretRef") and status.get("monitors"):
                 sel.ready.append((name, entry))

@@ -111,21 +111,30 @@ def plan_image(
                                       tenancy.usage), tenancy.defaults)
     if spec.data_pool and not data_pool_exists:
         raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason=Reason.DATA_POOL_NOT_FOUND)
-    name = spec.name
     if observed is None:
         if spec.source and spec.source.url:
-            bounds = [(quota_max_bytes, Reason.SIZE_EXCEEDS_QUOTA, "the pool quota")] if quota_max_bytes else []
-            if verdict.size_limit is not None:
-                if verdict.size_limit <= 0:
-                    raise Refused(Reason.LIMIT_EXCEEDED, "spec.source: this namespace has no room left on the storage "
-                                  "(spec.imageLimits.perNamespace.maxBytes). Nothing was written in Ceph")
-                bounds.append((verdict.size_limit, Reason.LIMIT_EXCEEDED, "the storage's spec.imageLimits"))
-            return ImagePlan(_plan_import(spec, owner, min(bounds) if bounds else (0, "", ""), import_prefixes,
-                                          verdict.qos))
+            return ImagePlan(_plan_import(spec, owner, _import_bound(quota_max_bytes, verdict.size_limit),
+                                          import_prefixes, verdict.qos))
         return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos))
+    return ImagePlan(_plan_existing(spec, observed, owner, live, tenancy.granted, verdict.qos), verdict.beyond)
 
+
+def _import_bound(quota_max_bytes: int, size_limit: int | None) -> tuple[int, str, str]:
+    """The most an imported image may become, the reason beyond it and what sets it ((0, ...): no bound)."""
+    bounds = [(quota_max_bytes, Reason.SIZE_EXCEEDS_QUOTA, "the pool quota")] if quota_max_bytes else []
+    if size_limit is not None:
+        if size_limit <= 0:
+            raise Refused(Reason.LIMIT_EXCEEDED, "spec.source: this namespace has no room left on the storage "
+                          "(spec.imageLimits.perNamespace.maxBytes). Nothing was written in Ceph")
+        bounds.append((size_limit, Reason.LIMIT_EXCEEDED, "the storage's spec.imageLimits"))
+    return min(bounds) if bounds else (0, "", "")
+
+
+def _plan_existing(spec: ImageSpec, observed: ObservedImage, owner: ImageOwner, live: Callable[[str], bool],
+                   granted: bool, qos: Mapping[str, int] | None) -> list[Step]:
+    name = spec.name
     actions: list[Step] = []
-    decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, tenancy.granted)
+    decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, granted)
     if decision == Decision.CLAIM:
         actions.append(ClaimImage(name, owner=owner.record))
     elif decision == Decision.UPGRADE:
@@ -135,17 +144,17 @@ def plan_image(
             raise SpecError("spec.size", f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} "
                             "loses data; set spec.allowShrink: true to allow it", reason=Reason.SHRINK_NOT_ALLOWED)
         if spec.size < observed.size and observed.watchers:
-            raise Waiting(Reason.IN_USE, f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} waits: the "
-                          f"image is in use ({len(observed.watchers)} watcher(s)); nothing was changed", delay=30.0)
+            raise Waiting(Reason.IN_USE, f"shrinking {format_bytes(observed.size)} to {format_bytes(spec.size)} waits: "
+                          f"the image is in use ({len(observed.watchers)} watcher(s)); nothing was changed", delay=30.0)
         actions.append(Resize(name, size=spec.size, shrink=spec.size < observed.size))
     actions += _plan_features(spec, observed.features)
-    if verdict.qos:
-        drift = {k: v for k, v in verdict.qos.items() if observed.qos.get(k, 0) != v}
+    if qos:
+        drift = {k: v for k, v in qos.items() if observed.qos.get(k, 0) != v}
         if drift:
             actions.append(SetQos(name, qos=drift))
     if spec.source and spec.source.flatten and observed.parent:
         actions.append(Flatten(name))
-    return ImagePlan(actions, verdict.beyond)
+    return actions
 
 
 def _plan_import(spec: ImageSpec, owner: ImageOwner, bound: tuple[int, str, str], prefixes: tuple[str, ...],

@@ -24,6 +24,11 @@ from .snapshots import SNAPSHOT_OWNER_PREFIX, SnapshotOps  # noqa: F401
 from .trash import TrashOps
 
 
+__all__ = ["CLIENT_OWNERS_KEY", "OWNER_KEY", "QOS_KEYS", "RBD_POOL_METADATA", "SNAPSHOT_OWNER_PREFIX", "TRASHED_KEY",
+           "CephCluster", "CephError", "Credentials", "Sessions", "forget", "new_cephx_key", "session",
+           "valid_cephx_key", "with_session"]
+
+
 class CephCluster(PoolOps, AuthOps, ImageOps, SnapshotOps, TrashOps):
     """One librados connection, shared by all handlers that use the same credentials."""
 

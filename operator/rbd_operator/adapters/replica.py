@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import kubernetes
 from .. import metrics
-from ..adapters import kube
+from . import kube
 from ..api.reasons import EventReason
 
 log = logging.getLogger("rbd_operator.replica")
