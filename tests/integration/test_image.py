@@ -317,20 +317,22 @@ def test_a_name_taken_while_creating_is_left_to_its_owner(platform, ceph, pool, 
     open). Someone creating the final name between the staged creation and the rename must win: the
     operator's staged image goes, the other image and its id object stay exactly as they were."""
     from rbd_operator.adapters import ceph as ceph_adapter
+    from rbd_operator.adapters.ceph import rbd_raw
+    from rbd_operator.reconcile.actions import CreateImage
 
     keyring = (platform.ceph_dir / "ceph.client.admin.keyring").read_text()
     key = next(line.split("=", 1)[1].strip() for line in keyring.splitlines() if line.strip().startswith("key"))
     cluster = ceph_adapter.CephCluster(ceph_adapter.Credentials(tuple(platform.monitors), "admin", key))
     name, staging = f"race-{uniq}", f"rbdop-new-race{uniq}"
-    args = {"staging": staging, "owner": f"default/{name}/uid-{uniq}", "size": 64 << 20,
-            "features": rbd.RBD_FEATURE_LAYERING}
+    step = CreateImage(name, staging=staging, owner=f"default/{name}/uid-{uniq}", size=64 << 20,
+                       features=rbd.RBD_FEATURE_LAYERING)
     with ceph.open_ioctx(pool) as theirs:
         def make(staged: str) -> None:  # ours, then theirs under the final name (untagged)
             rbd.RBD().create(theirs, staged, 64 << 20, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
             rbd.RBD().create(theirs, name, 32 << 20, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
         try:
             with cluster.ioctx(pool) as ioctx, pytest.raises(ceph_adapter.CephError) as raised:
-                cluster._create_staged(ioctx, pool, name, args, make)
+                cluster._create_staged(ioctx, pool, step, make)
         finally:
             cluster.close()
         assert raised.value.reason == "NotOwned"
@@ -338,9 +340,9 @@ def test_a_name_taken_while_creating_is_left_to_its_owner(platform, ceph, pool, 
         assert name in listed and staging not in listed
         with rbd.Image(theirs, name, read_only=True) as img:
             assert img.size() == 32 << 20, "their image, untouched"
-            assert ("rbd-operator.io/owner", args["owner"]) not in list(img.metadata_list())
+            assert ("rbd-operator.io/owner", step.owner) not in list(img.metadata_list())
             their_id = img.id()
-        assert ceph_adapter._read_id_object(theirs, name) == their_id
+        assert rbd_raw.read_id_object(theirs, name) == their_id
         rbd.RBD().remove(theirs, name)
 
 
