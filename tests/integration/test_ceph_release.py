@@ -12,7 +12,8 @@ from .harness import ROOT
 
 # release -> the major.minor Debian carries it as (hack/ceph-root.sh)
 RELEASES = {"pacific": "16.2", "reef": "18.2", "tentacle": "20.2"}
-VERSION = re.compile(r"^ceph version (\d+\.\d+\.\d+)\S* \([0-9a-f]+\) (\w+) \(\w+\)$")
+# "ceph version 18.2.7 (6b0e9880...) reef (stable)", "... tentacle (stable - RelWithDebInfo)"
+VERSION = re.compile(r"^ceph version (\d+\.\d+\.\d+)\S* \([0-9a-f]+\) (\w+) \([^()]+\)$")
 
 
 def test_every_daemon_runs_the_release_asked_for(platform, record_property):
