@@ -52,19 +52,24 @@ def counts(xml: Path) -> dict:
     out = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "ceph_version": None}
     if not xml.exists():
         return out
+    # A test that errs in its teardown has a second <testcase> of the same name: one outcome per test,
+    # the worst.
+    outcome: dict[str, str] = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
         for prop in case.iter("property"):
             if prop.get("name") == "ceph_version":
                 out["ceph_version"] = prop.get("value")
         if case.find("failure") is not None or case.find("error") is not None:
-            if test_id not in out["failures"]:  # a failed test whose teardown errs too counts once
-                out["failed"] += 1
-                out["failures"].append(test_id)
+            outcome[test_id] = "failed"
         elif case.find("skipped") is not None:
-            out["skipped"] += 1
+            outcome.setdefault(test_id, "skipped")
         else:
-            out["passed"] += 1
+            outcome.setdefault(test_id, "passed")
+    for test_id, result in outcome.items():
+        out[result] += 1
+        if result == "failed":
+            out["failures"].append(test_id)
     return out
 
 

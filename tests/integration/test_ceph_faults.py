@@ -30,8 +30,8 @@ if _slot is None:
 def ctx(platform, operator, ceph, leaks):
     seed = int(os.environ.get("FAULTS_SEED", str(random.randrange(1 << 30))))
     print(f"FAULTS_SEED={seed}")
-    platform.apply(storage(platform, faults.STORE, pool={"pgNum": 16}, client={"name": faults.STORE},
-                           deletionPolicy="Delete"))
+    # Retain (as make faults does): the cases leave their images in the trash for an hour.
+    platform.apply(storage(platform, faults.STORE, pool={"pgNum": 16}, client={"name": faults.STORE}))
     platform.wait_condition("rbds", faults.STORE, "True")
     context = faults.Ctx(platform, operator, ceph, [], random.Random(seed), leaks.argv)
     yield context
