@@ -1,14 +1,15 @@
 # rbd-operator's container image: `make image` builds rbd-operator:<version from pyproject.toml>.
-# BASE_IMAGE defaults (in the Makefile) to a Debian bookworm built locally from Debian packages
-# (hack/build-base-image.sh: debootstrap + docker import); BASE_IMAGE=debian:bookworm-slim uses the public one.
-ARG BASE_IMAGE=debian:bookworm-slim
+# Debian 13 (trixie): Python 3.13, Ceph 18.2's client libraries. BASE_IMAGE defaults (hack/build-image.sh)
+# to a Debian trixie built locally from Debian packages (hack/build-base-image.sh trixie: debootstrap +
+# docker import); BASE_IMAGE=debian:trixie-slim uses the public one.
+ARG BASE_IMAGE=debian:trixie-slim
 
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip binutils \
  && rm -rf /var/lib/apt/lists/*
-# Wheels of the package and its dependencies, built by `make image` on the build machine (whose pip
-# trusts its network's CAs): nothing is fetched from PyPI inside the build.
+# Wheels of the package and its dependencies (for this image's Python), fetched by `make image` on the
+# build machine (whose pip trusts its network's CAs): nothing is fetched from PyPI inside the build.
 COPY .cache/image-wheels /wheels
 # Debian's rados/rbd/libvirt bindings come from the runtime stage's packages (system site packages).
 # kubernetes/aio (an asyncio copy of the whole client, 67 MB) is never imported: removed. Extension
@@ -16,7 +17,7 @@ COPY .cache/image-wheels /wheels
 RUN python3 -m venv --system-site-packages /opt/rbd-operator \
  && /opt/rbd-operator/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels -q rbd-operator \
  && /opt/rbd-operator/bin/pip uninstall -y -q pip setuptools \
- && site=/opt/rbd-operator/lib/python3.11/site-packages \
+ && site=$(/opt/rbd-operator/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
  && rm -rf $site/kubernetes/aio $site/kubernetes/test $site/kubernetes/e2e_test \
  && find $site -name '*.so' -exec strip --strip-debug {} + \
  && find $site/uvloop \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' \) -delete \
@@ -28,9 +29,11 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3 python3-rados python3-rbd python3-libvirt ca-certificates \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
- && dpkg --purge apt libapt-pkg6.0 debian-archive-keyring gpgv \
+ && dpkg --purge apt $(dpkg-query -W -f '${Package}\n' 'libapt-pkg*' debian-archive-keyring gpgv sqv 2>/dev/null) \
  && rm -rf /var/cache/apt /var/lib/apt /var/log/apt /var/log/dpkg.log /etc/apt \
-      /usr/share/doc /usr/share/man /usr/share/info
+      /usr/share/doc /usr/share/man /usr/share/info \
+ && echo 'nonroot:x:65532:65532:rbd-operator:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'nonroot:x:65532:' >> /etc/group
 COPY --from=build /opt/rbd-operator /opt/rbd-operator
 # Bytecode compiled at build time: the root filesystem is read-only at run time.
 RUN python3 -m compileall -q /opt/rbd-operator /usr/lib/python3/dist-packages/rados* /usr/lib/python3/dist-packages/rbd* \
@@ -41,6 +44,8 @@ FROM scratch
 COPY --from=runtime / /
 ENV PATH=/opt/rbd-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# A named user (kopf's and the operator's default peering identity is user@host: getpass.getuser() fails
+# for a uid without a passwd entry unless POD_ID is set, as deploy/ does).
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["rbd-operator"]

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Throwaway single-node Ceph cluster (1 mon, 1 mgr, 1 memstore OSD, cephx on)
-# for development and tests, built from Debian's Ceph packages (16.2).
+# for development and tests, from Debian's Ceph packages of the release CEPH_RELEASE:
+# pacific (16.2, Debian 12), reef (18.2, Debian 13; the default) or tentacle (20.2, Debian
+# testing). A release this machine's own packages do not carry runs from a root built by
+# hack/ceph-root.sh (debootstrap, cached under .cache/ceph-root by package versions): chrooted, in a
+# mount namespace of its own where DIR is bound at the same path, on the same addresses and ports.
 #
 #   hack/ceph.sh up DIR      bootstrap a fresh cluster in DIR and start it
 #   hack/ceph.sh down DIR    stop it (TERM, then KILL) and delete DIR entirely
@@ -10,6 +14,8 @@
 #       and mgr; the OSD is memstore, so it is paused/resumed instead: SIGSTOP/SIGCONT)
 #
 # Environment:
+#   CEPH_RELEASE       pacific, reef (default) or tentacle (squid: no Debian suite, refused);
+#                      `up` records the root it used in DIR, so `start` brings a daemon back from it
 #   CEPH_ADDR          IPv4/IPv6 address daemons bind to (default 127.0.0.1);
 #                      it must already be configured on a local interface
 #   CEPH_MON_PORT_V2   mon msgr2 port (default 3300)
@@ -25,20 +31,26 @@
 # and DIR/ceph.client.admin.keyring, so `ceph -c DIR/ceph.conf ...` and
 # rados.Rados(conffile=DIR/ceph.conf) work as client.admin from anywhere.
 # Layout: DIR/data (mon store, mgr and OSD dirs), DIR/log, DIR/run (pidfiles).
-# Needs: ceph-mon ceph-mgr ceph-osd ceph-common python3-rados (see hack/ceph.md).
+# Needs: ceph-common python3-rados (the host's clients), and ceph-mon ceph-mgr ceph-osd for the
+# release the host carries, or debootstrap for the others (see hack/ceph.md).
 set -euo pipefail
 
 readonly PROG=${0##*/}
 readonly MARKER=.ceph-sh-cluster
+readonly ROOT_FILE=.ceph-sh-root # the root the daemons run from (/ = this machine's packages)
+readonly HERE=$(cd "$(dirname "$0")" && pwd)
 readonly PORT_SPAN=32
 readonly DAEMONS=(mon.a mgr.x osd.0)
 # Optional mgr modules that are never loaded (not needed here; fewer python
 # sub-interpreters = faster mgr start, less memory). Always-on modules (balancer, crash,
 # devicehealth, orchestrator, pg_autoscaler, progress, rbd_support, status,
-# telemetry, volumes) must stay: disabling them raises MGR_MODULE_ERROR.
+# telemetry, volumes) must stay: disabling them raises MGR_MODULE_ERROR. The list is the union
+# over the releases (a name a release lacks is ignored): reef and tentacle add cli_api,
+# osd_perf_query, osd_support, rgw, mds_autoscaler, k8sevents, rook and (tentacle) smb.
 readonly MGR_DISABLED_MODULES="alerts diskprediction_local influx insights \
 localpool mirroring nfs prometheus restful selftest snap_schedule stats \
-telegraf test_orchestrator zabbix"
+telegraf test_orchestrator zabbix cli_api osd_perf_query osd_support rgw \
+mds_autoscaler k8sevents rook smb"
 # the interpreter that has python3-rados (a pyenv/venv python3 may not)
 readonly PYTHON=/usr/bin/python3
 unset CEPH_ARGS # would leak extra arguments into every ceph CLI call
@@ -49,7 +61,7 @@ die() { log "error: $*"; exit 1; }
 usage() {
   cat >&2 <<EOF
 usage: $PROG up|down|status DIR | kill|start|pause|resume DIR DAEMON
-environment: CEPH_ADDR (127.0.0.1) CEPH_MON_PORT_V2 (3300) CEPH_MON_PORT_V1 (6789)
+environment: CEPH_RELEASE (reef: pacific|reef|tentacle) CEPH_ADDR (127.0.0.1) CEPH_MON_PORT_V2 (3300) CEPH_MON_PORT_V1 (6789)
              CEPH_PORT_BASE CEPH_MEMSTORE_BYTES CEPH_UP_TIMEOUT CEPH_STOP_TIMEOUT
 EOF
   exit 2
@@ -63,6 +75,12 @@ setup() {
   CONF=$DIR/ceph.conf
   ADMIN_KEYRING=$DIR/ceph.client.admin.keyring
 
+  RELEASE=${CEPH_RELEASE:-reef}
+  case $RELEASE in
+    pacific|reef|tentacle) ;;
+    squid) die "CEPH_RELEASE=squid: Squid (19.2) is in no Debian suite (pacific, reef or tentacle)" ;;
+    *) die "unknown CEPH_RELEASE=$RELEASE (pacific, reef or tentacle)" ;;
+  esac
   ADDR=${CEPH_ADDR:-127.0.0.1}
   PORT_V2=${CEPH_MON_PORT_V2:-3300}
   PORT_V1=${CEPH_MON_PORT_V1:-6789}
@@ -168,7 +186,7 @@ wipe_dir() {
 
 # ---------------------------------------------------------- python helper --
 # Talks to the mon through python3-rados (one connection instead of many
-# slow `ceph` CLI calls). Subcommands: prepare OSD_UUID | wait | health.
+# slow `ceph` CLI calls). Subcommands: prepare OSD_UUID [HEALTH_CODE_TO_MUTE...] | wait | health.
 rados_helper() {
   "$PYTHON" - "$CONF" "$UP_TIMEOUT" "$@" <<'PY'
 import json, sys, time
@@ -207,6 +225,8 @@ def main(c):
         mon(c, prefix="config set", who="mgr",
             name="mgr/devicehealth/enable_monitoring", value="false", force=True)
         mon(c, prefix="osd new", uuid=args[0], id=0)
+        for code in args[1:]:
+            mon(c, prefix="health mute", code=code, sticky=True)
     elif cmd == "wait":
         while True:
             s, osd_ok, mgr_ok = state(c)
@@ -229,6 +249,37 @@ except RuntimeError as e:
 finally:
     c.shutdown()
 PY
+}
+
+# ------------------------------------------------------------ the root --
+# CROOT: where the release's daemons and tools are (/ or a hack/ceph-root.sh root).
+resolve_root() {
+  CROOT=$("$HERE/ceph-root.sh" "$RELEASE") || die "no root for CEPH_RELEASE=$RELEASE (see above)"
+  [[ $CROOT == / || -x $CROOT/usr/bin/ceph-mon ]] || die "$CROOT holds no ceph-mon"
+}
+
+# The root `up` used for the cluster in DIR (for `start`).
+recorded_root() {
+  CROOT=$(cat "$DIR/$ROOT_FILE" 2>/dev/null) || die "$DIR has no $ROOT_FILE (not started by this $PROG?)"
+  [[ $CROOT == / || -x $CROOT/usr/bin/ceph-mon ]] || die "the root $CROOT of this cluster is gone"
+}
+
+# in_root CMD...: run a Ceph tool or daemon of the release. From a root: chrooted, in a mount
+# namespace of its own (gone with its last process) with /dev, /proc, /sys and DIR bound, DIR at
+# the same path, so ceph.conf's absolute paths hold inside and out; the network is the machine's.
+# A daemon forks into the background and keeps the namespace; its command line stays
+# `ceph-TYPE ... --conf DIR/ceph.conf`, so cluster_pids, kill, pause and resume work unchanged.
+in_root() {
+  if [[ $CROOT == / ]]; then "$@"; return; fi
+  mkdir -p "$CROOT$DIR"
+  unshare --mount --propagation private -- /bin/bash -euc '
+    r=$1 d=$2; shift 2
+    mount --rbind /dev "$r/dev"
+    mount -t proc proc "$r/proc"
+    mount --rbind /sys "$r/sys"
+    if [[ -d $d ]]; then mount --bind "$d" "$r$d"; fi
+    exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TZ=UTC "$@"
+  ' in_root "$CROOT" "$DIR" "$@"
 }
 
 # ------------------------------------------------------------- bootstrap --
@@ -269,7 +320,7 @@ mon_warn_on_insecure_global_id_reclaim_allowed = false
 mon_warn_on_crush_straw_calc_version_zero = false
 # read by the mon when it creates the first mgrmap (default: restful iostat nfs)
 mgr_initial_modules = iostat
-
+${EXTRA_GLOBAL}
 [mon]
 mon_data = $DIR/data/mon.\$id
 keyring = \$mon_data/keyring
@@ -295,6 +346,9 @@ memstore_device_bytes = $MEMSTORE_BYTES
 # memstore ignores osd_memory_target; keep op threads modest
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 2
+# the same op queue on every release: from 17.2 the default is mclock, which benchmarks the
+# device at start and then meters client ops by it (memstore counts as a disk of 315 IOPS)
+osd_op_queue = wpq
 # do not hang on SIGTERM when the mon is already gone
 osd_mon_shutdown_timeout = 2
 EOF
@@ -310,11 +364,14 @@ EOF
   } >"$CONF"
 }
 
-# keyring FILE NAME CAP... : new keyring with a fresh key and caps
+# keyring FILE NAME CAP... : new keyring with a fresh key and caps. client.admin's key is AES-128
+# (KEY_TYPE_ARGS): from 20.2 ceph-authtool makes AES-256 (aes256k) keys, which clients before 20.2
+# cannot read; the daemons' own keys keep the release's default.
 keyring() {
-  local file=$1 name=$2
+  local file=$1 name=$2 type=()
   shift 2
-  ceph-authtool --create-keyring "$file" --gen-key -n "$name" "$@" >/dev/null
+  [[ $name != client.* ]] || type=("${KEY_TYPE_ARGS[@]}")
+  in_root ceph-authtool --create-keyring "$file" "${type[@]}" --gen-key -n "$name" "$@" >/dev/null
   chmod 0600 "$file"
 }
 
@@ -340,7 +397,7 @@ PY
 # start NAME: run the daemon (it daemonizes itself once initialized)
 start_daemon() {
   local type=${1%%.*} id=${1#*.}
-  "ceph-$type" --cluster ceph --conf "$CONF" --id "$id" \
+  in_root "ceph-$type" --cluster ceph --conf "$CONF" --id "$id" \
     --setuser root --setgroup root \
     </dev/null >>"$DIR/log/$1.out" 2>&1 ||
     die "ceph-$type failed to start; see $DIR/log/$1.out and $DIR/log/ceph-$1.log"
@@ -365,17 +422,43 @@ cmd_up() {
     die "$DIR exists, is not empty and is not a $PROG cluster directory"
   fi
   local tool
-  for tool in ceph ceph-authtool monmaptool ceph-mon ceph-mgr ceph-osd "$PYTHON"; do
+  for tool in ceph "$PYTHON"; do
     command -v "$tool" >/dev/null || die "$tool not found; install the packages listed in hack/ceph.md"
   done
   "$PYTHON" -c 'import rados' 2>/dev/null || die "python3-rados is not installed"
   check_bind
+  resolve_root
+  for tool in ceph-authtool monmaptool ceph-mon ceph-mgr ceph-osd; do
+    if [[ $CROOT == / ]]; then
+      command -v "$tool" >/dev/null || die "$tool not found; install the packages listed in hack/ceph.md"
+    else
+      [[ -x $CROOT/usr/bin/$tool ]] || die "$tool not found in $CROOT"
+    fi
+  done
+  # From 20.2 a new cluster admits and makes only AES-256 (aes256k) cephx keys, which no client
+  # before 20.2 reads (the host's 16.2 CLIs and librados, the operator, hypervisors' librbd). As on
+  # a cluster that has such clients: client.admin gets an AES-128 key, and the monmap allows both
+  # ciphers, encrypts service tickets with AES-128 and gives new keys (`auth get-or-create`) AES-128.
+  # The health checks that say so (AUTH_INSECURE_*, one of them HEALTH_ERR) are muted.
+  KEY_TYPE_ARGS=() MONMAP_ARGS=() MUTE=() EXTRA_GLOBAL=
+  if [[ $(in_root ceph-authtool --help 2>&1 || true) == *--key-type* ]]; then KEY_TYPE_ARGS=(--key-type aes); fi
+  if [[ $(in_root monmaptool --help 2>&1 || true) == *--auth-allowed-ciphers* ]]; then
+    MONMAP_ARGS=(--auth-allowed-ciphers aes,aes256k --auth-service-cipher aes --auth-preferred-cipher aes)
+    MUTE=(AUTH_INSECURE_CLIENT_KEY_TYPE AUTH_INSECURE_KEYS_ALLOWED AUTH_INSECURE_KEYS_CREATABLE
+      AUTH_INSECURE_ROTATING_SERVICE_KEY_TYPE AUTH_INSECURE_SERVICE_TICKETS)
+  fi
+  # From 17.2 the mgr makes a pool of its own (.mgr) as soon as an OSD is up: off, so that the pool
+  # list holds only what callers make, as on 16.2 (whose device_health_metrics pool is kept off too).
+  if in_root ceph-conf -c /dev/null --show-config-value mgr_pool >/dev/null 2>&1; then
+    EXTRA_GLOBAL+=$'mgr_pool = false\n'
+  fi
   wipe_dir
 
   trap up_failed EXIT
-  log "bootstrapping cluster in $DIR on $ADDR (mon v2 :$PORT_V2 v1 :$PORT_V1, daemons :$PORT_BASE-$PORT_MAX)"
+  log "bootstrapping a $RELEASE cluster (daemons from $CROOT) in $DIR on $ADDR (mon v2 :$PORT_V2 v1 :$PORT_V1, daemons :$PORT_BASE-$PORT_MAX)"
   mkdir -p "$DIR"/{data/mon.a,data/mgr.x,data/osd.0,data/crash,log,run}
   : >"${DIR:?}/$MARKER"
+  echo "$CROOT" >"$DIR/$ROOT_FILE"
   FSID=$(cat /proc/sys/kernel/random/uuid)
   local osd_uuid kr tmp=$DIR/run
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -392,16 +475,16 @@ cmd_up() {
     --cap mgr 'allow profile osd' --cap osd 'allow *'
   keyring "$monkr" mon. --cap mon 'allow *'
   for kr in "$ADMIN_KEYRING" "$DIR/data/mgr.x/keyring" "$DIR/data/osd.0/keyring"; do
-    ceph-authtool "$monkr" --import-keyring "$kr" >/dev/null
+    in_root ceph-authtool "$monkr" --import-keyring "$kr" >/dev/null
   done
 
-  monmaptool --create --fsid "$FSID" --enable-all-features --set-min-mon-release pacific \
+  in_root monmaptool --create --fsid "$FSID" --enable-all-features --set-min-mon-release "$RELEASE" "${MONMAP_ARGS[@]}" \
     --addv a "[v2:$ADDR_URL:$PORT_V2,v1:$ADDR_URL:$PORT_V1]" "$tmp/monmap" >/dev/null
-  ceph-mon --cluster ceph --conf "$CONF" --id a --mkfs --monmap "$tmp/monmap" \
+  in_root ceph-mon --cluster ceph --conf "$CONF" --id a --mkfs --monmap "$tmp/monmap" \
     --keyring "$monkr" --setuser root --setgroup root >>"$DIR/log/mon.a.out" 2>&1 ||
     die "ceph-mon --mkfs failed; see $DIR/log/mon.a.out"
   [[ -d $DIR/data/mon.a/store.db ]] || die "ceph-mon --mkfs created no store; see $DIR/log/mon.a.out"
-  ceph-osd --cluster ceph --conf "$CONF" --id 0 --mkfs --no-mon-config --osd-uuid "$osd_uuid" \
+  in_root ceph-osd --cluster ceph --conf "$CONF" --id 0 --mkfs --no-mon-config --osd-uuid "$osd_uuid" \
     --setuser root --setgroup root >>"$DIR/log/osd.0.out" 2>&1 ||
     die "ceph-osd --mkfs failed; see $DIR/log/osd.0.out"
   rm -f "$tmp/monmap" "$monkr"
@@ -409,7 +492,7 @@ cmd_up() {
   log "starting mon.a and mgr.x"
   start_daemon mon.a
   start_daemon mgr.x
-  rados_helper prepare "$osd_uuid" || die "could not register osd.0 with the mon"
+  rados_helper prepare "$osd_uuid" "${MUTE[@]}" || die "could not register osd.0 with the mon"
   log "starting osd.0"
   start_daemon osd.0
   log "waiting for osd.0 up+in and an active mgr (timeout ${UP_TIMEOUT}s)"
@@ -454,7 +537,7 @@ cmd_daemon() {
   case $cmd in
     kill) for pid in $(cluster_pids "$type"); do kill -KILL "$pid"; done
           for pid in $(cluster_pids "$type"); do signal_wait KILL 5 "$pid" || die "$name survived SIGKILL"; done ;;
-    start) [[ -z $(cluster_pids "$type") ]] || die "$name is running"; start_daemon "$name" ;;
+    start) [[ -z $(cluster_pids "$type") ]] || die "$name is running"; recorded_root; start_daemon "$name" ;;
     pause) for pid in $(cluster_pids "$type"); do kill -STOP "$pid"; done ;;
     resume) for pid in $(cluster_pids "$type"); do kill -CONT "$pid"; done ;;
   esac

@@ -14,7 +14,10 @@
 # etcd is hack/kind/node's (v3.5.21) under the tag kubeadm asks for; CoreDNS is built from its Go module at
 # the version kubeadm deploys (hack/kind/coredns). Pods use a bridge CNI (the cluster is created with
 # disableDefaultCNI: kindnet is an image from a registry).
-# Cached by the hash of every input.
+# What goes in is under hack/kind/image: Dockerfile (the node), kubeadm-images/*.Dockerfile (the images
+# kubeadm runs), kind-files.sh + patch-containerd-config.py (kind's files, adapted), files/ (ours), pause.c.
+# This script only gathers the inputs and runs the builds. Cached by the hash of every input (this
+# script, the binaries, the base image, every file under hack/kind/image).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/hack/kind/image"
@@ -45,62 +48,35 @@ if "${docker[@]}" image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0
 start=$(date +%s)
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/kind-node.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/bin" "$ctx/images" "$ctx/kindfiles/usr/local/bin" "$ctx/kindfiles/kind/bin" "$ctx/kindfiles/etc"
+mkdir -p "$ctx/bin" "$ctx/images"
 cp -r "$here/files" "$here/Dockerfile" "$ctx/"
-
-# kind's own files, adapted to Debian's containerd 1.6 / runc paths and to this host (cgroup v1:
-# restrict_oom_score_adj as containerd inside the node needs it; no fuse-overlayfs snapshotter).
-files="$kind_dir/images/base/files"
-cp "$files/usr/local/bin/entrypoint" "$ctx/kindfiles/usr/local/bin/"
-cp "$files"/kind/bin/*.sh "$ctx/kindfiles/kind/bin/"
-cp -r "$files/etc/." "$ctx/kindfiles/etc/"
-rm -f "$ctx/kindfiles/etc/systemd/system/containerd-fuse-overlayfs.service"
-chmod -R u+w "$ctx/kindfiles"
-sed -i 's#^ExecStart=/usr/local/bin/containerd#ExecStart=/usr/bin/containerd#' \
-  "$ctx/kindfiles/etc/systemd/system/containerd.service"
-python3 - "$ctx/kindfiles/etc/containerd/config.toml" <<'PY'
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-text = re.sub(r'\[proxy_plugins\]\n(#.*\n)*\[proxy_plugins\."fuse-overlayfs"\]\n(  .*\n)+', '', text)
-text = text.replace("restrict_oom_score_adj = false", "restrict_oom_score_adj = true")
-assert "fuse-overlayfs\"]" not in text and "restrict_oom_score_adj = true" in text
-open(path, "w").write(text)
-PY
-
+"$here/kind-files.sh" "$kind_dir" "$ctx/kindfiles"   # kind's entrypoint, units, containerd config (adapted)
 cp "$node_bin/kubelet" "$node_bin/kubeadm" "$node_bin/kubectl" "$ctx/bin/"
 mkdir -p "$ctx/files/kind"
 echo "$kver" > "$ctx/files/kind/version"  # kind reads the Kubernetes version from here
 
-# The images kubeadm asks for, under the names it asks for.
+# The images kubeadm asks for, under the names it asks for: a context with the binary and a Dockerfile
+# from hack/kind/image/kubeadm-images (build args for what varies), saved into the node's /kind/images.
 mkdir -p "$ctx/img"
 gcc -static -O2 -o "$ctx/img/pause" "$here/pause.c"
-cp "$node_bin/kube-apiserver" "$node_bin/kube-controller-manager" "$node_bin/kube-scheduler" \
-   "$node_bin/kube-proxy" "$node_bin/etcd" "$ctx/img/"
 mapfile -t wanted < <("$node_bin/kubeadm" config images list --kubernetes-version "$kver" 2>/dev/null)
 for ref in "${wanted[@]}"; do
   name=${ref##*/}; name=${name%%:*}
   dir="$ctx/img/$name.ctx"; mkdir -p "$dir"
+  args=()
   case "$name" in
     kube-apiserver|kube-controller-manager|kube-scheduler|etcd)
-      cp "$ctx/img/$name" "$dir/"
-      printf 'FROM scratch\nCOPY %s /usr/local/bin/%s\nENV PATH=/usr/local/bin:/usr/bin:/bin\nUSER 0\n' "$name" "$name" \
-        > "$dir/Dockerfile" ;;
-    pause)
-      cp "$ctx/img/pause" "$dir/"
-      printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' > "$dir/Dockerfile" ;;
-    kube-proxy)  # needs iptables, conntrack
-      cp "$ctx/img/kube-proxy" "$dir/"
-      printf 'FROM %s\nRUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables conntrack ipset kmod && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base" \
-        > "$dir/Dockerfile" ;;
+      cp "$node_bin/$name" "$dir/"; dockerfile=binary; args=(--build-arg "NAME=$name") ;;
+    pause) cp "$ctx/img/pause" "$dir/"; dockerfile=pause ;;
+    kube-proxy) cp "$node_bin/kube-proxy" "$dir/"; dockerfile=kube-proxy; args=(--build-arg "BASE_IMAGE=$base") ;;
     coredns)
       dns_ver=$(sed -nE 's#^(require)?[[:space:]]*github.com/coredns/coredns (v[0-9.]+)$#\2#p' "$dns_mod/go.mod" | head -1)
       [ "${ref##*:}" = "$dns_ver" ] || { echo "build-node-image: kubeadm wants $ref, hack/kind/coredns pins $dns_ver" >&2; exit 1; }
-      cp "$dns_out/coredns" "$dir/"
-      printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' > "$dir/Dockerfile" ;;
+      cp "$dns_out/coredns" "$dir/"; dockerfile=coredns ;;
     *) echo "build-node-image: kubeadm wants an image this script does not know: $ref" >&2; exit 1 ;;
   esac
-  "${docker[@]}" build -q --network host -t "$ref" "$dir" >/dev/null
+  cp "$here/kubeadm-images/$dockerfile.Dockerfile" "$dir/Dockerfile"
+  "${docker[@]}" build -q --network host "${args[@]}" -t "$ref" "$dir" >/dev/null
   "${docker[@]}" save -o "$ctx/images/$name.tar" "$ref"
 done
 rm -rf "$ctx/img"
