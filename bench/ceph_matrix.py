@@ -6,7 +6,8 @@ CEPH_RELEASE) one pytest session on a fresh platform (control plane, the release
 the operator with this machine's 16.2 client libraries) runs:
   test_ceph_release.py   which release runs (`ceph versions`), which libraries the operator uses
   test_storage.py, test_image.py (images, snapshots, clones, the operator SIGKILLed mid-creation,
-  a rename cut short), test_import.py, test_safety.py (ownership), test_tenancy.py,
+  a rename cut short), test_import.py, test_safety.py (ownership), test_tenancy.py, test_raw_steps.py
+  (librbd's object steps the operator takes itself: killed between every two, a concurrent client, v1),
   test_ha.py::test_standby_takes_over_and_nothing_is_done_twice (the active replica SIGKILLed
   mid-burst), and, unless CEPH_MATRIX_FAULTS=0, test_ceph_faults.py (bench/faults.py's monitor and
   OSD cases).
@@ -41,6 +42,7 @@ RELEASES = {"pacific": ("16.2", "Debian 12 bookworm"), "reef": ("18.2", "Debian 
 TESTS = ["tests/integration/test_ceph_release.py", "tests/integration/test_storage.py",
          "tests/integration/test_image.py", "tests/integration/test_import.py",
          "tests/integration/test_safety.py", "tests/integration/test_tenancy.py",
+         "tests/integration/test_raw_steps.py",
          "tests/integration/test_ha.py::test_standby_takes_over_and_nothing_is_done_twice"]
 FAULTS = ["tests/integration/test_ceph_faults.py"]
 README = ROOT / "README.md"

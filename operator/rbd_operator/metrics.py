@@ -36,6 +36,8 @@ HOSTS_SELECTED = Gauge("rbd_operator_storage_hosts_selected", "Hypervisors the s
 HOSTS_CURRENT = Gauge("rbd_operator_storage_hosts_current", "Selected hypervisors holding the current key",
                       ["storage"])
 
+FASTPATH_DISABLED = Gauge("rbd_operator_fastpath_disabled", "1 where librbd's object layout differs from what the "
+                          "operator's fast path expects (librbd's own calls are used there)", ["fsid"])
 ACTIVE = Gauge("rbd_operator_active", "1 on the replica that handles objects, 0 on a standby (kopf peering)")
 
 _HISTOGRAMS = {"ceph": CEPH_CALLS, "ssh": SSH_CALLS}
@@ -83,6 +85,10 @@ def storage_figures(name: str, capacity: Mapping[str, Any] | None, hosts: Mappin
     if hosts:
         HOSTS_SELECTED.labels(name).set(float(hosts.get("selected") or 0))
         HOSTS_CURRENT.labels(name).set(float(hosts.get("current") or 0))
+
+
+def fast_path(fsid: str, disabled: bool) -> None:
+    FASTPATH_DISABLED.labels(fsid=fsid).set(1 if disabled else 0)
 
 
 def storage_gone(name: str) -> None:

@@ -184,6 +184,7 @@ class EventReason(StrEnum):
     OWNER_RECORD_UPGRADED = 'OwnerRecordUpgraded'
     HOST_FILE_ADOPTED = 'HostFileAdopted'
     ACTIVE_REPLICA = 'ActiveReplica'
+    FAST_PATH_DISABLED = 'FastPathDisabled'
 
 
 @dataclass(frozen=True)
@@ -476,6 +477,10 @@ EVENT_REASONS: dict[EventReason, str] = {
         'identity.',
     EventReason.HOST_FILE_ADOPTED:
         'A host file the operator did not write was taken over (spec.adopt): its own settings kept.',
+    EventReason.FAST_PATH_DISABLED:
+        'A Warning: librbd\'s object layout on a Ceph cluster differs from what the operator\'s fast path (its own '
+        'object steps: rename, header reads, owner tag) expects; librbd\'s calls are used there from now on '
+        '(metric rbd_operator_fastpath_disabled).',
     EventReason.ACTIVE_REPLICA:
         'This replica became the one that works (the other replicas stand by).',
 }

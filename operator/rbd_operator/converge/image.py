@@ -29,7 +29,7 @@ from ..reconcile.ownership import ImageOwner, staging_name
 from ..reconcile.selector import matches_namespaces
 from ..reconcile import tracking
 from .credentials import admin_credentials
-from .outcome import Outcome
+from .outcome import Note, Outcome
 
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
@@ -83,6 +83,7 @@ class Converged:
     image: ObservedImage
     done: list[Step]
     beyond: tuple[str, ...] = ()  # what the image keeps beyond its storage's limits (added after it was made)
+    fast_path_off: str | None = None  # the fast path was turned off for this cluster in this pass: why
 
 
 @ceph.with_session
@@ -91,9 +92,12 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
             unresolved: OperatorError | None = None, progress: importer.Progress | None = None) -> Converged:
     """In a worker thread: observe, plan (everything refused before the first step), apply, report."""
     pool = storage.pool.name
+    probed = cluster.fast_path
     observed = cluster.observe_image(pool, spec.name)
     if observed is None and unresolved is not None:
         raise unresolved  # a clone to make from an RbdSnapshot that cannot be resolved (yet)
+    if observed is not None and owner.owns(observed.owner):
+        cluster.finish_rename(pool, staging_name(owner.legacy), observed.id)  # one read: ENOENT nearly always
     source = None
     if observed is None and spec.source and not spec.source.url:
         source = cluster.observe_source(pool, spec.source.image, spec.source.snapshot)
@@ -115,7 +119,8 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
         observed = made if only_made else cluster.observe_image(pool, spec.name)
     if observed is None:
         raise CephError(Reason.IMAGE_NOT_FOUND, f"image {pool}/{spec.name} vanished while being converged")
-    return Converged(observed, list(steps), steps.beyond)
+    turned_off = cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
+    return Converged(observed, list(steps), steps.beyond, turned_off)
 
 
 async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any], idx: Indexes,
@@ -173,6 +178,11 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
     if imported:
         out.set(**{"import": {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}})
         out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {imported[0].url[:200]} ({image.size} bytes)")
+    if result.fast_path_off:
+        out.events.append(Note(EventReason.FAST_PATH_DISABLED, f"librbd's object layout on this Ceph cluster differs "
+                               f"from what the operator's fast path expects ({result.fast_path_off}): librbd's own "
+                               "calls are used on this cluster from now on (slower; drift detection included)",
+                               "Warning"))
     if result.done and not all(s.creation for s in result.done):
         out.note(result.done[0].reason, "; ".join(s.describe() for s in result.done))
     out.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id, parent=image.parent,

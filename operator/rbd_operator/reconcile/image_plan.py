@@ -28,6 +28,7 @@ class ObservedImage:
     watchers: list[str] = field(default_factory=list)
     owner: str | None = None
     qos: dict[str, int] = field(default_factory=dict)  # rbd_qos_* settings stored on the image
+    old_format: bool = False  # a format 1 image (no id, no metadata): never managed
 
 
 @dataclass
@@ -133,6 +134,9 @@ def _import_bound(quota_max_bytes: int, size_limit: int | None) -> tuple[int, st
 def _plan_existing(spec: ImageSpec, observed: ObservedImage, owner: ImageOwner, live: Callable[[str], bool],
                    granted: bool, qos: Mapping[str, int] | None) -> list[Step]:
     name = spec.name
+    if observed.old_format:
+        raise Refused(Reason.NOT_OWNED, f"image {name!r} is an old-format (format 1) RBD image: rbd-operator manages "
+                      "format 2 images only (`rbd migration prepare` converts it). Nothing was changed")
     actions: list[Step] = []
     decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, granted)
     if decision == Decision.CLAIM:

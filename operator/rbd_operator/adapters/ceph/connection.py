@@ -80,6 +80,12 @@ class Connection:
         self._lock = threading.Lock()
         self.users = 0          # sessions in progress (counted under the cache's lock)
         self.retired = False    # out of the cache: shut down when the last user leaves
+        # librbd's own object steps taken directly (adapters/ceph/rbd_raw.py): None until probed on this
+        # cluster, then whether its layout is what they expect (False: librbd's calls are used instead).
+        self.fast_path: bool | None = None
+        self.fast_path_problem: str | None = None
+        self.fast_path_lock = threading.Lock()
+        self.mirroring: dict[str, tuple[bool, float]] = {}  # pool -> (mirrors images, when asked)
 
     def _connect(self) -> rados.Rados:
         with self._lock:

@@ -4,6 +4,8 @@ steps of a plan, creation under a staging name, the trash move, a crashed creati
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from typing import Callable
 
 import rados
@@ -15,7 +17,8 @@ from ...reconcile.actions import (ClaimImage, CloneImage, CreateImage, Flatten, 
                                   ProtectSnapshot, Resize, SetQos, UpdateFeatures)
 from ...reconcile.image_plan import ObservedImage, ObservedSource
 from ...reconcile.ownership import ImageOwner
-from .. import importer
+from .. import failpoints, importer
+from ... import metrics
 from . import rbd_raw
 from .connection import CephError, Connection, classify, metadata
 
@@ -26,7 +29,8 @@ log = logging.getLogger(__name__)
 OWNER_KEY = "rbd-operator.io/owner"
 TRASHED_KEY = "rbd-operator.io/trashed-by"
 QOS_KEYS = tuple(QOS_SETTINGS.values())
-SNAPSHOT_RECORD_PREFIX = "rbd-operator.io/snapshot."  # records a clone copied from its parent: dropped
+SNAPSHOT_RECORD_PREFIX = "rbd-operator.io/snapshot."
+MIRROR_MODE_SECONDS = 60.0  # records a clone copied from its parent: dropped
 
 
 def _owned_by(tag: str | None, record: str) -> bool:
@@ -48,10 +52,30 @@ def _qos(values: dict[str, str]) -> dict[str, int]:
 
 
 class ImageOps(Connection):
+    # -- the fast path (librbd's object steps taken directly) -----------------------------------------
+    def raw_ok(self, ioctx: rados.Ioctx) -> bool:
+        """Whether librbd's object steps may be taken directly on this cluster: probed once (rbd_raw.probe) on
+        the first use; a layout that differs turns them off for good (metric rbd_operator_fastpath_disabled,
+        `fast_path_problem` says what differed); a probe that cannot run decides nothing (librbd this time)."""
+        if self.fast_path is not None:
+            return self.fast_path
+        with self.fast_path_lock:
+            if self.fast_path is None:
+                try:
+                    problem = rbd_raw.probe(ioctx, rbd_raw.PROBE_PREFIX + secrets.token_hex(6), OWNER_KEY)
+                except (rbd.Error, rados.Error, CephError, ValueError) as exc:
+                    log.warning("the fast-path probe could not run (%s): librbd's calls this time", type(exc).__name__)
+                    return False
+                self.fast_path, self.fast_path_problem = problem is None, problem
+                metrics.fast_path(self.fsid(), disabled=problem is not None)
+                if problem:
+                    log.warning("fast path off on cluster %s: %s; librbd's own calls are used", self.fsid(), problem)
+        return bool(self.fast_path)
+
     # -- observing ------------------------------------------------------------------------------------
     def observe_image(self, pool: str, name: str) -> ObservedImage | None:
         with self.ioctx(pool) as ioctx:
-            if not rbd_raw.may_exist(ioctx, name):
+            if self.raw_ok(ioctx) and not rbd_raw.may_exist(ioctx, name):
                 return None
             try:
                 image = rbd.Image(ioctx, name, read_only=True)
@@ -63,18 +87,17 @@ class ImageOps(Connection):
                 return self._observed(ioctx, pool, name, image)
 
     def _observed(self, ioctx: rados.Ioctx, pool: str, name: str, image: rbd.Image) -> ObservedImage | None:
-        try:
-            image_id = image.id()
-        except rbd.Error:  # an old-format (v1) image has no id and no directory entry of this kind
-            image_id = None
-        if image_id and rbd_raw.directory_id(ioctx, name) != image_id:
+        if image.old_format():  # format 1: no id, no metadata; refused by the plan (never managed)
+            return ObservedImage(size=image.size(), features=0, id="", old_format=True)
+        image_id = image.id()
+        if self.raw_ok(ioctx) and rbd_raw.directory_id(ioctx, name) != image_id:
             # Opened through rbd_id.<name>, but the pool's directory does not list it under this name: a rename
             # (staging -> name) cut short after its first step. Not there yet: the creation path finishes it.
             log.info("image %s/%s is only half renamed into place (not in the directory)", pool, name)
             return None
         watchers = sorted({w["addr"] for w in image.watchers_list()})
         qos = _qos({k: v for k in QOS_KEYS if (v := metadata(image, f"conf_{k}")) is not None})
-        return ObservedImage(size=image.size(), features=image.features(), id=image_id or "", parent=_parent(image),
+        return ObservedImage(size=image.size(), features=image.features(), id=image_id, parent=_parent(image),
                              watchers=watchers, owner=metadata(image, OWNER_KEY), qos=qos)
 
     def image_headers(self, pool: str, names: set[str]) -> dict[str, ObservedImage]:
@@ -83,6 +106,8 @@ class ImageOps(Connection):
         keys = rbd_raw.header_keys([OWNER_KEY, *(f"conf_{k}" for k in QOS_KEYS)])
         with self.ioctx(pool) as ioctx:
             listed = {e["id"]: e["name"] for e in self.rbd_call("rbd ls", rbd.RBD().list2, ioctx) if e["name"] in names}
+            if not self.raw_ok(ioctx):
+                return self._opened_headers(ioctx, pool, set(listed.values()))
             headers = rbd_raw.read_headers(ioctx, list(listed), keys)
         out: dict[str, ObservedImage] = {}
         for image_id, vals in headers.items():
@@ -95,6 +120,28 @@ class ImageOps(Connection):
                                                   parent={"present": True} if vals.get("parent") else None,
                                                   owner=owner.decode(errors="replace") if owner else None)
         return out
+
+    def _opened_headers(self, ioctx: rados.Ioctx, pool: str, names: set[str]) -> dict[str, ObservedImage]:
+        """The sweep's view without the fast path: every image opened read-only (slower, never blind)."""
+        out = {}
+        for name in sorted(names):
+            try:
+                with rbd.Image(ioctx, name, read_only=True) as image:
+                    observed = self._observed(ioctx, pool, name, image)
+            except rbd.ImageNotFound:
+                continue
+            except (rbd.Error, rados.Error) as exc:
+                raise classify(exc, f"opening image {pool}/{name}") from None
+            if observed is not None:
+                out[name] = ObservedImage(observed.size, observed.features, observed.id, observed.parent and
+                                          {"present": True}, [], observed.owner, observed.qos, observed.old_format)
+        return out
+
+    def finish_rename(self, pool: str, staging: str, image_id: str) -> None:
+        """Finish a rename into place killed after its second step (see rbd_raw.drop_stale_staging_id)."""
+        if image_id:
+            with self.ioctx(pool) as ioctx:
+                rbd_raw.drop_stale_staging_id(ioctx, staging, image_id)
 
     def observe_source(self, pool: str, name: str, snapshot: str) -> ObservedSource:
         with self.ioctx(pool) as ioctx:
@@ -171,6 +218,7 @@ class ImageOps(Connection):
         try:
             made = make(staging)
             fresh = True
+            failpoints.hit("create:made")
         except rbd.ImageExists:
             # Left by a crash: ours by its name (the tag below makes sure). A creation killed half-way
             # leaves a name without a header: remove that remnant and create again.
@@ -185,12 +233,14 @@ class ImageOps(Connection):
                 made = self.rbd_call(what, make, staging)
         except (rbd.Error, rados.Error) as exc:
             raise classify(exc, what) from None
-        created = None
-        if fresh and not isinstance(step, CloneImage):
+        raw = self.raw_ok(ioctx)
+        created, watched = None, False
+        if raw and fresh and not isinstance(step, CloneImage):
             created = self._tag_new(ioctx, staging, step, made if made is not None else getattr(step, "size", 0))
         if created is None:
-            created = self._tag_opened(ioctx, pool, staging, step)
-        self._rename(ioctx, pool, step, created.id)
+            created, watched = self._tag_opened(ioctx, pool, staging, step)
+        failpoints.hit("create:tagged")
+        self._rename(ioctx, pool, step, created.id, raw and not watched)
         return created
 
     def _tag_new(self, ioctx: rados.Ioctx, staging: str, step: CreateImage | ImportImage,
@@ -205,7 +255,8 @@ class ImageOps(Connection):
         return ObservedImage(size=size, features=step.features, id=image_id, parent=None, owner=step.owner)
 
     def _tag_opened(self, ioctx: rados.Ioctx, pool: str, staging: str,
-                    step: CreateImage | CloneImage | ImportImage) -> ObservedImage:
+                    step: CreateImage | CloneImage | ImportImage) -> tuple[ObservedImage, bool]:
+        """Tag the staged image through librbd; (what it is, whether someone else has it open)."""
         what, owner = f"tagging {pool}/{staging}", step.owner
         with self.rbd_call(what, rbd.Image, ioctx, staging) as image:
             parent_owner = step.parent_owner if isinstance(step, CloneImage) else None
@@ -219,19 +270,39 @@ class ImageOps(Connection):
                 raise CephError(Reason.OWNED_BY_OTHER, f"staging image {pool}/{staging} belongs to someone else")
             if tag != owner:
                 self.rbd_call(what, image.metadata_set, OWNER_KEY, owner)
+            watched = bool(self.rbd_call(what, image.watchers_list))
             return ObservedImage(size=image.size(), features=image.features(), id=image.id(), parent=_parent(image),
-                                 owner=owner)
+                                 owner=owner), watched
 
     def _rename(self, ioctx: rados.Ioctx, pool: str, step: CreateImage | CloneImage | ImportImage,
-                image_id: str) -> None:
+                image_id: str, raw: bool) -> None:
+        """Into place: librbd's three object steps when their preconditions hold and are checked (the fast path
+        is on for this cluster, nobody has the image open, no journal, the pool does not mirror, the default RBD
+        namespace), librbd's own rename otherwise."""
         staging, name = step.staging, step.target
+        fast = raw and not step.features & rbd.RBD_FEATURE_JOURNALING and not self._mirrored(ioctx) \
+            and ioctx.get_namespace() == ""
         try:
-            if step.features & rbd.RBD_FEATURE_JOURNALING:
+            if not fast:
                 self._rename_with_librbd(ioctx, pool, staging, name, image_id)
             else:
                 rbd_raw.rename_staged(ioctx, f"renaming {pool}/{staging} to {name}", staging, name, image_id)
         except rbd_raw.NameTaken:
             raise self._appeared(ioctx, pool, staging, name) from None
+
+    def _mirrored(self, ioctx: rados.Ioctx) -> bool:
+        """The pool mirrors images (a rename there is librbd's: it updates the mirroring records). Asked of
+        the pool at most once a minute per connection (an image mirrored by journal has journaling anyway)."""
+        pool, now = ioctx.get_pool_name(), time.monotonic()
+        known = self.mirroring.get(pool)
+        if known is not None and now - known[1] < MIRROR_MODE_SECONDS:
+            return known[0]
+        try:
+            mirrored = rbd.RBD().mirror_mode_get(ioctx) != rbd.RBD_MIRROR_MODE_DISABLED
+        except (rbd.Error, rados.Error):
+            return True  # cannot tell: librbd's rename, which handles either
+        self.mirroring[pool] = (mirrored, now)
+        return mirrored
 
     def _appeared(self, ioctx: rados.Ioctx, pool: str, staging: str, name: str) -> CephError:
         """Someone made the final name while ours was being created: not ours to touch; our staged image goes."""

@@ -18,8 +18,10 @@ import logging
 from typing import Iterable, Mapping
 
 import rados
+import rbd
 
 from ...api.reasons import Reason
+from .. import failpoints
 from .connection import CephError, classify
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,8 @@ class NameTaken(Exception):
     """Someone else made the final name while ours was being created (the caller drops the staged image)."""
 
 
-def rename_staged(ioctx: rados.Ioctx, what: str, staging: str, name: str, image_id: str) -> None:
+def rename_staged(ioctx: rados.Ioctx, what: str, staging: str, name: str, image_id: str, *,
+                  crash_points: bool = True) -> None:
     """Rename our staged (unwatched, journal-less) image into place with librbd's own three steps
     (operation::RenameRequest for format 2), without opening it: open + rename + close costs ~4 ms
     of CPU, the three object operations ~0.2 ms.
@@ -124,6 +127,8 @@ def rename_staged(ioctx: rados.Ioctx, what: str, staging: str, name: str, image_
     Raises NameTaken when someone else holds <name>.
     """
     _write_final_id(ioctx, what, staging, name, image_id)
+    if crash_points:
+        failpoints.hit("rename:id-written")
     try:
         ioctx.execute(DIRECTORY, "rbd", "dir_rename_image", encode_str(staging) + encode_str(name) + encode_str(image_id))
     except rados.ObjectExists:
@@ -133,6 +138,8 @@ def rename_staged(ioctx: rados.Ioctx, what: str, staging: str, name: str, image_
         raise NameTaken(name) from None
     except rados.Error as exc:
         raise classify(exc, what) from None
+    if crash_points:
+        failpoints.hit("rename:listed")
     try:
         ioctx.remove_object(ID_PREFIX + staging)
     except rados.ObjectNotFound:
@@ -157,6 +164,21 @@ def _write_final_id(ioctx: rados.Ioctx, what: str, staging: str, name: str, imag
         log.info("finishing an interrupted rename: %s -> %s", staging, name)
     except rados.Error as exc:
         raise classify(exc, what) from None
+
+
+def drop_stale_staging_id(ioctx: rados.Ioctx, staging: str, image_id: str) -> bool:
+    """A rename killed after its second step leaves rbd_id.<staging> naming the image now in place (librbd
+    would still open it under that name, and the pool would never count as empty): finish step 3."""
+    try:
+        if read_id_object(ioctx, staging) != image_id or directory_id(ioctx, staging) is not None:
+            return False
+        ioctx.remove_object(ID_PREFIX + staging)
+    except rados.ObjectNotFound:
+        return False
+    except rados.Error as exc:
+        raise classify(exc, f"finishing the rename of {staging}") from None
+    log.info("finished an interrupted rename: removed rbd_id.%s", staging)
+    return True
 
 
 def drop_dangling_id(ioctx: rados.Ioctx, name: str, image_id: str) -> bool:
@@ -207,3 +229,45 @@ def read_headers(ioctx: rados.Ioctx, ids: list[str], keys: tuple[str, ...],
             finally:
                 op.__exit__(None, None, None)
     return out
+
+
+# -- the probe: does this cluster keep librbd's objects as these steps expect? ---------------------------
+PROBE_PREFIX = "rbdop-probe-"
+
+
+def probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> str | None:
+    """Check every raw step against librbd on a probe image of our own (made and removed here): None when
+    all agree, else what differs. Run once per cluster before the first fast-path step: a Ceph release that
+    changed the layout turns the fast path off instead of silently misreading (or miswriting) it."""
+    renamed = name + "-moved"
+    rbd.RBD().create(ioctx, name, 4 * 2**20 + 4096, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+    try:
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            image_id, size, features = image.id(), image.size(), image.features()
+        if read_id_object(ioctx, name) != image_id:
+            return f"rbd_id.{name} does not hold the id librbd reports"
+        if directory_id(ioctx, name) != image_id:
+            return "rbd_directory (dir_get_id) does not list the image as librbd does"
+        if tag_fresh_header(ioctx, name, {owner_key: "probe"}) != image_id:
+            return "the header tagged is not the image's"
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            if image.metadata_get(owner_key) != "probe":
+                return "metadata written into the header is not what librbd reads"
+        values = read_headers(ioctx, [image_id], header_keys([owner_key])).get(image_id, {})
+        if (decode_u64(values.get("size", b"")), decode_u64(values.get("features", b""))) != (size, features) \
+                or values.get(f"metadata_{owner_key}") != b"probe":
+            return "the header's omap (size, features, metadata) does not read as librbd's"
+        rename_staged(ioctx, "probe", name, renamed, image_id, crash_points=False)
+        with rbd.Image(ioctx, renamed, read_only=True) as image:
+            if image.id() != image_id:
+                return "after the three-step rename librbd opens another image"
+        listed = set(rbd.RBD().list(ioctx))
+        if renamed not in listed or name in listed:
+            return "after the three-step rename librbd lists the old name, or not the new one"
+        return None
+    finally:
+        for left in (name, renamed):
+            try:
+                rbd.RBD().remove(ioctx, left)
+            except rbd.ImageNotFound:
+                pass
