@@ -11,7 +11,6 @@ import json
 import re
 import struct
 import threading
-import time
 
 import pytest
 import rados
@@ -173,3 +172,35 @@ def test_the_fast_path_agrees_with_librbd_on_this_release(platform, operator, ce
     found = re.search(rf'rbd_operator_fastpath_disabled\{{fsid="{fsid}"\}} ([0-9.]+)', metrics)
     assert found and float(found.group(1)) == 0.0, "probed, and the layout is what the fast path expects"
     platform.delete("rbdimg", name, "default", wait=True)
+
+
+def test_with_the_fast_path_off_images_converge_and_drift_is_still_found(platform, operator, ceph, pool, uniq):
+    """A cluster whose layout the probe does not recognise (forced here) gets librbd's own calls: creation,
+    the drift sweep (images opened instead of their headers read) and deletion keep working, and a person is
+    told (Warning event FastPathDisabled, metric rbd_operator_fastpath_disabled 1)."""
+    name = f"slow-{uniq}"
+    operator.stop()
+    slow = Operator(platform, replica=3, env={"RBD_OPERATOR_FAILPOINTS": "probe:mismatch"})
+    try:
+        slow.start()
+        platform.apply(image(name, pool, size="16Mi"))
+        platform.wait_condition("rbdimg", name, "True", namespace="default")
+        consistent(platform, ceph, pool, name)
+        fsid = ceph.get_fsid()
+        assert re.search(rf'rbd_operator_fastpath_disabled\{{fsid="{fsid}"\}} 1', slow.metrics())
+        events = platform.events(name, "default")
+        assert any(e["reason"] == "FastPathDisabled" and e["type"] == "Warning" for e in events), events
+        with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name) as img:
+            img.resize(64 * MI)  # drift, by hand
+        def restored() -> bool:  # noqa: E306
+            with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name, read_only=True) as img:
+                return img.size() == 16 * MI
+        # The sweep finds it (the image opened: no header read) and the shrink back is refused (no allowShrink):
+        platform.wait_condition("rbdimg", name, "False", "ShrinkNotAllowed", namespace="default", timeout=60)
+        assert not restored()
+        platform.delete("rbdimg", name, "default", wait=True)
+        with ceph.open_ioctx(pool) as ioctx:
+            assert name in [t["name"] for t in rbd.RBD().trash_list(ioctx)]
+    finally:
+        slow.stop()
+        operator.start()

@@ -239,6 +239,8 @@ def probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> str | None:
     """Check every raw step against librbd on a probe image of our own (made and removed here): None when
     all agree, else what differs. Run once per cluster before the first fast-path step: a Ceph release that
     changed the layout turns the fast path off instead of silently misreading (or miswriting) it."""
+    if failpoints.active(failpoints.PROBE_MISMATCH):
+        return "a mismatch forced by a test (RBD_OPERATOR_FAILPOINTS)"
     renamed = name + "-moved"
     rbd.RBD().create(ioctx, name, 4 * 2**20 + 4096, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
     try:
