@@ -56,9 +56,11 @@ def test_immutable_fields(platform):
 
 
 def test_defaults_and_category(platform):
-    body = storage(platform, "defaults-only", pool={})
+    body = storage(platform, "defaults-only", pool={}, secret="defaults-only-no-such-secret")
     body["spec"].pop("client")
-    # No operator involvement needed: defaults come from the schema. Retain keeps Ceph untouched on delete.
+    # No operator involvement needed: defaults come from the schema. An operator running meanwhile (the
+    # session's) stops at the missing admin Secret (AuthFailed): it must not make client.vmmgr, which later
+    # tests (a VMmanager host) expect to find absent.
     platform.apply(body)
     try:
         obj = platform.get("rbds", "defaults-only")
