@@ -43,3 +43,11 @@ def test_the_operator_uses_this_machines_client_libraries(platform, operator):
         assert owner.returncode == 0, f"{paths}: not from a Debian package of this machine"
     # and those talk to the release's daemons: the host's CLI (same libraries) reaches the mon
     assert platform.ceph_cli("fsid").strip()
+
+
+def test_a_release_no_debian_suite_carries_is_refused(tmp_path):
+    """Squid (19.2) is in no Debian suite: hack/ceph.sh says so and starts nothing (fail closed)."""
+    out = subprocess.run([str(ROOT / "hack" / "ceph.sh"), "up", str(tmp_path / "ceph")], capture_output=True,
+                         text=True, env={**os.environ, "CEPH_RELEASE": "squid"}, timeout=60)
+    assert out.returncode != 0 and "no Debian suite" in out.stderr, out.stderr
+    assert not (tmp_path / "ceph").exists()
