@@ -75,6 +75,22 @@ def counts(xml: Path) -> dict:
     return out
 
 
+def debian_package(release: str) -> str | None:
+    """The Debian version of the release's ceph-mon that hack/ceph.sh runs (its root's, or this machine's)."""
+    root = subprocess.run([str(ROOT / "hack" / "ceph-root.sh"), release], capture_output=True, text=True,
+                          check=False).stdout.strip()
+    if root == "/":
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "ceph-mon"], capture_output=True, text=True,
+                             check=False)
+        return out.stdout.strip() or None
+    pins = Path(root, ".ceph-root-packages") if root else None
+    if pins and pins.exists():
+        for pin in pins.read_text().split():
+            if pin.startswith("ceph-mon="):
+                return pin.split("=", 1)[1]
+    return None
+
+
 def run_release(release: str, faults: bool) -> dict:
     slot = os.environ.get("RBD_TEST_SLOT", "6")
     env = {**os.environ, "CEPH_RELEASE": release, "RBD_TEST_SLOT": slot}
@@ -92,7 +108,8 @@ def run_release(release: str, faults: bool) -> dict:
     if rc != 0 and not result["failed"]:  # pytest itself failed (collection, platform start, ...)
         result["failed"] += 1
         result["failures"].append(f"pytest exit status {rc}")
-    return {"ceph_version": result["ceph_version"], "passed": result["passed"], "failed": result["failed"],
+    return {"ceph_version": result["ceph_version"], "debian_package": debian_package(release),
+            "passed": result["passed"], "failed": result["failed"],
             "skipped": result["skipped"], "faults": faults, "failures": result["failures"],
             "duration_s": round(time.monotonic() - start),
             "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
@@ -104,22 +121,25 @@ def host_client() -> str:
 
 
 def readme_table(data: dict) -> str:
-    rows = ["| release | Debian suite | daemons (`ceph versions`) | passed | failed | skipped | fault cases | measured |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| release | Debian suite: package | daemons (`ceph versions`) | passed | failed | skipped | fault cases "
+            "| run | measured |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for release, (major, suite) in RELEASES.items():
         entry = data.get("releases", {}).get(release)
         if not entry:
-            rows.append(f"| {release} ({major}) | {suite} | not measured | | | | | |")
+            rows.append(f"| {release} ({major}) | {suite} | not measured | | | | | | |")
             continue
         version = entry.get("ceph_version") or "unknown"
         m = re.match(r"ceph version (\S+) \(([0-9a-f]{7})", version)
         shown = f"{m.group(1)} ({m.group(2)})" if m else version
-        rows.append(f"| {release} ({major}) | {suite} | {shown} | {entry['passed']} | {entry['failed']} | "
-                    f"{entry['skipped']} | {'yes' if entry.get('faults') else 'no'} | {entry['measured']} |")
-    rows.append("| squid (19.2) | none | untested: in no Debian suite | | | | | |")
-    client = data.get("client", "")
-    return "\n".join(rows) + (f"\n\nClient side in every row: {client} (this machine's librados/librbd and CLIs)."
-                              if client else "")
+        package = f": `{entry['debian_package']}`" if entry.get("debian_package") else ""
+        rows.append(f"| {release} ({major}) | {suite}{package} | {shown} | {entry['passed']} | {entry['failed']} | "
+                    f"{entry['skipped']} | {'yes' if entry.get('faults') else 'no'} | {entry.get('duration_s', '')} s "
+                    f"| {entry['measured']} |")
+    rows.append("| squid (19.2) | none | untested: in no Debian suite | | | | | | |")
+    client = data.get("client", "").replace("ceph version ", "Ceph ", 1)
+    return "\n".join(rows) + (f"\n\nClient side in every row: {client}, this machine's librados/librbd (the operator) "
+                              "and CLIs." if client else "")
 
 
 def write_readme() -> None:

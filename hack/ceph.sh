@@ -346,8 +346,9 @@ memstore_device_bytes = $MEMSTORE_BYTES
 # memstore ignores osd_memory_target; keep op threads modest
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 2
-# the same op queue on every release: from 17.2 the default is mclock, which benchmarks the
-# device at start and then meters client ops by it (memstore counts as a disk of 315 IOPS)
+# the same op queue on every release: from 17.2 the default is mclock, which meters client ops by
+# a capacity measured at OSD start or taken from defaults (memstore reports itself rotational:
+# osd_mclock_max_capacity_iops_hdd, 315)
 osd_op_queue = wpq
 # do not hang on SIGTERM when the mon is already gone
 osd_mon_shutdown_timeout = 2

@@ -16,7 +16,7 @@ def test_unit_and_contract_tests_pass_on_the_images_python():
     assert out.returncode == 0, text[-4000:]
     python = re.search(r"\(Python (\d+\.\d+);", text)
     assert python and python.group(1) == "3.13", text[-2000:]
-    summary = re.findall(r"^(\d+) passed(?:, (\d+) skipped)?", text, re.M)
+    summary = re.findall(r"\b(\d+) passed(?:, (\d+) skipped)?", text)
     assert summary and int(summary[-1][0]) > 0, text[-2000:]
     record(image_python=python.group(1), image_unit_tests_passed=int(summary[-1][0]),
            image_unit_tests_skipped=int(summary[-1][1] or 0))

@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 
-from .harness import ROOT
+from .harness import ROOT, Operator
 
 # release -> the major.minor Debian carries it as (hack/ceph-root.sh)
 RELEASES = {"pacific": "16.2", "reef": "18.2", "tentacle": "20.2"}
@@ -31,10 +31,18 @@ def test_every_daemon_runs_the_release_asked_for(platform, record_property):
     record_property("ceph_version", overall)  # read by bench/ceph_matrix.py from the junit XML
 
 
-def test_the_operator_uses_this_machines_client_libraries(platform, operator):
+def test_the_operator_uses_this_machines_client_libraries(platform):
     """Only the daemons change between releases: the operator process maps the host's librados and
-    librbd (Debian's packages of this machine, not a release root under .cache/ceph-root)."""
-    maps = {line.split()[-1] for line in open(f"/proc/{operator.proc.pid}/maps") if "/lib" in line}
+    librbd (Debian's packages of this machine, not a release root under .cache/ceph-root).
+
+    An operator process of its own, started and stopped here: the session's operator is not started
+    this early (test_crds relies on no operator running when it makes its storage)."""
+    op = Operator(platform, replica=9, resync_seconds=60, verbose=False)
+    op.start()
+    try:
+        maps = {line.split()[-1] for line in open(f"/proc/{op.proc.pid}/maps") if "/lib" in line}
+    finally:
+        op.stop()
     for lib in ("librados.so", "librbd.so"):
         paths = {m for m in maps if os.path.basename(m).startswith(lib)}
         assert paths, f"the operator has no {lib} mapped"
@@ -43,3 +51,11 @@ def test_the_operator_uses_this_machines_client_libraries(platform, operator):
         assert owner.returncode == 0, f"{paths}: not from a Debian package of this machine"
     # and those talk to the release's daemons: the host's CLI (same libraries) reaches the mon
     assert platform.ceph_cli("fsid").strip()
+
+
+def test_a_release_no_debian_suite_carries_is_refused(tmp_path):
+    """Squid (19.2) is in no Debian suite: hack/ceph.sh says so and starts nothing (fail closed)."""
+    out = subprocess.run([str(ROOT / "hack" / "ceph.sh"), "up", str(tmp_path / "ceph")], capture_output=True,
+                         text=True, env={**os.environ, "CEPH_RELEASE": "squid"}, timeout=60)
+    assert out.returncode != 0 and "no Debian suite" in out.stderr, out.stderr
+    assert not (tmp_path / "ceph").exists()
