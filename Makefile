@@ -56,6 +56,7 @@ bench: deps
 	$(PY) bench/images.py
 	$(PY) bench/scale.py
 	$(PY) bench/hosts.py
+	$(PY) bench/imports.py
 
 gitops-e2e: deps
 	$(PY) -m pytest -ra tests/gitops
