@@ -214,7 +214,7 @@ def _source(raw_source: Any) -> CloneSource | None:
     ref = raw_source.get("rbdSnapshot")
     url = raw_source.get("url")
     if url is not None:
-        if not isinstance(url, str) or not _URL.match(url) or any(raw_source.get(k) for k in
+        if not isinstance(url, str) or not _URL.fullmatch(url) or any(raw_source.get(k) for k in
                                                                    ("image", "snapshot", "rbdSnapshot")):
             raise SpecError("spec.source.url", f"{redact(str(url), 100)!r} is not an http(s) URL (and a source is a "
                             "URL, an rbdSnapshot, or image and snapshot)")

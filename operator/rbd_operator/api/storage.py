@@ -374,7 +374,7 @@ def _prefixes(raw: Any) -> tuple[str, ...]:
         raise SpecError("spec.imports.allowedURLPrefixes", "must be a list of http(s) URL prefixes")
     for i, prefix in enumerate(raw):
         # A prefix ends at a path boundary, so that https://a.example does not allow https://a.example.evil.
-        if not isinstance(prefix, str) or not _URL_PREFIX.match(prefix) or prefix.count("/") < 3:
+        if not isinstance(prefix, str) or not _URL_PREFIX.fullmatch(prefix) or prefix.count("/") < 3:
             raise SpecError(f"spec.imports.allowedURLPrefixes[{i}]", f"{redact(str(prefix))!r} is not an http(s) "
                             "URL prefix ending in a path (such as https://images.example.com/templates/)")
         try:  # in the form a server reads it, as URLs are checked against it (api/urls.py)

@@ -149,7 +149,7 @@ def _port(raw: str | None, scheme: str, what: str) -> int:
 def parse(url: str, what: str = "the URL") -> Url:
     """Take a URL apart into its canonical form (UrlRefused if it cannot have one). Not a check that the URL
     *is* canonical: see `check`."""
-    if not isinstance(url, str) or not url or len(url) > MAX_LENGTH or not _CHARS.match(url):
+    if not isinstance(url, str) or not url or len(url) > MAX_LENGTH or not _CHARS.fullmatch(url):
         raise UrlRefused(f"{what} is not an http(s) URL of at most {MAX_LENGTH} URL characters")
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#\\]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?$", url)
     if not m or m.group(1).lower() not in DEFAULT_PORTS:
