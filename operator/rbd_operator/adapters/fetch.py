@@ -35,6 +35,7 @@ FLOOR_BYTES_PER_SECOND = 2**20        # the slowest average rate a template of k
 DEADLINE_BASE = 600.0                 # ... plus this much time
 MAX_DEADLINE = 5.5 * 3600             # below the handler's own bound on an import (converge/image.py)
 WATCHDOG_TICK = 0.5
+READ_PATIENCE = 1.0                   # a read returns what it has after this long (progress keeps moving)
 
 
 class ImportFailed(OperatorError):
@@ -202,8 +203,8 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 class TemplateStream:
-    """A template's bytes as they arrive: read(n) -> up to n bytes (b"" at the end), `length` (Content-Length,
-    None if not sent), close(). Reads end with ImportStalled when the stall rule or the deadline says so."""
+    """A template's bytes as they arrive: read(n) -> up to n bytes (fewer when they come slowly; b"" only at the
+    end), `length` (Content-Length, None if not sent), close(). Reads end with ImportStalled when the stall rule or the deadline says so."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, guard: _Guard,
                  display_url: str) -> None:
@@ -229,8 +230,8 @@ class TemplateStream:
     def read(self, n: int) -> bytes:
         if self.closed:
             raise ValueError("read from a closed TemplateStream")
-        parts, got = [], 0
-        while got < n:
+        parts, got, began = [], 0, time.monotonic()
+        while got < n and not (got and time.monotonic() - began > READ_PATIENCE):
             self._ended()
             try:
                 chunk = self._resp.read1(n - got)

@@ -24,7 +24,7 @@ import rbd
 from ..api.reasons import Reason
 from . import fetch
 from .blocking import check_cancelled
-from .fetch import ImportFailed  # noqa: F401 - the importer's failures (URLUnreachable, ImportStalled, ...)
+from .fetch import ImportFailed  # the importer's failures: URLUnreachable, ImportStalled, ... (fetch.py)
 
 CHUNK = 4 * 2**20
 QCOW2_MAGIC = b"QFI\xfb"
