@@ -11,6 +11,27 @@ import sys
 import time
 
 
+class RedactUrls(logging.Filter):
+    """Query strings of URLs out of every log line and posted event (kopf's debug lines carry whole bodies,
+    spec.source.url included: a presigned URL's token must not reach the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .api.urls import redact_text
+
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_text(message), None
+        return True
+
+
+def install_redaction() -> None:
+    redacting = RedactUrls()
+    for logger in (logging.getLogger(), logging.getLogger("kopf.objects")):
+        logger.addFilter(redacting)
+        for handler in logger.handlers:
+            handler.addFilter(redacting)
+
+
 def _tune_gc() -> None:
     """kopf allocates thousands of short-lived containers per watch event: with Python's default
     thresholds the cyclic collector runs every 700 allocations and its full passes rescan every index
@@ -72,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     if not args.debug:  # paramiko narrates every channel at INFO
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+    install_redaction()
     # The older replica keeps working: a restarted one comes back below it (kopf pauses a replica when
     # a higher priority appears, but does not stop the handlers it is running, so a newcomer must never
     # preempt a working replica). Microseconds make a tie (which kopf resolves by pausing all) unlikely;

@@ -6,34 +6,28 @@ access (header, L1/L2 tables, clusters) and its guest data written into the targ
 whole in memory or written to the operator's disk. Both images have deterministic names derived from
 the owner, so an import cut short by a crash is started afresh by the re-run.
 
-Only URLs under the storage's allowed prefixes are fetched, redirects included (each hop checked);
-sizes are bounded before and while writing.
+Only URLs under the storage's allowed prefixes are fetched, redirects included (each hop checked, see
+fetch.py: normalisation, resolved addresses, the stall rule and deadline); sizes are bounded before and
+while writing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import struct
 import threading
-import urllib.parse
 from dataclasses import dataclass, field
 
 import rados
 import rbd
 
-from ..api.errors import OperatorError, Refused
-from .blocking import check_cancelled
 from ..api.reasons import Reason
+from . import fetch
+from .blocking import check_cancelled
+from .fetch import ImportFailed  # the importer's failures: URLUnreachable, ImportStalled, ... (fetch.py)
 
 CHUNK = 4 * 2**20
 QCOW2_MAGIC = b"QFI\xfb"
-MAX_REDIRECTS = 5
-TIMEOUT = 30.0
-
-
-class ImportFailed(OperatorError):
-    """URLUnreachable (retried), ChecksumMismatch, UnsupportedImageFormat, ImportNotAllowed, SizeExceedsQuota."""
 
 
 @dataclass
@@ -48,41 +42,6 @@ class Progress:
         with self.lock:
             percent = int(100 * self.bytes / self.total) if self.total else 0
             return {"bytes": self.bytes, "totalBytes": self.total, "percent": min(percent, 100), "phase": self.phase}
-
-
-def allowed(url: str, prefixes: tuple[str, ...]) -> bool:
-    return any(url.startswith(p) for p in prefixes)
-
-
-def open_url(url: str, prefixes: tuple[str, ...]) -> http.client.HTTPResponse:
-    """GET url, following redirects only within the allowed prefixes."""
-    for _ in range(MAX_REDIRECTS + 1):
-        if not allowed(url, prefixes):
-            raise ImportFailed(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not under the storage's "
-                               "spec.imports.allowedURLPrefixes; nothing was fetched", retry=False)
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImportFailed(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not an http(s) URL", retry=False)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=TIMEOUT)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        try:
-            conn.request("GET", path, headers={"User-Agent": "rbd-operator"})
-            resp = conn.getresponse()
-        except OSError as exc:
-            conn.close()
-            raise ImportFailed(Reason.URL_UNREACHABLE, f"{parts.scheme}://{parts.hostname}: {exc.strerror or exc}") from None
-        if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
-            url = urllib.parse.urljoin(url, resp.getheader("Location"))
-            conn.close()
-            continue
-        if resp.status != 200:
-            conn.close()
-            raise ImportFailed(Reason.URL_UNREACHABLE, f"{url[:200]}: HTTP {resp.status}")
-        return resp
-    raise ImportFailed(Reason.URL_UNREACHABLE, f"{url[:200]}: too many redirects")
 
 
 def _fresh(ioctx: rados.Ioctx, name: str, size: int, features: int = rbd.RBD_FEATURE_LAYERING) -> None:
@@ -115,11 +74,12 @@ class SizeBound:
 
 
 def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: str, limit: SizeBound,
-             progress: Progress, features: int) -> tuple[str, int]:
+             progress: Progress, features: int,
+             stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT) -> tuple[str, int]:
     """Stream the URL into the scratch image; return (sha256 hex, length)."""
-    resp = open_url(url, prefixes)
+    resp = fetch.open_template(url, prefixes, stall_timeout=stall_timeout)
     try:
-        total = int(resp.getheader("Content-Length") or 0)
+        total = resp.length or 0
         limit.check(total, "the template")
         with progress.lock:
             progress.total = total
@@ -128,10 +88,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
         with rbd.Image(ioctx, scratch) as image:
             while True:
                 check_cancelled("the import")
-                try:
-                    chunk = resp.read(CHUNK)
-                except OSError as exc:
-                    raise ImportFailed(Reason.URL_UNREACHABLE, f"download interrupted: {exc}") from None
+                chunk = resp.read(CHUNK)
                 if not chunk:
                     break
                 digest.update(chunk)
@@ -216,11 +173,12 @@ def qcow2_to_image(src: rbd.Image, dst: rbd.Image, progress: Progress) -> None:
 
 
 def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tuple[str, ...], staging: str,
-                scratch: str, min_size: int, limit: SizeBound, progress: Progress, features: int) -> int:
+                scratch: str, min_size: int, limit: SizeBound, progress: Progress, features: int,
+                stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT) -> int:
     """Fill the staging image from the URL; return its size. Leaves nothing behind on failure."""
     remove_quietly(ioctx, staging)  # an import cut short is started afresh
     try:
-        digest, length = download(ioctx, url, prefixes, scratch, limit, progress, features)
+        digest, length = download(ioctx, url, prefixes, scratch, limit, progress, features, stall_timeout)
         if sha256 and digest != sha256.lower():
             raise ImportFailed(Reason.CHECKSUM_MISMATCH, f"the download's sha256 is {digest}, the spec says "
                                f"{sha256.lower()}; nothing was kept", retry=False)
@@ -252,10 +210,3 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
             progress.phase = "done"
 
 
-def check_prefixes(url: str, prefixes: tuple[str, ...]) -> None:
-    if not prefixes:
-        raise Refused(Reason.IMPORT_NOT_ALLOWED, "the storage allows no imports (spec.imports.allowedURLPrefixes is "
-                      "absent); nothing was fetched")
-    if not allowed(url, prefixes):
-        raise Refused(Reason.IMPORT_NOT_ALLOWED, f"{url[:200]} is not under the storage's spec.imports.allowedURLPrefixes; "
-                      "nothing was fetched")

@@ -11,6 +11,7 @@ from .errors import SpecError
 from .names import check_image_name, check_pool_name, is_k8s_name
 from .quantity import parse_quantity
 from .reasons import Reason
+from .urls import redact
 
 # librbd feature bits (include/rbd/features.h).
 FEATURE_BITS = {
@@ -47,7 +48,7 @@ QOS_SETTINGS = {
     "readBpsLimit": "rbd_qos_read_bps_limit",
     "writeBpsLimit": "rbd_qos_write_bps_limit",
 }
-_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]{1,2000}$")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]{1,2000}$")
 _SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
@@ -213,9 +214,9 @@ def _source(raw_source: Any) -> CloneSource | None:
     ref = raw_source.get("rbdSnapshot")
     url = raw_source.get("url")
     if url is not None:
-        if not isinstance(url, str) or not _URL.match(url) or any(raw_source.get(k) for k in
+        if not isinstance(url, str) or not _URL.fullmatch(url) or any(raw_source.get(k) for k in
                                                                    ("image", "snapshot", "rbdSnapshot")):
-            raise SpecError("spec.source.url", f"{str(url)[:100]!r} is not an http(s) URL (and a source is a "
+            raise SpecError("spec.source.url", f"{redact(str(url), 100)!r} is not an http(s) URL (and a source is a "
                             "URL, an rbdSnapshot, or image and snapshot)")
         sha = raw_source.get("sha256")
         if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):

@@ -83,6 +83,7 @@ class Reason(StrEnum):
     IN_USE = 'InUse'
     HAS_CLONES = 'HasClones'
     URL_UNREACHABLE = 'URLUnreachable'
+    IMPORT_STALLED = 'ImportStalled'
     SNAPSHOT_PENDING = 'SnapshotPending'
     API_ERROR = 'ApiError'
     HOST_UNREACHABLE = 'HostUnreachable'
@@ -259,6 +260,9 @@ REASONS: tuple[Documented, ...] = (
                'them).'),
     Documented(Reason.URL_UNREACHABLE, (IMAGE,), _P,
                "The import's URL could not be fetched (completely); retried with backoff."),
+    Documented(Reason.IMPORT_STALLED, (IMAGE,), _P,
+               "The download moved less than 64 KiB in the storage's spec.imports.stallTimeout (default 2m), or "
+               'outlived its deadline; its connection was closed and its import slot freed; retried with backoff.'),
     Documented(Reason.SNAPSHOT_PENDING, (IMAGE,), _P,
                'The RbdSnapshot a clone names does not exist or is not ready yet.'),
     Documented(Reason.API_ERROR, ALL, _P,
@@ -329,8 +333,10 @@ REASONS: tuple[Documented, ...] = (
     Documented(Reason.NAMESPACE_NOT_ALLOWED, (IMAGE,), _D,
                "The storage's spec.imageNamespaces does not admit the image's namespace."),
     Documented(Reason.IMPORT_NOT_ALLOWED, (IMAGE,), _D,
-               "spec.source.url (or a redirect) is not under the storage's spec.imports.allowedURLPrefixes; "
-               'nothing was fetched.'),
+               "spec.source.url (or a redirect) is not under the storage's spec.imports.allowedURLPrefixes, is "
+               'not in the form a server reads it (dot segments, duplicate slashes, backslashes, escaped unreserved '
+               'characters, a fragment, userinfo), or its host resolves to a loopback, link-local, unspecified or '
+               'multicast address the URL does not name literally; nothing was fetched.'),
     Documented(Reason.CHECKSUM_MISMATCH, (IMAGE,), _D,
                "The download's sha256 differs from spec.source.sha256; nothing kept."),
     Documented(Reason.UNSUPPORTED_IMAGE_FORMAT, (IMAGE,), _D,

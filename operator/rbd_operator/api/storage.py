@@ -10,6 +10,11 @@ from .enums import DeletionPolicy
 from .errors import SpecError
 from .names import check_client_name, check_pool_name, is_k8s_label, is_k8s_name
 from .quantity import parse_quantity
+from .urls import UrlRefused, check_prefix, redact
+
+DEFAULT_STALL_TIMEOUT = 120   # spec.imports.stallTimeout's default (2m)
+MIN_STALL_TIMEOUT = 5
+MAX_STALL_TIMEOUT = 3600
 
 
 def parse_qos(raw: Any, path: str) -> Any:
@@ -163,6 +168,7 @@ class StorageSpec:
     image_namespaces: Mapping[str, Any] | None = None  # label selector over namespaces; None: all
     image_qos: Mapping[str, int] | None = None  # imageDefaults.qos: librbd setting -> value
     import_prefixes: tuple[str, ...] = ()  # imports.allowedURLPrefixes; empty: no imports
+    import_stall_timeout: int = DEFAULT_STALL_TIMEOUT  # imports.stallTimeout, seconds
     adoption_namespaces: Mapping[str, Any] | None = None  # adoption.namespaces; None: no namespace may adopt
     image_limits: ImageLimits = ImageLimits()
 
@@ -197,6 +203,7 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         deletion_policy=DeletionPolicy(policy),
         image_namespaces=_selector(spec.get("imageNamespaces"), "spec.imageNamespaces"),
         import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
+        import_stall_timeout=_stall_timeout(_mapping(spec, "imports", "spec").get("stallTimeout")),
         image_qos=parse_qos((_mapping(spec, "imageDefaults", "spec")).get("qos"), "spec.imageDefaults.qos"),
         adoption_namespaces=_selector(_mapping(spec, "adoption", "spec").get("namespaces"), "spec.adoption.namespaces"),
         image_limits=parse_image_limits(_mapping(spec, "imageLimits", "spec")),
@@ -357,7 +364,7 @@ def privileged_grants(caps: Mapping[str, str]) -> list[str]:
     return bad
 
 
-_URL_PREFIX = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$")
+_URL_PREFIX = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]+$")
 
 
 def _prefixes(raw: Any) -> tuple[str, ...]:
@@ -367,10 +374,29 @@ def _prefixes(raw: Any) -> tuple[str, ...]:
         raise SpecError("spec.imports.allowedURLPrefixes", "must be a list of http(s) URL prefixes")
     for i, prefix in enumerate(raw):
         # A prefix ends at a path boundary, so that https://a.example does not allow https://a.example.evil.
-        if not isinstance(prefix, str) or not _URL_PREFIX.match(prefix) or prefix.count("/") < 3:
-            raise SpecError(f"spec.imports.allowedURLPrefixes[{i}]", f"{prefix!r} is not an http(s) URL prefix "
-                            "ending in a path (such as https://images.example.com/templates/)")
+        if not isinstance(prefix, str) or not _URL_PREFIX.fullmatch(prefix) or prefix.count("/") < 3:
+            raise SpecError(f"spec.imports.allowedURLPrefixes[{i}]", f"{redact(str(prefix))!r} is not an http(s) "
+                            "URL prefix ending in a path (such as https://images.example.com/templates/)")
+        try:  # in the form a server reads it, as URLs are checked against it (api/urls.py)
+            check_prefix(prefix, "the prefix")
+        except UrlRefused as exc:
+            raise SpecError(f"spec.imports.allowedURLPrefixes[{i}]", str(exc)) from None
     return tuple(raw)
+
+
+def _stall_timeout(raw: Any) -> int:
+    """spec.imports.stallTimeout: a download moving less than 64 KiB in this window ends (ImportStalled)."""
+    from .image import parse_duration  # noqa: PLC0415 - image imports this module
+
+    if raw is None:
+        return DEFAULT_STALL_TIMEOUT
+    if not isinstance(raw, str):
+        raise SpecError("spec.imports.stallTimeout", "must be a duration such as 2m")
+    seconds = parse_duration(raw, "spec.imports.stallTimeout")
+    if not MIN_STALL_TIMEOUT <= seconds <= MAX_STALL_TIMEOUT:
+        raise SpecError("spec.imports.stallTimeout", f"must be between {MIN_STALL_TIMEOUT}s and "
+                        f"{MAX_STALL_TIMEOUT // 3600}h, got {raw}")
+    return seconds
 
 
 def _flag(spec: Mapping[str, Any], key: str, path: str) -> bool:

@@ -22,6 +22,7 @@ from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.reasons import ConditionType, EventReason, Reason
 from ..api.storage import StorageSpec, parse_storage
+from ..api.urls import redact
 from ..reconcile.actions import ImportImage, Step
 from ..reconcile.image_plan import ObservedImage, Tenancy, describe_users, plan_image, sweep_verdict, used_by
 from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
@@ -106,7 +107,7 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
         # Only a pool the storage allows is looked up (nothing tells a tenant which other pools exist).
         data_pool_exists = spec.data_pool in cluster.pools()
     steps = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live,
-                       storage.import_prefixes, tenancy)
+                       storage.import_prefixes, tenancy, storage.import_stall_timeout)
     if steps:
         logger.info("librbd, pool %s: %s", pool, "; ".join(s.describe() for s in steps))
     made = None
@@ -177,7 +178,7 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
     imported = [s for s in result.done if isinstance(s, ImportImage)]
     if imported:
         out.set(**{"import": {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}})
-        out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {imported[0].url[:200]} ({image.size} bytes)")
+        out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {redact(imported[0].url)} ({image.size} bytes)")
     if result.fast_path_off:
         out.events.append(Note(EventReason.FAST_PATH_DISABLED, f"librbd's object layout on this Ceph cluster differs "
                                f"from what the operator's fast path expects ({result.fast_path_off}): librbd's own "

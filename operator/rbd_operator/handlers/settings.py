@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import kopf
 
@@ -12,6 +13,19 @@ from kubernetes.client.rest import ApiException
 from .. import GROUP, metrics
 from ..adapters import kube
 from ..adapters import replica
+from ..api.urls import redact
+
+
+class RedactedDiffBase(kopf.StatusDiffBaseStorage):
+    """kopf's copy of the last handled spec (status.kopf.diffbase) without URL query strings: a presigned
+    template URL's token stays in the spec only. Harmless for diffs: spec.source.url is immutable (CEL)."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        source = (essence.get("spec") or {}).get("source")
+        if isinstance(source, dict) and isinstance(source.get("url"), str):
+            source["url"] = redact(source["url"], limit=2000)
+        return essence
 
 
 @kopf.on.startup()
@@ -20,7 +34,7 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # status write instead of a status write plus an annotations write (and no kopf-managed marker).
     # Objects handled by an older version (annotations) are handled once more after an upgrade.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    settings.persistence.diffbase_storage = RedactedDiffBase(field="status.kopf.diffbase")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Handlers post their own events (kopf.event); kopf's own events (handler failures) from WARNING up.
     settings.posting.level = logging.WARNING

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
 from ..api.reasons import EventReason
+from ..api.urls import redact
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Step:
             value = getattr(self, f.name)
             if f.name == "caps":
                 value = "; ".join(f"{s} '{c}'" for s, c in sorted(value.items()))
+            elif f.name == "url":
+                value = redact(value)  # a query string may hold a presigned token
             shown.append(f"{f.name}={value}")
         return f"{self.kind} {self.target}" + (f" ({', '.join(shown)})" if shown else "")
 
@@ -182,6 +185,7 @@ class ImportImage(Step):
     owner: str = ""
     staging: str = ""
     scratch: str = ""
+    stall_timeout: int = 120  # the storage's spec.imports.stallTimeout, seconds
 
 
 @dataclass(frozen=True)

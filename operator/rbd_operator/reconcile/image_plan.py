@@ -9,6 +9,7 @@ from ..api.errors import Refused, SpecError, Waiting
 from ..api.image import DYNAMIC_FEATURES, FEATURE_BITS, ImageSpec
 from ..api.quantity import format_bytes
 from ..api.storage import ImageLimits
+from ..api import urls
 from .actions import (ClaimImage, CloneImage, CreateImage, Flatten, ImportImage, ProtectSnapshot, Resize, SetQos,
                       Step, UpdateFeatures, UpgradeImageOwner)
 from .limits import LimitInput, Usage, check_limits
@@ -93,6 +94,7 @@ def plan_image(
     live: Callable[[str], bool] = _always,
     import_prefixes: tuple[str, ...] = (),
     tenancy: Tenancy = Tenancy(),
+    import_stall_timeout: int = 120,
 ) -> ImagePlan:
     """Steps that converge the image. Raises SpecError/Waiting/Refused before any step if it can't work.
 
@@ -115,7 +117,7 @@ def plan_image(
     if observed is None:
         if spec.source and spec.source.url:
             return ImagePlan(_plan_import(spec, owner, _import_bound(quota_max_bytes, verdict.size_limit),
-                                          import_prefixes, verdict.qos))
+                                          import_prefixes, verdict.qos, import_stall_timeout))
         return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos))
     return ImagePlan(_plan_existing(spec, observed, owner, live, tenancy.granted, verdict.qos), verdict.beyond)
 
@@ -162,20 +164,24 @@ def _plan_existing(spec: ImageSpec, observed: ObservedImage, owner: ImageOwner, 
 
 
 def _plan_import(spec: ImageSpec, owner: ImageOwner, bound: tuple[int, str, str], prefixes: tuple[str, ...],
-                 qos: Mapping[str, int] | None) -> list[Step]:
+                 qos: Mapping[str, int] | None, stall_timeout: int = 120) -> list[Step]:
     """An image filled from a template URL: only from the storage's allowed prefixes (a URL is a request
     the operator makes on the tenant's behalf), into a staging image renamed into place when complete.
     `bound`: the most the image may become (0: no bound), the reason and what sets it."""
     assert spec.source and spec.source.url
-    if not prefixes or not any(spec.source.url.startswith(p) for p in prefixes):
-        raise Refused(Reason.IMPORT_NOT_ALLOWED, f"{spec.source.url[:200]} is not under the storage's "
-                      "spec.imports.allowedURLPrefixes; nothing was fetched")
+    if not prefixes:
+        raise Refused(Reason.IMPORT_NOT_ALLOWED, "the storage allows no imports (spec.imports.allowedURLPrefixes is "
+                      "absent); nothing was fetched")
+    try:  # canonical (as a server reads it) and under a prefix at a segment boundary: api/urls.py
+        urls.admitted(spec.source.url, prefixes)
+    except urls.UrlRefused as exc:
+        raise Refused(Reason.IMPORT_NOT_ALLOWED, f"{exc}; nothing was fetched") from None
     staging = staging_name(owner.legacy)
     limits = {k: v for k, v in (qos or {}).items() if v}
     fill = ImportImage(spec.name, url=spec.source.url, sha256=spec.source.sha256, prefixes=tuple(prefixes),
                        min_size=spec.size or 0, limit=bound[0], limit_reason=bound[1] or Reason.SIZE_EXCEEDS_QUOTA,
                        limit_what=bound[2] or "the pool quota", features=spec.feature_bits, owner=owner.record,
-                       staging=staging, scratch=staging + "-download")
+                       staging=staging, scratch=staging + "-download", stall_timeout=stall_timeout)
     return [fill] + ([SetQos(spec.name, qos=limits)] if limits else [])
 
 

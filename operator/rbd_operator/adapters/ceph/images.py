@@ -174,7 +174,7 @@ class ImageOps(Connection):
                     bound = importer.SizeBound(step.limit, step.limit_reason, step.limit_what)
                     return self._create_staged(ioctx, pool, step, lambda staging: importer.import_into(
                         ioctx, step.url, step.sha256, step.prefixes, staging, step.scratch, step.min_size, bound,
-                        progress or importer.Progress(), step.features))
+                        progress or importer.Progress(), step.features, step.stall_timeout))
                 case ProtectSnapshot():
                     self._protect(ioctx, pool, step)
                 case _:

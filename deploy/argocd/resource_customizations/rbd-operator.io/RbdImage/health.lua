@@ -8,6 +8,7 @@ local transient = {
   ApiError = true,
   CephUnreachable = true,
   ImageNotFound = true,
+  ImportStalled = true,
   InUse = true,
   SnapshotNotFound = true,
   SnapshotPending = true,
