@@ -280,27 +280,37 @@ def _detect(ioctx: rados.Ioctx, scratch: str, length: int) -> str:
                            retry=False) from None
 
 
+def _inspect(fmt: str, source: formats.RbdTarget, key_file: str, deadline: float) -> formats.Info:
+    """qemu-img info (refusals) and, for the formats that have one, qemu-img check (corruption)."""
+    _, out = qemu_img.run(formats.info_argv(qemu_img.QEMU_IMG, fmt, source, key_file),
+                          f"qemu-img info of the {fmt} template", cpu=formats.INFO_CPU_SECONDS, deadline=deadline)
+    try:
+        info = formats.verdict(fmt, out.decode("utf-8", "replace"))
+        if fmt in formats.CHECKED:
+            status, out = qemu_img.run(formats.check_argv(qemu_img.QEMU_IMG, fmt, source, key_file),
+                                       f"qemu-img check of the {fmt} template", ok=formats.CHECK_OK,
+                                       cpu=formats.INFO_CPU_SECONDS, deadline=deadline)
+            formats.check_verdict(fmt, status, out.decode("utf-8", "replace"))
+    except formats.FormatRefused as exc:
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"the template is {exc.what}; nothing was converted",
+                           retry=False) from None
+    except ValueError as exc:
+        raise ImportFailed(Reason.INVALID_IMAGE, f"{exc}; nothing was converted", retry=False) from None
+    return info
+
+
 def convert(ioctx: rados.Ioctx, cluster: qemu_img.Cluster, fmt: str, scratch: str, staging: str, min_size: int,
             limit: SizeBound, progress: Progress, features: int, deadline: float) -> int:
-    """qemu-img info (verdict, size bound), then qemu-img convert scratch -> a fresh staging image."""
+    """Inspect the scratch image (verdict, size bound), then qemu-img convert it into a fresh staging image."""
     pool = ioctx.get_pool_name()
     with qemu_img.access(cluster) as paths:
         source = formats.RbdTarget(pool, scratch, cluster.user, paths.conf)
         target = formats.RbdTarget(pool, staging, cluster.user, paths.conf)
         with progress.lock:
             progress.phase = "inspecting"
-        out = qemu_img.run(formats.info_argv(qemu_img.QEMU_IMG, fmt, source, paths.key_file),
-                           f"qemu-img info of the {fmt} template", cpu=formats.INFO_CPU_SECONDS, deadline=deadline)
-        try:
-            info = formats.verdict(fmt, out.decode("utf-8", "replace"))
-        except formats.FormatRefused as exc:
-            raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"the template is {exc.what}; nothing was converted",
-                               retry=False) from None
-        except ValueError as exc:
-            raise ImportFailed(Reason.INVALID_IMAGE, f"qemu-img info of the {fmt} template: {exc}",
-                               retry=False) from None
+        info = _inspect(fmt, source, paths.key_file, deadline)
         size = max(info.virtual_size, min_size)
-        limit.check(size, f"the template's virtual size")
+        limit.check(size, "the template's virtual size")
         _fresh(ioctx, staging, size, features)
         with progress.lock:
             progress.phase, progress.bytes, progress.total = "converting", 0, info.virtual_size

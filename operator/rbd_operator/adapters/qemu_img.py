@@ -83,9 +83,9 @@ def _limits(cpu: int) -> Callable[[], None]:
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "MALLOC_ARENA_MAX": str(fmt.MALLOC_ARENAS)}
 
 
-def run(argv: list[str], what: str, *, cpu: int, deadline: float,
-        on_output: Callable[[bytes], None] | None = None) -> bytes:
-    """Run qemu-img; return its stdout. Killed (its whole group) at `deadline` (time.monotonic) or when the
+def run(argv: list[str], what: str, *, cpu: int, deadline: float, ok: tuple[int, ...] = (0,),
+        on_output: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
+    """Run qemu-img; return its exit status (one of `ok`) and stdout. Killed (its whole group) at `deadline` (time.monotonic) or when the
     handler gives up; a failure raises QemuImgFailed classified from its stderr."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=ENV, close_fds=True, start_new_session=True, preexec_fn=_limits(cpu))
@@ -122,9 +122,9 @@ def run(argv: list[str], what: str, *, cpu: int, deadline: float,
         proc.stderr.close()
     if stopped:
         raise QemuImgFailed(Reason.TIMEOUT, f"{what} was stopped: {stopped}")
-    if rc != 0:
+    if rc not in ok:
         raise _failure(rc, bytes(err), what)
-    return bytes(out)
+    return rc, bytes(out)
 
 
 def _failure(rc: int, stderr: bytes, what: str) -> QemuImgFailed:
