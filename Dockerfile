@@ -25,9 +25,16 @@ RUN python3 -m venv --system-site-packages /opt/rbd-operator \
  && find /opt/rbd-operator -name '*.dist-info' -path '*/site-packages/*' -prune -exec sh -c 'rm -f "$1"/RECORD' _ {} \;
 
 FROM ${BASE_IMAGE} AS runtime
+# qemu-img converts templates (adapters/qemu_img.py): qemu-utils without recommends, and of qemu-block-extra
+# only its rbd block driver (the package would pull in gluster, iscsi, nfs and ssh libraries).
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      python3 python3-rados python3-rbd python3-libvirt ca-certificates \
+      python3 python3-rados python3-rbd python3-libvirt ca-certificates qemu-utils \
+ && cd /tmp && apt-get download -qq qemu-block-extra \
+ && dpkg-deb -x qemu-block-extra_*.deb /tmp/qbe \
+ && install -D -m 0644 /tmp/qbe/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so \
+ && rm -rf /tmp/qbe /tmp/qemu-block-extra_*.deb && cd / \
+ && qemu-img --help | grep -q ' rbd ' \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && dpkg --purge apt $(dpkg-query -W -f '${Package}\n' 'libapt-pkg*' debian-archive-keyring gpgv sqv 2>/dev/null) \
  && rm -rf /var/cache/apt /var/lib/apt /var/log/apt /var/log/dpkg.log /etc/apt \
@@ -38,7 +45,7 @@ COPY --from=build /opt/rbd-operator /opt/rbd-operator
 # Bytecode compiled at build time: the root filesystem is read-only at run time.
 RUN python3 -m compileall -q /opt/rbd-operator /usr/lib/python3/dist-packages/rados* /usr/lib/python3/dist-packages/rbd* \
       /usr/lib/python3/dist-packages/libvirt* >/dev/null \
- && /opt/rbd-operator/bin/python -c "import rados, rbd, libvirt, kopf, kubernetes, paramiko, prometheus_client, uvloop, rbd_operator.handlers"
+ && /opt/rbd-operator/bin/python -c "import rados, rbd, libvirt, kopf, kubernetes, paramiko, prometheus_client, uvloop, zstandard, rbd_operator.handlers"
 # One layer: what the runtime stage removed (apt, its lists, docs) is really gone from the image.
 FROM scratch
 COPY --from=runtime / /

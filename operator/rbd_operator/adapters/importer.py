@@ -1,10 +1,12 @@
 """Import a disk template from a URL into an RBD image, streaming (KubeVirt CDI's job, for RBD).
 
-The download goes in one pass, hashed on the fly, into a scratch RBD image (the file's bytes as they
-are); a raw template *is* the image, a qcow2 one is then read back from the scratch image with random
-access (header, L1/L2 tables, clusters) and its guest data written into the target. Nothing is held
-whole in memory or written to the operator's disk. Both images have deterministic names derived from
-the owner, so an import cut short by a crash is started afresh by the re-run.
+The download goes in one pass, hashed on the fly (sha256 of the bytes as published) and decompressed
+when it is an xz/gzip/zstd stream, into a scratch RBD image (the image file's bytes); a raw template
+*is* the image; any other format is inspected and converted by qemu-img in a bounded child process
+(qemu_img.py; the verdicts in reconcile/image_formats.py), reading the scratch image and writing the
+target through its rbd driver. Nothing is held whole in memory or written to the operator's disk.
+Both images have deterministic names derived from the owner, so an import cut short by a crash is
+started afresh by the re-run.
 
 Only URLs under the storage's allowed prefixes are fetched, redirects included (each hop checked, see
 fetch.py: normalisation, resolved addresses, the stall rule and deadline); sizes are bounded before and
@@ -14,20 +16,27 @@ while writing.
 from __future__ import annotations
 
 import hashlib
-import struct
+import lzma
 import threading
+import time
+import zlib
 from dataclasses import dataclass, field
 
 import rados
 import rbd
+import zstandard
 
 from ..api.reasons import Reason
-from . import fetch
+from ..reconcile import image_formats as formats
+from . import fetch, qemu_img
 from .blocking import check_cancelled
 from .fetch import ImportFailed  # the importer's failures: URLUnreachable, ImportStalled, ... (fetch.py)
 
 CHUNK = 4 * 2**20
-QCOW2_MAGIC = b"QFI\xfb"
+IMPORT_DEADLINE = 6 * 3600.0  # a whole import (download and conversion), whatever the template
+XZ_MEMLIMIT = 256 * 2**20  # xz -9 needs 65 MiB to decompress; a stream asking for more is refused
+ZSTD_MAX_WINDOW = 2**27  # 128 MiB (zstd --long=27); larger windows are refused
+
 
 
 @dataclass
@@ -73,126 +82,237 @@ class SizeBound:
                                retry=False)
 
 
+class Downloaded:
+    """The template as it comes: read(n) -> bytes from the source, hashed (sha256 of the bytes as downloaded)
+    and counted; what the decompressors read from."""
+
+    def __init__(self, source, progress: Progress) -> None:
+        self.source, self.progress = source, progress
+        self.digest, self.received = hashlib.sha256(), 0
+
+    def read(self, n: int = CHUNK) -> bytes:
+        check_cancelled("the import")
+        try:
+            chunk = self.source.read(n)
+        except OSError as exc:
+            raise ImportFailed(Reason.URL_UNREACHABLE, f"download interrupted: {exc}") from None
+        self.digest.update(chunk)
+        self.received += len(chunk)
+        with self.progress.lock:
+            self.progress.bytes = self.received
+        return chunk
+
+
+class _Prefixed:
+    """A reader that gives `head` back before the rest (the bytes read to find the magic)."""
+
+    def __init__(self, head: bytes, rest: Downloaded) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self.head:
+            chunk, self.head = self.head[:n], self.head[n:]
+            return chunk
+        return self.rest.read(n)
+
+
+class _Decompressing:
+    """xz or gzip, decompressed while streaming; read(n) never returns more than n bytes (bombs stay bounded),
+    concatenated streams/members included."""
+
+    def __init__(self, source: _Prefixed, kind: str) -> None:
+        self.source, self.kind = source, kind
+        self.pending, self.ended = b"", False
+        self.dec = self._new()
+
+    def _new(self):
+        if self.kind == "xz":
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def read(self, n: int = CHUNK) -> bytes:
+        while not self.ended:
+            if self._done() and not self._next_stream():
+                break
+            exhausted = False
+            if not self.pending and self._needs_input():
+                self.pending = self.source.read(CHUNK)
+                exhausted = not self.pending
+            data, self.pending = self.pending, b""
+            try:
+                out = self.dec.decompress(data, n)
+            except (lzma.LZMAError, zlib.error) as exc:
+                raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream is corrupt: {exc}",
+                                   retry=False) from None
+            if self.kind == "gzip":
+                self.pending = self.dec.unconsumed_tail
+            if out:
+                return out
+            if exhausted and not self._done():
+                raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream ends early", retry=False)
+        return b""
+
+    def _next_stream(self) -> bool:
+        """After a stream's end: another one follows (concatenated), or only zero padding and the end."""
+        rest = self.dec.unused_data
+        while not rest.strip(b"\0"):
+            rest = self.source.read(CHUNK)
+            if not rest:
+                self.ended = True
+                return False
+        self.dec, self.pending = self._new(), rest.lstrip(b"\0")
+        return True
+
+    def _done(self) -> bool:
+        return self.dec.eof
+
+    def _needs_input(self) -> bool:
+        return self.dec.needs_input if self.kind == "xz" else not self.dec.unconsumed_tail
+
+
+def _reader(source: Downloaded):
+    """The bytes of the image file: the download itself, or what its xz/gzip/zstd stream holds (by magic)."""
+    head = b""
+    while len(head) < formats.MAGIC_BYTES:
+        chunk = source.read(CHUNK)
+        if not chunk:
+            break
+        head += chunk
+    kind = formats.compression(head)
+    plain = _Prefixed(head, source)
+    if kind is None:
+        return plain, None
+    if kind == "zstd":
+        dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        return dctx.stream_reader(plain, read_size=CHUNK, read_across_frames=True), kind
+    return _Decompressing(plain, kind), kind
+
+
 def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: str, limit: SizeBound,
-             progress: Progress, features: int,
-             stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT) -> tuple[str, int]:
-    """Stream the URL into the scratch image; return (sha256 hex, length)."""
-    resp = fetch.open_template(url, prefixes, stall_timeout=stall_timeout)
+             progress: Progress, features: int, stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT,
+             deadline: float | None = None) -> tuple[str, int]:
+    """Stream the URL into the scratch image, decompressed if it is an xz/gzip/zstd stream; return (sha256 hex
+    of the bytes as downloaded, length of the image file). Zeros are not written (thin)."""
+    # The download's own deadline follows its length (fetch.default_deadline), within the import's.
+    left = None if deadline is None else max(1.0, deadline - time.monotonic())
+    left = None if left is not None and left >= fetch.MAX_DEADLINE else left
+    resp = fetch.open_template(url, prefixes, stall_timeout=stall_timeout, deadline=left)
     try:
         total = resp.length or 0
         limit.check(total, "the template")
         with progress.lock:
             progress.total = total
         _fresh(ioctx, scratch, max(total, CHUNK), features)
-        digest, offset = hashlib.sha256(), 0
+        source = Downloaded(resp, progress)
+        reader, kind = _reader(source)
+        what = f"the template (decompressed from {kind} so far)" if kind else "the template (as downloaded so far)"
         with rbd.Image(ioctx, scratch) as image:
-            while True:
-                check_cancelled("the import")
-                chunk = resp.read(CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                limit.check(offset + len(chunk), "the template (as downloaded so far)")
-                if offset + len(chunk) > image.size():
-                    image.resize(max(offset + len(chunk), 2 * image.size()))
-                if chunk.count(0) != len(chunk):
-                    image.write(chunk, offset)
-                offset += len(chunk)
-                with progress.lock:
-                    progress.bytes = offset
-            if total and offset != total:
-                raise ImportFailed(Reason.URL_UNREACHABLE, f"download ended after {offset} of {total} bytes")
+            offset = _copy(reader, image, limit, what)
+            if total and source.received != total:
+                raise ImportFailed(Reason.URL_UNREACHABLE, f"download ended after {source.received} of {total} bytes")
             image.resize(offset)
-        return digest.hexdigest(), offset
+        return source.digest.hexdigest(), offset
     finally:
         resp.close()
 
 
-@dataclass(frozen=True)
-class Qcow2:
-    cluster_bits: int
-    size: int
-    l1_size: int
-    l1_offset: int
-
-
-def parse_qcow2_header(head: bytes) -> Qcow2:
-    if len(head) < 72 or head[:4] != QCOW2_MAGIC:
-        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "not a qcow2 image", retry=False)
-    version, backing_offset, _, cluster_bits, size, crypt, l1_size, l1_offset = struct.unpack(
-        ">IQIIQIIQ", head[4:48])
-    if version not in (2, 3):
-        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 version {version}", retry=False)
-    if backing_offset:
-        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "a qcow2 with a backing file", retry=False)
-    if crypt:
-        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "an encrypted qcow2", retry=False)
-    if version == 3:
-        incompatible = struct.unpack(">Q", head[72:80])[0]
-        if incompatible & ~0x1:  # only "dirty" is harmless for reading (refcounts are not used here)
-            raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 incompatible features {incompatible:#x} "
-                               "(external data file, extended L2, compression type...)", retry=False)
-    if not 9 <= cluster_bits <= 21:
-        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"qcow2 cluster_bits {cluster_bits}", retry=False)
-    return Qcow2(cluster_bits, size, l1_size, l1_offset)
-
-
-OFFSET_MASK = 0x00FFFFFFFFFFFE00
-COMPRESSED = 1 << 62
-
-
-def qcow2_to_image(src: rbd.Image, dst: rbd.Image, progress: Progress) -> None:
-    """Write the qcow2's guest data (read from src with random access) into dst (already its virtual size)."""
-    q = parse_qcow2_header(src.read(0, 512))
-    cluster = 1 << q.cluster_bits
-    entries = cluster // 8
-    l1 = struct.unpack(f">{q.l1_size}Q", src.read(q.l1_offset, 8 * q.l1_size)) if q.l1_size else ()
-    with progress.lock:
-        progress.phase, progress.bytes, progress.total = "converting", 0, q.size
-    for i, l1_entry in enumerate(l1):
-        l2_offset = l1_entry & OFFSET_MASK
-        if not l2_offset:
-            continue
-        l2 = struct.unpack(f">{entries}Q", src.read(l2_offset, cluster))
-        for j, entry in enumerate(l2):
-            guest = (i * entries + j) * cluster
-            if guest >= q.size:
-                break
-            if entry & COMPRESSED:
-                raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, "a compressed qcow2 (convert it with -c off)",
-                                   retry=False)
-            offset = entry & OFFSET_MASK
-            if not offset or entry & 1:  # unallocated, or the v3 "zero" flag: thin stays thin
-                continue
+def _copy(reader, image: rbd.Image, limit: SizeBound, what: str) -> int:
+    offset = 0
+    while True:
+        try:
+            chunk = reader.read(CHUNK)
+        except zstandard.ZstdError as exc:
+            raise ImportFailed(Reason.INVALID_IMAGE, f"the zstd stream is corrupt: {exc}", retry=False) from None
+        if not chunk:
+            return offset
+        limit.check(offset + len(chunk), what)
+        if offset + len(chunk) > image.size():
+            image.resize(max(offset + len(chunk), 2 * image.size()))
+        if chunk.count(0) != len(chunk):
             check_cancelled("the import")
-            data = src.read(offset, min(cluster, q.size - guest))
-            if data.count(0) != len(data):
-                dst.write(data, guest)
-            with progress.lock:
-                progress.bytes = guest + len(data)
+            image.write(chunk, offset)
+        offset += len(chunk)
+
+
+def _detect(ioctx: rados.Ioctx, scratch: str, length: int) -> str:
+    with rbd.Image(ioctx, scratch, read_only=True) as src:
+        head = src.read(0, min(length, formats.HEAD_BYTES))
+        tail = src.read(length - 512, 512) if length >= 1024 else b""
+    try:
+        return formats.detect(head, tail)
+    except formats.FormatRefused as exc:
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"the template is {exc.what}; nothing was converted",
+                           retry=False) from None
+
+
+def _inspect(fmt: str, source: formats.RbdTarget, key_file: str, deadline: float) -> formats.Info:
+    """qemu-img info (refusals) and, for the formats that have one, qemu-img check (corruption)."""
+    _, out = qemu_img.run(formats.info_argv(qemu_img.QEMU_IMG, fmt, source, key_file),
+                          f"qemu-img info of the {fmt} template", cpu=formats.INFO_CPU_SECONDS, deadline=deadline)
+    try:
+        info = formats.verdict(fmt, out.decode("utf-8", "replace"))
+        if fmt in formats.CHECKED:
+            status, out = qemu_img.run(formats.check_argv(qemu_img.QEMU_IMG, fmt, source, key_file),
+                                       f"qemu-img check of the {fmt} template", ok=formats.CHECK_OK,
+                                       cpu=formats.INFO_CPU_SECONDS, deadline=deadline)
+            formats.check_verdict(fmt, status, out.decode("utf-8", "replace"))
+    except formats.FormatRefused as exc:
+        raise ImportFailed(Reason.UNSUPPORTED_IMAGE_FORMAT, f"the template is {exc.what}; nothing was converted",
+                           retry=False) from None
+    except ValueError as exc:
+        raise ImportFailed(Reason.INVALID_IMAGE, f"{exc}; nothing was converted", retry=False) from None
+    return info
+
+
+def convert(ioctx: rados.Ioctx, cluster: qemu_img.Cluster, fmt: str, scratch: str, staging: str, min_size: int,
+            limit: SizeBound, progress: Progress, features: int, deadline: float) -> int:
+    """Inspect the scratch image (verdict, size bound), then qemu-img convert it into a fresh staging image."""
+    pool = ioctx.get_pool_name()
+    with qemu_img.access(cluster) as paths:
+        source = formats.RbdTarget(pool, scratch, cluster.user, paths.conf)
+        target = formats.RbdTarget(pool, staging, cluster.user, paths.conf)
+        with progress.lock:
+            progress.phase = "inspecting"
+        info = _inspect(fmt, source, paths.key_file, deadline)
+        size = max(info.virtual_size, min_size)
+        limit.check(size, "the template's virtual size")
+        _fresh(ioctx, staging, size, features)
+        with progress.lock:
+            progress.phase, progress.bytes, progress.total = "converting", 0, info.virtual_size
+        seen = bytearray()
+
+        def moved(chunk: bytes) -> None:
+            seen[:] = (bytes(seen) + chunk)[-256:]
+            percent = formats.progress(bytes(seen))
+            if percent is not None:
+                with progress.lock:
+                    progress.bytes = int(info.virtual_size * percent / 100)
+
+        qemu_img.run(formats.convert_argv(qemu_img.QEMU_IMG, fmt, source, target, paths.key_file),
+                     f"converting the {fmt} template", cpu=formats.cpu_seconds(info.virtual_size), deadline=deadline,
+                     on_output=moved)
+        with progress.lock:
+            progress.bytes = info.virtual_size
+    return size
 
 
 def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tuple[str, ...], staging: str,
                 scratch: str, min_size: int, limit: SizeBound, progress: Progress, features: int,
-                stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT) -> int:
+                cluster: qemu_img.Cluster, stall_timeout: float = fetch.DEFAULT_STALL_TIMEOUT,
+                timeout: float = IMPORT_DEADLINE) -> int:
     """Fill the staging image from the URL; return its size. Leaves nothing behind on failure."""
+    deadline = time.monotonic() + timeout
     remove_quietly(ioctx, staging)  # an import cut short is started afresh
     try:
-        digest, length = download(ioctx, url, prefixes, scratch, limit, progress, features, stall_timeout)
+        digest, length = download(ioctx, url, prefixes, scratch, limit, progress, features, stall_timeout, deadline)
         if sha256 and digest != sha256.lower():
             raise ImportFailed(Reason.CHECKSUM_MISMATCH, f"the download's sha256 is {digest}, the spec says "
                                f"{sha256.lower()}; nothing was kept", retry=False)
-        with rbd.Image(ioctx, scratch, read_only=True) as src:
-            head = src.read(0, 512) if length >= 512 else src.read(0, length)
-            if head[:4] == QCOW2_MAGIC:
-                q = parse_qcow2_header(head)
-                size = max(q.size, min_size)
-                limit.check(size, "the template's virtual size")
-                _fresh(ioctx, staging, size, features)
-                with rbd.Image(ioctx, staging) as dst:
-                    qcow2_to_image(src, dst, progress)
-                remove_quietly(ioctx, scratch)
-                return size
+        fmt = _detect(ioctx, scratch, length)
+        if fmt != "raw":
+            size = convert(ioctx, cluster, fmt, scratch, staging, min_size, limit, progress, features, deadline)
+            remove_quietly(ioctx, scratch)
+            return size
         # Raw: the scratch image is the disk.
         size = max(length, min_size)
         limit.check(size, "the image")
@@ -208,5 +328,4 @@ def import_into(ioctx: rados.Ioctx, url: str, sha256: str | None, prefixes: tupl
     finally:
         with progress.lock:
             progress.phase = "done"
-
 

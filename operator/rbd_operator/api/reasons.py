@@ -118,6 +118,7 @@ class Reason(StrEnum):
     IMPORT_NOT_ALLOWED = 'ImportNotAllowed'
     CHECKSUM_MISMATCH = 'ChecksumMismatch'
     UNSUPPORTED_IMAGE_FORMAT = 'UnsupportedImageFormat'
+    INVALID_IMAGE = 'InvalidImage'
     SOURCE_NOT_ALLOWED = 'SourceNotAllowed'
     AUTHENTICATION_FAILED = 'AuthenticationFailed'
     HOST_KEY_MISMATCH = 'HostKeyMismatch'
@@ -340,7 +341,10 @@ REASONS: tuple[Documented, ...] = (
     Documented(Reason.CHECKSUM_MISMATCH, (IMAGE,), _D,
                "The download's sha256 differs from spec.source.sha256; nothing kept."),
     Documented(Reason.UNSUPPORTED_IMAGE_FORMAT, (IMAGE,), _D,
-               'The template is a qcow2 the importer does not read (backing file, encryption, compression, ...).'),
+               'The template is in a format the importer refuses (not raw, qcow2, binary vmdk, vhdx or vpc) or has '
+               'a backing file, an external data file, encryption or extent files; nothing was opened or written.'),
+    Documented(Reason.INVALID_IMAGE, (IMAGE,), _D,
+               'qemu-img found the template malformed (or it needs more than the conversion limits); not retried.'),
     Documented(Reason.SOURCE_NOT_ALLOWED, (IMAGE,), _D,
                'A clone source must be an image owned by an RbdImage in the same namespace.'),
     Documented(Reason.AUTHENTICATION_FAILED, (HOST,), _D,

@@ -17,7 +17,7 @@ from ...reconcile.actions import (ClaimImage, CloneImage, CreateImage, Flatten, 
                                   ProtectSnapshot, Resize, SetQos, UpdateFeatures)
 from ...reconcile.image_plan import ObservedImage, ObservedSource
 from ...reconcile.ownership import ImageOwner
-from .. import failpoints, importer
+from .. import failpoints, importer, qemu_img
 from ... import metrics
 from . import rbd_raw
 from .connection import CephError, Connection, classify, metadata
@@ -174,12 +174,17 @@ class ImageOps(Connection):
                     bound = importer.SizeBound(step.limit, step.limit_reason, step.limit_what)
                     return self._create_staged(ioctx, pool, step, lambda staging: importer.import_into(
                         ioctx, step.url, step.sha256, step.prefixes, staging, step.scratch, step.min_size, bound,
-                        progress or importer.Progress(), step.features, step.stall_timeout))
+                        progress or importer.Progress(), step.features, self.qemu_cluster(), step.stall_timeout))
                 case ProtectSnapshot():
                     self._protect(ioctx, pool, step)
                 case _:
                     self._change(ioctx, pool, step)
         return None
+
+    def qemu_cluster(self) -> qemu_img.Cluster:
+        """This connection's cluster and credentials, as qemu-img's rbd driver is given them (files, not argv)."""
+        return qemu_img.Cluster(self.creds.monitors, self.creds.user, self.creds.key,
+                                tuple(sorted(self.conf.items())))
 
     def _protect(self, ioctx: rados.Ioctx, pool: str, step: ProtectSnapshot) -> None:
         image_name, snap = step.target.split("@", 1)
