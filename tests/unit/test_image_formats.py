@@ -185,7 +185,9 @@ class Source:
 
 
 @pytest.mark.parametrize("compress", [lzma.compress, gzip.compress, lambda d: zstandard.ZstdCompressor().compress(d),
-                                      lambda d: gzip.compress(d[:1000]) + gzip.compress(d[1000:])])
+                                      lambda d: gzip.compress(d[:1000]) + gzip.compress(d[1000:]),
+                                      lambda d: zstandard.ZstdCompressor().compress(d[:1000]) +
+                                      zstandard.ZstdCompressor().compress(d[1000:])])
 def test_streams_are_decompressed_in_bounded_reads_and_hashed_as_downloaded(compress):
     plain = os.urandom(3 * 2**20) + b"\0" * (8 * 2**20)
     packed = compress(plain)
@@ -199,10 +201,23 @@ def test_streams_are_decompressed_in_bounded_reads_and_hashed_as_downloaded(comp
     assert source.digest.hexdigest() == hashlib.sha256(packed).hexdigest() and source.received == len(packed)
 
 
-def test_a_truncated_stream_is_an_invalid_image():
-    packed = lzma.compress(os.urandom(2**20))[:-100]
+@pytest.mark.parametrize("compress", [lzma.compress, gzip.compress, lambda d: zstandard.ZstdCompressor().compress(d)])
+def test_a_truncated_stream_is_an_invalid_image(compress):
+    packed = compress(os.urandom(2**20) + b"\0" * 2**20)[:-100]
     reader, _ = importer._reader(importer.Downloaded(Source(packed), importer.Progress()))
     with pytest.raises(importer.ImportFailed) as exc:
         while reader.read(2**20):
             pass
     assert exc.value.reason == Reason.INVALID_IMAGE
+
+
+def test_a_zstd_bomb_is_read_in_bounded_steps():
+    """1 GiB of zeros in a few KiB of zstd: no read returns more than asked, no step holds more than 32 MiB."""
+    packed = zstandard.ZstdCompressor().compress(b"\0" * 2**30)
+    assert len(packed) < 2**20
+    reader, kind = importer._reader(importer.Downloaded(Source(packed), importer.Progress()))
+    total, biggest = 0, 0
+    while chunk := reader.read(4 * 2**20):
+        total += len(chunk)
+        biggest = max(biggest, len(chunk), len(reader.out))
+    assert kind == "zstd" and total == 2**30 and biggest <= 32 * 2**20

@@ -36,6 +36,7 @@ CHUNK = 4 * 2**20
 IMPORT_DEADLINE = 6 * 3600.0  # a whole import (download and conversion), whatever the template
 XZ_MEMLIMIT = 256 * 2**20  # xz -9 needs 65 MiB to decompress; a stream asking for more is refused
 ZSTD_MAX_WINDOW = 2**27  # 128 MiB (zstd --long=27); larger windows are refused
+ZSTD_FEED = 1024  # zstd input per step: a block expands at most 32768-fold, so a step yields <= 32 MiB
 
 
 
@@ -117,44 +118,53 @@ class _Prefixed:
 
 
 class _Decompressing:
-    """xz or gzip, decompressed while streaming; read(n) never returns more than n bytes (bombs stay bounded),
-    concatenated streams/members included."""
+    """xz, gzip or zstd, decompressed while streaming; read(n) never returns more than n bytes and no step holds
+    more than ZSTD_FEED * 32768 bytes of output (bombs stay bounded), concatenated streams/members/frames
+    included; a stream that ends early is an InvalidImage."""
 
     def __init__(self, source: _Prefixed, kind: str) -> None:
         self.source, self.kind = source, kind
-        self.pending, self.ended = b"", False
+        self.pending, self.out, self.ended = b"", b"", False
         self.dec = self._new()
 
     def _new(self):
         if self.kind == "xz":
             return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+        if self.kind == "zstd":
+            return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
 
     def read(self, n: int = CHUNK) -> bytes:
-        while not self.ended:
+        while not self.out and not self.ended:
             if self._done() and not self._next_stream():
                 break
             exhausted = False
             if not self.pending and self._needs_input():
                 self.pending = self.source.read(CHUNK)
                 exhausted = not self.pending
+            self.out = self._step(n)
+            if not self.out and exhausted and not self._done():
+                raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream ends early", retry=False)
+        chunk, self.out = self.out[:n], self.out[n:]
+        return chunk
+
+    def _step(self, n: int) -> bytes:
+        try:
+            if self.kind == "zstd":  # no output bound in zstandard's API: the input is fed in small slices
+                data, self.pending = self.pending[:ZSTD_FEED], self.pending[ZSTD_FEED:]
+                return self.dec.decompress(data)
             data, self.pending = self.pending, b""
-            try:
-                out = self.dec.decompress(data, n)
-            except (lzma.LZMAError, zlib.error) as exc:
-                raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream is corrupt: {exc}",
-                                   retry=False) from None
+            out = self.dec.decompress(data, n)
             if self.kind == "gzip":
                 self.pending = self.dec.unconsumed_tail
-            if out:
-                return out
-            if exhausted and not self._done():
-                raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream ends early", retry=False)
-        return b""
+            return out
+        except (lzma.LZMAError, zlib.error, zstandard.ZstdError) as exc:
+            raise ImportFailed(Reason.INVALID_IMAGE, f"the {self.kind} stream is corrupt: {exc}",
+                               retry=False) from None
 
     def _next_stream(self) -> bool:
         """After a stream's end: another one follows (concatenated), or only zero padding and the end."""
-        rest = self.dec.unused_data
+        rest = self.dec.unused_data + self.pending
         while not rest.strip(b"\0"):
             rest = self.source.read(CHUNK)
             if not rest:
@@ -167,7 +177,9 @@ class _Decompressing:
         return self.dec.eof
 
     def _needs_input(self) -> bool:
-        return self.dec.needs_input if self.kind == "xz" else not self.dec.unconsumed_tail
+        if self.kind == "xz":
+            return self.dec.needs_input
+        return not self.pending if self.kind == "zstd" else not self.dec.unconsumed_tail
 
 
 def _reader(source: Downloaded):
@@ -182,9 +194,6 @@ def _reader(source: Downloaded):
     plain = _Prefixed(head, source)
     if kind is None:
         return plain, None
-    if kind == "zstd":
-        dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-        return dctx.stream_reader(plain, read_size=CHUNK, read_across_frames=True), kind
     return _Decompressing(plain, kind), kind
 
 
@@ -219,10 +228,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
 def _copy(reader, image: rbd.Image, limit: SizeBound, what: str) -> int:
     offset = 0
     while True:
-        try:
-            chunk = reader.read(CHUNK)
-        except zstandard.ZstdError as exc:
-            raise ImportFailed(Reason.INVALID_IMAGE, f"the zstd stream is corrupt: {exc}", retry=False) from None
+        chunk = reader.read(CHUNK)
         if not chunk:
             return offset
         limit.check(offset + len(chunk), what)
