@@ -212,3 +212,33 @@ def test_hostile_templates_are_refused_once_with_nothing_opened(platform, operat
         import rbd
         assert not [i for i in rbd.RBD().list(ioctx) if i.startswith("rbdop-new-")]
     platform.delete("rbdimg", obj, "default", wait=True)
+
+
+def test_progress_moves_during_conversion(platform, store, templates, uniq):
+    """status.import follows qemu-img's own progress while it converts (phase converting, 0 < percent < 100),
+    not only the download: a 1 GiB-virtual zlib qcow2 with 192 MiB of data, sampled while it imports."""
+    root, server = templates
+    src, template = root / "progress.raw", root / "progress.qcow2"
+    with open(src, "wb") as fh:
+        fh.truncate(1024 * MI)
+        for i in range(192):  # text-like data (zlib compresses it, so qemu-img has work per cluster)
+            fh.seek(i * 5 * MI)
+            fh.write((os.urandom(2048).hex().encode() * 256)[:MI])
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(src), str(template))
+    src.unlink()
+    obj = f"progress-{uniq}"
+    platform.apply(image(obj, store, source={"url": server.url + template.name}))
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body = platform.get("rbdimg", obj, "default") or {}
+        state = (body.get("status") or {}).get("import") or {}
+        if state and (state.get("phase"), state.get("percent")) not in seen[-1:]:
+            seen.append((state.get("phase"), state.get("percent")))
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in body.get("status", {}).get("conditions", [])):
+            break
+    print(f"status.import seen: {seen}")
+    converting = [p for phase, p in seen if phase == "converting"]
+    assert any(0 < p < 100 for p in converting), seen
+    platform.delete("rbdimg", obj, "default", wait=True)
+    template.unlink()

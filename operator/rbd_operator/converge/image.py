@@ -35,7 +35,7 @@ from .outcome import Note, Outcome
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
 IMPORT_TIMEOUT = 6 * 3600.0
-IMPORT_REPORT_SECONDS = 5.0
+IMPORT_REPORT_SECONDS = 1.0  # one status patch a second at most while an import runs
 
 
 @dataclass(frozen=True)
