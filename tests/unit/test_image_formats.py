@@ -112,7 +112,8 @@ def test_argv_names_the_rbd_images_and_no_key():
     src = fmt.RbdTarget("pool", "rbdop-new-x-scratch", "client1", "/tmp/rbdop-qemu-1/ceph.conf")
     dst = fmt.RbdTarget("pool", "rbdop-new-x", "client1", "/tmp/rbdop-qemu-1/ceph.conf")
     argv = fmt.convert_argv("/usr/bin/qemu-img", "qcow2", src, dst, "/tmp/rbdop-qemu-1/key")
-    assert argv[:9] == ["/usr/bin/qemu-img", "convert", "-p", "-f", "qcow2", "-O", "raw", "-n", "--target-is-zero"]
+    assert argv[:4] == ["/usr/bin/qemu-img", "convert", "-p", "-W"]
+    assert argv[argv.index("-f"):argv.index("-f") + 6] == ["-f", "qcow2", "-O", "raw", "-n", "--target-is-zero"]
     source = json.loads(argv[-2][len("json:"):])
     assert source == {"driver": "qcow2", "backing": None, "file": {
         "driver": "rbd", "pool": "pool", "image": "rbdop-new-x-scratch", "conf": "/tmp/rbdop-qemu-1/ceph.conf",

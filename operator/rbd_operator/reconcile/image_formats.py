@@ -211,8 +211,10 @@ def check_verdict(fmt: str, status: int, out: str) -> None:
 
 
 def convert_argv(qemu_img: str, fmt: str, source: RbdTarget, target: RbdTarget, key_file: str) -> list[str]:
-    """The target is a fresh (all-zero) RBD image of the virtual size: -n --target-is-zero keeps it thin."""
-    return [qemu_img, "convert", "-p", "-f", fmt, "-O", "raw", "-n", "--target-is-zero",
+    """The target is a fresh (all-zero) RBD image of the virtual size: -n --target-is-zero keeps it thin.
+    -W -m 16 -T none (out-of-order writes, 16 coroutines, no librbd cache on the source): a 2 GiB-virtual zlib
+    qcow2 with 256 MiB of data converted RBD to RBD in 1.7-2.2 s instead of 3.0-3.4 s (bench/imports.py)."""
+    return [qemu_img, "convert", "-p", "-W", "-m", "16", "-T", "none", "-f", fmt, "-O", "raw", "-n", "--target-is-zero",
             "--object", secret_object(key_file), image_spec(fmt, source), image_spec("raw", target)]
 
 
