@@ -152,3 +152,24 @@ def wrap(what: str, fn: Callable, *args: object) -> object:
         return fn(*args)
     except libvirt.libvirtError as exc:
         raise SshError(Reason.LIBVIRT_UNAVAILABLE, f"{what}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def domain_xmls(conn: libvirt.virConnect) -> dict[str, str]:
+    """The running domains' live XML by name (a domain gone meanwhile is left out)."""
+    out = {}
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            out[dom.name()] = dom.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue
+    return out
+
+
+def disk_capacity(conn: libvirt.virConnect, domain: str, dev: str) -> int:
+    """What the guest sees of a disk (virDomainGetBlockInfo's capacity, bytes)."""
+    return int(conn.lookupByName(domain).blockInfo(dev)[0])
+
+
+def resize_disk(conn: libvirt.virConnect, domain: str, dev: str, size: int) -> None:
+    """virDomainBlockResize in bytes: QEMU takes the new size and the guest is told (virtio: a config change)."""
+    conn.lookupByName(domain).blockResize(dev, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
