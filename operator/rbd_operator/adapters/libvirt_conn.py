@@ -165,9 +165,18 @@ def domain_xmls(conn: libvirt.virConnect) -> dict[str, str]:
     return out
 
 
-def disk_capacity(conn: libvirt.virConnect, domain: str, dev: str) -> int:
-    """What the guest sees of a disk (virDomainGetBlockInfo's capacity, bytes)."""
-    return int(conn.lookupByName(domain).blockInfo(dev)[0])
+def disk_capacity(conn: libvirt.virConnect, domain: str, dev: str) -> int | None:
+    """What the guest sees of a disk (virDomainGetBlockInfo's capacity, bytes); None: the domain is not
+    running there any more (it stopped or migrated away since libvirt's last event)."""
+    try:
+        dom = conn.lookupByName(domain)
+        if not dom.isActive():
+            return None
+        return int(dom.blockInfo(dev)[0])
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
 
 
 def resize_disk(conn: libvirt.virConnect, domain: str, dev: str, size: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from kubernetes.client.rest import ApiException
@@ -206,7 +206,7 @@ def _grow_guest(uid: str | None, disk: domains.GuestDisk, size: int) -> bool:
     if conn is None:
         raise OperatorError(Reason.LIBVIRT_UNAVAILABLE, f"no libvirt connection to HypervisorNode {disk.host}")
     capacity = libvirt_conn.wrap("reading the disk's size", libvirt_conn.disk_capacity, conn, disk.domain, disk.dev)
-    if not domains.must_grow(int(capacity), size):
+    if capacity is None or not domains.must_grow(int(capacity), size):  # None: the domain is gone from there
         return False
     libvirt_conn.wrap("block resize", libvirt_conn.resize_disk, conn, disk.domain, disk.dev, size)
     return True
@@ -327,7 +327,10 @@ async def delete(spec: ImageSpec, name: str, namespace: str, uid: str, idx: Inde
 # -- the drift sweep -----------------------------------------------------------------------------------
 @ceph.with_session
 def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
-    return cluster.image_headers(pool, names)
+    """The images' headers and their watchers (status.watchers and usedBy at most one interval late)."""
+    headers = cluster.image_headers(pool, names)
+    watchers = cluster.image_watchers(pool, {n: h.id for n, h in headers.items() if h.id})
+    return {n: replace(h, watchers=watchers.get(n, h.watchers)) for n, h in headers.items()}
 
 
 @dataclass
@@ -368,7 +371,9 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
     for t, spec in tracked:
         info = await spaces.get(t.namespace)
         usage = namespace_usage(entries.get(t.namespace, []), t.uid, t.created) if entries else None
-        if not _verdict(storage, t, spec, headers.get(spec.name), info, identity, usage, live) or busy(t.uid):
+        header = headers.get(spec.name)
+        if busy(t.uid) or not (_verdict(storage, t, spec, header, info, identity, usage, live)
+                               or tracking.watchers_changed(t, header)):
             continue
         logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
                     t.ready[1] if t.ready else "no status")

@@ -78,6 +78,7 @@ class DomainWatch:
         self._hosts: dict[str, dict[str, dict[str, str]]] = {}  # host name -> domain -> {"pool/image": dev}
         self._gone: dict[tuple[str, str], float] = {}  # (host, "pool/image") -> when its last domain went
         self._lock = threading.Lock()
+        self._scanning: dict[str, threading.Lock] = {}
         self._images: Mapping[Any, Any] = {}
         self._storages: Mapping[Any, Any] = {}
 
@@ -94,6 +95,7 @@ class DomainWatch:
         name = self._names.pop(uid, None)
         with self._lock:
             self._hosts.pop(name or "", None)
+            self._scanning.pop(uid, None)
 
     def uid_of(self, host: str) -> str | None:
         return next((uid for uid, name in list(self._names.items()) if name == host), None)
@@ -112,6 +114,13 @@ class DomainWatch:
             blocking_executor(Pool.KUBE).submit(self._rescan, uid)
 
     def _rescan(self, uid: str) -> None:
+        """One host at a time (rescans run in a pool: a slow one must not overwrite a newer one)."""
+        with self._lock:
+            lock = self._scanning.setdefault(uid, threading.Lock())
+        with lock:
+            self._rescan_now(uid)
+
+    def _rescan_now(self, uid: str) -> None:
         name, conn = self._names.get(uid), libvirt_conn.connections.peek(uid)
         if name is None or conn is None:
             return
