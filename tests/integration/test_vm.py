@@ -77,6 +77,13 @@ def used_by(platform, name: str) -> list[str]:
     return [u.get("node") for u in (platform.get("rbdimg", name, "default")["status"].get("usedBy") or [])]
 
 
+def used_by_follows(platform, disk: str, nodes: list[str], what: str) -> None:
+    """status.usedBy names `nodes` within 10 s of the domain's start, stop or migration (no one pokes the image)."""
+    started = time.monotonic()
+    wait_for(lambda: used_by(platform, disk) == nodes, 10, interval=0.2, what=what)
+    print(f"usedBy {nodes} after {time.monotonic() - started:.1f}s: {what}")
+
+
 def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, uniq):
     h1, h2 = hosts["t-h1"], hosts["t-h2"]
     name = f"vm-{uniq}"
@@ -105,7 +112,11 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     define_and_start(h1, xml, name)
     wait_for(lambda: MARKER.decode() in serial(h1, log), 120, what=f"the guest's marker on {h1.name}")
     # status.usedBy follows libvirt's lifecycle events: nobody touches the image.
-    wait_for(lambda: used_by(platform, disk) == [h1.name], 10, what="usedBy names the host")
+    used_by_follows(platform, disk, [h1.name], "usedBy names the host")
+    h1.exec(f"{VIRSH} destroy {name}")
+    used_by_follows(platform, disk, [], "usedBy empty once the domain stopped")
+    h1.exec(f"{VIRSH} start {name}")
+    used_by_follows(platform, disk, [h1.name], "usedBy names the host again after a restart")
 
     # Online grow: the running guest's disk grows with the image (libvirt block resize), no restart.
     grow_live(platform, h1, name, disk, 80)
@@ -113,7 +124,7 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     # 2. Live migration to h2 over shared storage (h1 reaches h2's libvirtd over SSH, host key pinned).
     migrate(h1, h2, name)
     wait_for(lambda: name in running(h2) and name not in running(h1), 60, what="the domain running on h2")
-    wait_for(lambda: used_by(platform, disk) == [h2.name], 10, what="usedBy follows the migration")
+    used_by_follows(platform, disk, [h2.name], "usedBy follows the migration")
     grow_live(platform, h2, name, disk, 144)  # on the migration target too
 
     # Lifecycle events keep the host's running-domain count current.
@@ -128,10 +139,10 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
              and platform.get("rbds", name)["status"]["hosts"]["current"] == 2, 120, what="rotated key on both hosts")
     time.sleep(15)
     assert name in running(h2), "the running guest survives the rotation"
-    wait_for(lambda: used_by(platform, disk) == [h2.name], 10, what="still open on h2 after the rotation")
+    used_by_follows(platform, disk, [h2.name], "still open on h2 after the rotation")
     migrate(h2, h1, name)
     wait_for(lambda: name in running(h1) and name not in running(h2), 60, what="back on h1 with the new key")
-    wait_for(lambda: used_by(platform, disk) == [h1.name], 10, what="usedBy follows the second migration")
+    used_by_follows(platform, disk, [h1.name], "usedBy follows the second migration")
 
     # Deleting the image is refused while the VM uses it, naming the host.
     platform.delete("rbdimg", disk, "default")

@@ -76,3 +76,18 @@ def test_must_grow():
     assert not must_grow(80 << 20, 80 << 20)
     assert not must_grow(100 << 20, 80 << 20)  # a shrink is never pushed into a guest
     assert not must_grow(0, 80 << 20)  # no answer: nothing to compare
+
+
+def test_the_sweep_reconciles_an_image_whose_watchers_changed():
+    from rbd_operator.reconcile.image_plan import ObservedImage
+    from rbd_operator.reconcile.tracking import Tracked, watchers_changed
+
+    def tracked(watchers):
+        status = {"imageId": "1", **({} if watchers is None else {"watchers": watchers})}
+        return Tracked.of("img", "default", "u", {"spec": {}, "status": status, "metadata": {}})
+    header = ObservedImage(size=1, features=0, id="1", watchers=["10.0.0.1:0/2", "10.0.0.9:0/1"])
+    assert not watchers_changed(tracked(["10.0.0.9:0/1", "10.0.0.1:0/2"]), header)
+    assert watchers_changed(tracked([]), header)
+    assert watchers_changed(tracked(["10.0.0.9:0/1"]), header)
+    assert not watchers_changed(tracked(None), header)  # never recorded: the image's own reconcile writes it
+    assert not watchers_changed(tracked([]), None)
