@@ -5,8 +5,8 @@ the HypervisorNode's pinned key (verification "normal": anything else is refused
 in a 0600 file. Both files exist only while the connection is being opened, in a private 0700
 directory of the operator's runtime dir. The connection is kept open with libvirt keepalive (a dead
 peer is noticed in ~15 s) and reopened when it died or when address, user, pin or key changed.
-Domain lifecycle events reach `on_lifecycle(host uid)`, so the running-domain count in status stays
-current between resyncs.
+Domain lifecycle events reach `on_lifecycle(host uid)`, so the running-domain count in status and the
+RbdImages' status.usedBy stay current between resyncs; running guests' disks are resized through it.
 """
 
 from __future__ import annotations
