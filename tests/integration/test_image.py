@@ -191,6 +191,29 @@ def test_operator_killed_mid_work_converges_without_duplicates(platform, operato
         wait_for(lambda: platform.get("rbdimg", n, "default") is None, 120, what=f"{n} deleted")
 
 
+def test_watchers_appear_and_go_with_nobody_touching_the_image(platform, ceph, pool, uniq):
+    """A client that is no libvirt domain (krbd, qemu-img, this test's librbd) sends no event: the storage's
+    sweep lists each image's watchers and has the image reconciled when they changed (one interval late)."""
+    name = f"watched-{uniq}"
+    platform.apply(image(name, pool, size="64Mi"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    assert not platform.get("rbdimg", name, "default")["status"].get("usedBy")
+
+    def status():
+        return platform.get("rbdimg", name, "default")["status"]
+    with ceph.open_ioctx(pool) as ioctx:
+        holder = rbd.Image(ioctx, name)  # registers a watch, like a krbd map
+        try:
+            listed = sorted({w["addr"] for w in holder.watchers_list()})
+            wait_for(lambda: status().get("watchers") == listed, 20, what="the watcher in status")
+            users = status()["usedBy"]
+            assert len(users) == 1 and "node" not in users[0] and users[0]["address"] in listed[0], users
+        finally:
+            holder.close()
+    wait_for(lambda: not status().get("watchers") and not status().get("usedBy"), 20, what="the watcher gone")
+    platform.delete("rbdimg", name, "default", wait=True)
+
+
 def test_drift_is_restored_by_the_storage_sweep_and_idle_images_cost_no_writes(platform, ceph, pool, uniq):
     name = f"drift-{uniq}"
     platform.apply(image(name, pool, size="1Gi"))

@@ -30,9 +30,32 @@ def running(host) -> list[str]:
     return host.exec(f"{VIRSH} list --state-running --name", check=False).split()
 
 
-def poke(platform, name: str, namespace: str = "default") -> None:
-    platform.kubectl("annotate", "--overwrite", "rbdimg", name, "-n", namespace,
-                     f"resync.rbd-operator.io/requested={time.time()}")
+def capacity(host, name: str) -> int:
+    """virDomainGetBlockInfo's capacity of the guest's disk, as virsh domblkinfo prints it."""
+    out = host.exec(f"{VIRSH} domblkinfo {name} vda")
+    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("Capacity:")))
+
+
+def domain_id(host, name: str) -> str:
+    return host.exec(f"{VIRSH} domid {name}").strip()
+
+
+def grow_live(platform, host, name: str, disk: str, size_mib: int) -> None:
+    """Grow the image while the guest runs: within 10 s the guest's disk has the new size, same domain."""
+    before = domain_id(host, name)
+    assert capacity(host, name) < size_mib << 20
+    platform.apply(image(disk, name, size=f"{size_mib}Mi"))
+    started = time.monotonic()
+    wait_for(lambda: capacity(host, name) == size_mib << 20, 10, interval=0.2,
+             what=f"the guest's disk on {host.name} at {size_mib} MiB")
+    took = time.monotonic() - started
+    assert domain_id(host, name) == before, "the domain was not restarted"
+    assert name in running(host), "the guest keeps running"
+    events = wait_for(lambda: [e for e in platform.events(disk) if e.get("reason") == "GuestDiskResized"
+                               and f"domain {name} on HypervisorNode {host.name}" in e.get("message", "")
+                               and str(size_mib << 20) in e.get("message", "")], 10, what="GuestDiskResized")
+    assert events
+    print(f"guest disk on {host.name} grown to {size_mib} MiB in {took:.1f}s")
 
 
 def migrate(src, dst, name: str) -> None:
@@ -52,6 +75,13 @@ def migrate(src, dst, name: str) -> None:
 
 def used_by(platform, name: str) -> list[str]:
     return [u.get("node") for u in (platform.get("rbdimg", name, "default")["status"].get("usedBy") or [])]
+
+
+def used_by_follows(platform, disk: str, nodes: list[str], what: str) -> None:
+    """status.usedBy names `nodes` within 10 s of the domain's start, stop or migration (no one pokes the image)."""
+    started = time.monotonic()
+    wait_for(lambda: used_by(platform, disk) == nodes, 10, interval=0.2, what=what)
+    print(f"usedBy {nodes} after {time.monotonic() - started:.1f}s: {what}")
 
 
 def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, uniq):
@@ -81,14 +111,21 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
     # 1. Boots on h1: QEMU read the image as client.<name> with the key from the libvirt secret.
     define_and_start(h1, xml, name)
     wait_for(lambda: MARKER.decode() in serial(h1, log), 120, what=f"the guest's marker on {h1.name}")
-    poke(platform, disk)
-    wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy names the host")
+    # status.usedBy follows libvirt's lifecycle events: nobody touches the image.
+    used_by_follows(platform, disk, [h1.name], "usedBy names the host")
+    h1.exec(f"{VIRSH} destroy {name}")
+    used_by_follows(platform, disk, [], "usedBy empty once the domain stopped")
+    h1.exec(f"{VIRSH} start {name}")
+    used_by_follows(platform, disk, [h1.name], "usedBy names the host again after a restart")
+
+    # Online grow: the running guest's disk grows with the image (libvirt block resize), no restart.
+    grow_live(platform, h1, name, disk, 80)
 
     # 2. Live migration to h2 over shared storage (h1 reaches h2's libvirtd over SSH, host key pinned).
     migrate(h1, h2, name)
     wait_for(lambda: name in running(h2) and name not in running(h1), 60, what="the domain running on h2")
-    poke(platform, disk)
-    wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="usedBy follows the migration")
+    used_by_follows(platform, disk, [h2.name], "usedBy follows the migration")
+    grow_live(platform, h2, name, disk, 144)  # on the migration target too
 
     # Lifecycle events keep the host's running-domain count current.
     wait_for(lambda: platform.get("hvn", h2.name)["status"]["facts"].get("runningDomains") == 1, 30,
@@ -102,12 +139,10 @@ def test_vm_boots_from_rbd_and_migrates_live(platform, operator, ceph, hosts, un
              and platform.get("rbds", name)["status"]["hosts"]["current"] == 2, 120, what="rotated key on both hosts")
     time.sleep(15)
     assert name in running(h2), "the running guest survives the rotation"
-    poke(platform, disk)
-    wait_for(lambda: used_by(platform, disk) == [h2.name], 60, what="still open on h2 after the rotation")
+    used_by_follows(platform, disk, [h2.name], "still open on h2 after the rotation")
     migrate(h2, h1, name)
     wait_for(lambda: name in running(h1) and name not in running(h2), 60, what="back on h1 with the new key")
-    poke(platform, disk)
-    wait_for(lambda: used_by(platform, disk) == [h1.name], 60, what="usedBy follows the second migration")
+    used_by_follows(platform, disk, [h1.name], "usedBy follows the second migration")
 
     # Deleting the image is refused while the VM uses it, naming the host.
     platform.delete("rbdimg", disk, "default")

@@ -5,8 +5,8 @@ the HypervisorNode's pinned key (verification "normal": anything else is refused
 in a 0600 file. Both files exist only while the connection is being opened, in a private 0700
 directory of the operator's runtime dir. The connection is kept open with libvirt keepalive (a dead
 peer is noticed in ~15 s) and reopened when it died or when address, user, pin or key changed.
-Domain lifecycle events reach `on_lifecycle(host uid)`, so the running-domain count in status stays
-current between resyncs.
+Domain lifecycle events reach `on_lifecycle(host uid)`, so the running-domain count in status and the
+RbdImages' status.usedBy stay current between resyncs; running guests' disks are resized through it.
 """
 
 from __future__ import annotations
@@ -152,3 +152,33 @@ def wrap(what: str, fn: Callable, *args: object) -> object:
         return fn(*args)
     except libvirt.libvirtError as exc:
         raise SshError(Reason.LIBVIRT_UNAVAILABLE, f"{what}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def domain_xmls(conn: libvirt.virConnect) -> dict[str, str]:
+    """The running domains' live XML by name (a domain gone meanwhile is left out)."""
+    out = {}
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            out[dom.name()] = dom.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue
+    return out
+
+
+def disk_capacity(conn: libvirt.virConnect, domain: str, dev: str) -> int | None:
+    """What the guest sees of a disk (virDomainGetBlockInfo's capacity, bytes); None: the domain is not
+    running there any more (it stopped or migrated away since libvirt's last event)."""
+    try:
+        dom = conn.lookupByName(domain)
+        if not dom.isActive():
+            return None
+        return int(dom.blockInfo(dev)[0])
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def resize_disk(conn: libvirt.virConnect, domain: str, dev: str, size: int) -> None:
+    """virDomainBlockResize in bytes: QEMU takes the new size and the guest is told (virtio: a config change)."""
+    conn.lookupByName(domain).blockResize(dev, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)

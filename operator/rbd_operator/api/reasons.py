@@ -81,6 +81,7 @@ class Reason(StrEnum):
     SNAPSHOT_NOT_FOUND = 'SnapshotNotFound'
     IMAGE_NOT_FOUND = 'ImageNotFound'
     IN_USE = 'InUse'
+    GUEST_RESIZE_PENDING = 'GuestResizePending'
     HAS_CLONES = 'HasClones'
     URL_UNREACHABLE = 'URLUnreachable'
     IMPORT_STALLED = 'ImportStalled'
@@ -187,6 +188,8 @@ class EventReason(StrEnum):
     HOST_FILE_ADOPTED = 'HostFileAdopted'
     ACTIVE_REPLICA = 'ActiveReplica'
     FAST_PATH_DISABLED = 'FastPathDisabled'
+    GUEST_DISK_RESIZED = 'GuestDiskResized'
+    GUEST_RESIZE_BY_OWNER = 'GuestResizeByOwner'
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,10 @@ REASONS: tuple[Documented, ...] = (
                'retried.'),
     Documented(Reason.IN_USE, (IMAGE,), _P,
                'Deletion waits until the image has no watchers (no VM uses it).'),
+    Documented(Reason.GUEST_RESIZE_PENDING, (IMAGE,), _P,
+               'The image grew, but the disk of a running domain on a HypervisorNode using it could not be resized '
+               '(libvirt block resize; the message names node, domain and why). The image itself is grown; the '
+               'resize is retried.'),
     Documented(Reason.HAS_CLONES, (SNAPSHOT,), _P,
                "Deletion waits until the snapshot's dependent clones are flattened or gone (the message names "
                'them).'),
@@ -493,6 +500,12 @@ EVENT_REASONS: dict[EventReason, str] = {
         '(metric rbd_operator_fastpath_disabled).',
     EventReason.ACTIVE_REPLICA:
         'This replica became the one that works (the other replicas stand by).',
+    EventReason.GUEST_DISK_RESIZED:
+        "An image grew and the disk of a running domain using it (named with its HypervisorNode) was resized "
+        "through libvirt's block resize: the guest sees the new size without a restart.",
+    EventReason.GUEST_RESIZE_BY_OWNER:
+        'An image grew while a client that is not a HypervisorNode has it open (the message names its '
+        'address): the guest there must be resized by its owner.',
 }
 assert set(EVENT_REASONS) == set(EventReason), "every EventReason is documented"
 

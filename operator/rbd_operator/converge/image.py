@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
-from ..adapters import ceph, importer, kube
+from ..adapters import ceph, importer, kube, libvirt_conn
 from ..adapters.blocking import Pool, check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..adapters.namespaces import NamespaceInfo, cluster_identity, namespace_info
@@ -23,14 +24,15 @@ from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.reasons import ConditionType, EventReason, Reason
 from ..api.storage import StorageSpec, parse_storage
 from ..api.urls import redact
-from ..reconcile.actions import ImportImage, Step
+from ..reconcile.actions import ImportImage, Resize, Step
 from ..reconcile.image_plan import ObservedImage, Tenancy, describe_users, plan_image, sweep_verdict, used_by
 from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
 from ..reconcile.ownership import ImageOwner, staging_name
 from ..reconcile.selector import matches_namespaces
-from ..reconcile import tracking
+from ..reconcile import domains, tracking
 from .credentials import admin_credentials
 from .outcome import Note, Outcome
+from .propagation import DomainWatch
 
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
@@ -125,8 +127,9 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
 
 
 async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any], idx: Indexes,
-                    logger: logging.Logger) -> Outcome:
-    """One pass over an RbdImage; raises OperatorError (with its reason) when it cannot converge."""
+                    logger: logging.Logger, watch: DomainWatch | None = None) -> Outcome:
+    """One pass over an RbdImage; raises OperatorError (with its reason) when it cannot converge. With the
+    hosts' domains (`watch`): status.usedBy as libvirt knows it, and the running guests' disks grown."""
     parsed = parse_image(name, body.get("spec") or {})
     unresolved = None
     try:  # needed only to make the clone: an existing image does not need its snapshot any more
@@ -152,8 +155,61 @@ async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any]
         if exc.reason in (Reason.CEPH_UNREACHABLE, Reason.AUTH_FAILED):
             ceph.forget(target.creds)
         raise
-    return report(storage.pool.name, parsed, result, tracking.node_addresses(idx.hypervisors),
-                  (body.get("metadata") or {}).get("generation"), _has_condition(body, ConditionType.WITHIN_LIMITS))
+    nodes = tracking.node_addresses(idx.hypervisors)
+    out = report(storage.pool.name, parsed, result, nodes, (body.get("metadata") or {}).get("generation"),
+                 _has_condition(body, ConditionType.WITHIN_LIMITS))
+    if watch is not None:
+        await guests(out, f"{storage.pool.name}/{parsed.name}", result, nodes, watch, logger)
+    return out
+
+
+GUEST_RETRY_SECONDS = 15.0
+
+
+async def guests(out: Outcome, key: str, result: Converged, nodes: dict[str, str], watch: DomainWatch,
+                 logger: logging.Logger) -> None:
+    """status.usedBy from Ceph's watchers and the hosts' running domains; every running guest whose disk
+    is this image and smaller than it is grown (libvirt block resize). One that cannot be: Ready=False
+    GuestResizePending, retried (the image itself is grown already)."""
+    hosts, gone = watch.using(key)
+    size = result.image.size
+    users = domains.live_users(result.image.watchers, nodes, key, hosts, gone, time.monotonic())
+    out.set(usedBy=users)
+    if any(isinstance(s, Resize) and not s.shrink for s in result.done):
+        for address in domains.unmanaged(users):
+            out.note(EventReason.GUEST_RESIZE_BY_OWNER, f"{key} grew to {size} bytes; its user at {address} is not "
+                     "a HypervisorNode: the guest there must be resized by its owner")
+    pending = []
+    for disk in domains.guest_disks(key, hosts):
+        try:
+            resized = await run_blocking(_grow_guest, watch.uid_of(disk.host), disk, size, timeout=30,
+                                         reason=Reason.LIBVIRT_UNAVAILABLE, pool=Pool.SSH)
+        except OperatorError as exc:
+            pending.append(f"domain {disk.domain} on HypervisorNode {disk.host}: {exc.message}")
+            continue
+        if resized:
+            logger.info("libvirt: domain %s on %s, disk %s (%s) resized to %d bytes", disk.domain, disk.host,
+                        disk.dev, key, size)
+            out.note(EventReason.GUEST_DISK_RESIZED, f"domain {disk.domain} on HypervisorNode {disk.host}: disk "
+                     f"{disk.dev} ({key}) resized to {size} bytes while it runs")
+    if pending:
+        message = (f"{key} is {size} bytes but the disk of a running guest could not be resized (retried): "
+                   + "; ".join(pending))
+        out.conditions = [c for c in out.conditions if c.type != ConditionType.READY]
+        out.cond(ConditionType.READY, False, Reason.GUEST_RESIZE_PENDING, message)
+        out.retry, out.retry_in = message, GUEST_RETRY_SECONDS
+
+
+def _grow_guest(uid: str | None, disk: domains.GuestDisk, size: int) -> bool:
+    """In a worker thread: grow one guest's disk to `size` if it is smaller (True: it was resized)."""
+    conn = libvirt_conn.connections.peek(uid) if uid else None
+    if conn is None:
+        raise OperatorError(Reason.LIBVIRT_UNAVAILABLE, f"no libvirt connection to HypervisorNode {disk.host}")
+    capacity = libvirt_conn.wrap("reading the disk's size", libvirt_conn.disk_capacity, conn, disk.domain, disk.dev)
+    if capacity is None or not domains.must_grow(int(capacity), size):  # None: the domain is gone from there
+        return False
+    libvirt_conn.wrap("block resize", libvirt_conn.resize_disk, conn, disk.domain, disk.dev, size)
+    return True
 
 
 def _resolve(spec: ImageSpec, namespace: str, idx: Indexes) -> ImageSpec:
@@ -271,7 +327,10 @@ async def delete(spec: ImageSpec, name: str, namespace: str, uid: str, idx: Inde
 # -- the drift sweep -----------------------------------------------------------------------------------
 @ceph.with_session
 def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
-    return cluster.image_headers(pool, names)
+    """The images' headers and their watchers (status.watchers and usedBy at most one interval late)."""
+    headers = cluster.image_headers(pool, names)
+    watchers = cluster.image_watchers(pool, {n: h.id for n, h in headers.items() if h.id})
+    return {n: replace(h, watchers=watchers.get(n, h.watchers)) for n, h in headers.items()}
 
 
 @dataclass
@@ -312,7 +371,9 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
     for t, spec in tracked:
         info = await spaces.get(t.namespace)
         usage = namespace_usage(entries.get(t.namespace, []), t.uid, t.created) if entries else None
-        if not _verdict(storage, t, spec, headers.get(spec.name), info, identity, usage, live) or busy(t.uid):
+        header = headers.get(spec.name)
+        if busy(t.uid) or not (_verdict(storage, t, spec, header, info, identity, usage, live)
+                               or tracking.watchers_changed(t, header)):
             continue
         logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
                     t.ready[1] if t.ready else "no status")

@@ -34,11 +34,13 @@ async def reconcile(name: str, namespace: str, body: kopf.Body, patch: kopf.Patc
     async with memo.runtime.locks.hold(uid):
         try:
             await settle(uid)
-            outcome = await converge.reconcile(name, namespace, uid, body, _indexes(kw), logger)
+            outcome = await converge.reconcile(name, namespace, uid, body, _indexes(kw), logger, memo.runtime.domains)
         except OperatorError as exc:
             return status.error(exc, retry)
     report(status, body, outcome)
     status.flush()
+    if outcome.retry:  # a running guest's disk still to grow
+        raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_in or backoff(retry))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -5,8 +5,8 @@ to every handler through kopf's memo (`memo.runtime`): no handler module keeps s
 - purger: trashed images removed in the background (adapters/purge.py);
 - fence: one disruptive host change at a time, across replicas (adapters/lease.py DisruptionFence);
 - propagation: storages' changes poked to the hosts they concern (converge/propagation.py);
-- domains: libvirt lifecycle events -> running-domain counts (converge/propagation.py DomainWatch),
-  wired to the libvirt connections here.
+- domains: libvirt lifecycle events -> running-domain counts and the RbdImages the hosts' running domains
+  use (status.usedBy, online grow; converge/propagation.py DomainWatch), wired to the libvirt connections here.
 """
 
 from __future__ import annotations

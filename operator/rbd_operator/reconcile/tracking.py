@@ -39,6 +39,7 @@ class Tracked:
     provisioned: bool = False      # status.imageId: it has an image in Ceph
     accepted: bool | None = None   # status.acceptedGeneration == generation (None: not recorded)
     within: bool | None = None     # the WithinLimits condition (None: absent)
+    watchers: tuple[str, ...] | None = None  # status.watchers (None: not recorded)
 
     @classmethod
     def of(cls, name: str, namespace: str, uid: str, body: Mapping[str, Any]) -> "Tracked":
@@ -49,11 +50,12 @@ class Tracked:
         ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
             "generation") else None
         within = get_condition(conditions, ConditionType.WITHIN_LIMITS)
-        accepted, size = status.get("acceptedGeneration"), status.get("sizeBytes")
+        accepted, size, watchers = status.get("acceptedGeneration"), status.get("sizeBytes"), status.get("watchers")
         return cls(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")),
                    str(meta.get("creationTimestamp") or ""), size if isinstance(size, int) else 0,
                    bool(status.get("imageId")), None if accepted is None else accepted == meta.get("generation"),
-                   None if within is None else within.get("status") == "True")
+                   None if within is None else within.get("status") == "True",
+                   tuple(sorted(str(w) for w in watchers)) if isinstance(watchers, list) else None)
 
     def usage_entry(self) -> UsageEntry:
         try:
@@ -67,6 +69,14 @@ class Tracked:
     @property
     def settled(self) -> bool:
         return self.accepted if self.accepted is not None else self.ready == ("True", Reason.CONVERGED)
+
+
+def watchers_changed(t: Tracked, header: Any) -> bool:
+    """Who has the image open changed since its status was written (a krbd map, qemu-img, a watch that
+    expired): the sweep has it reconciled, so status.watchers and usedBy follow."""
+    if header is None or not t.provisioned or t.watchers is None:
+        return False
+    return tuple(sorted(header.watchers)) != t.watchers
 
 
 def settled(body: Mapping[str, Any]) -> bool:

@@ -121,6 +121,22 @@ class ImageOps(Connection):
                                                   owner=owner.decode(errors="replace") if owner else None)
         return out
 
+    def image_watchers(self, pool: str, ids: dict[str, str]) -> dict[str, list[str]]:
+        """Who has each image open (`ids`: name -> image id): opened read-only by id (no watch of our own),
+        its header's watchers listed. The sweep's refresh of status.watchers (krbd maps and qemu-img send no
+        libvirt events); an image gone meanwhile is left out."""
+        out: dict[str, list[str]] = {}
+        with self.ioctx(pool) as ioctx:
+            for name, image_id in sorted(ids.items()):
+                try:
+                    with rbd.Image(ioctx, image_id=image_id, read_only=True) as image:
+                        out[name] = sorted({w["addr"] for w in image.watchers_list()})
+                except rbd.ImageNotFound:
+                    continue
+                except (rbd.Error, rados.Error) as exc:
+                    raise classify(exc, f"listing the watchers of {pool}/{name}") from None
+        return out
+
     def _opened_headers(self, ioctx: rados.Ioctx, pool: str, names: set[str]) -> dict[str, ObservedImage]:
         """The sweep's view without the fast path: every image opened read-only (slower, never blind)."""
         out = {}

@@ -7,6 +7,7 @@ local hs = {}
 local transient = {
   ApiError = true,
   CephUnreachable = true,
+  GuestResizePending = true,
   ImageNotFound = true,
   ImportStalled = true,
   InUse = true,
