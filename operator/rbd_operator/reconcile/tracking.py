@@ -39,6 +39,7 @@ class Tracked:
     provisioned: bool = False      # status.imageId: it has an image in Ceph
     accepted: bool | None = None   # status.acceptedGeneration == generation (None: not recorded)
     within: bool | None = None     # the WithinLimits condition (None: absent)
+    used: int | None = None        # status.usedBytes
 
     @classmethod
     def of(cls, name: str, namespace: str, uid: str, body: Mapping[str, Any]) -> "Tracked":
@@ -49,11 +50,11 @@ class Tracked:
         ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
             "generation") else None
         within = get_condition(conditions, ConditionType.WITHIN_LIMITS)
-        accepted, size = status.get("acceptedGeneration"), status.get("sizeBytes")
+        accepted, size, used = status.get("acceptedGeneration"), status.get("sizeBytes"), status.get("usedBytes")
         return cls(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")),
                    str(meta.get("creationTimestamp") or ""), size if isinstance(size, int) else 0,
                    bool(status.get("imageId")), None if accepted is None else accepted == meta.get("generation"),
-                   None if within is None else within.get("status") == "True")
+                   None if within is None else within.get("status") == "True", used if isinstance(used, int) else None)
 
     def usage_entry(self) -> UsageEntry:
         try:
