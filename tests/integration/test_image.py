@@ -233,6 +233,37 @@ def test_drift_is_restored_by_the_storage_sweep_and_idle_images_cost_no_writes(p
     platform.delete("rbdimg", name, "default", wait=True)
 
 
+def test_used_bytes_come_from_the_fast_diff_object_map_within_one_sweep_and_idle_images_cost_no_writes(
+        platform, ceph, pool, uniq):
+    name, mib = f"used-{uniq}", 2**20
+    platform.apply(image(name, pool, size="64Mi"))
+    platform.wait_condition("rbdimg", name, "True", namespace="default")
+    body = platform.get("rbdimg", name, "default")
+    assert "fast-diff" in body["status"]["features"]
+    assert body["status"]["usedBytes"] == 0, "a new image holds nothing: known at creation, no sweep needed"
+    assert "USED" in platform.kubectl("get", "rbdimg", name, "-n", "default").stdout
+    # 12 MiB at spread offsets: 1 MiB every 5 MiB lands in 12 distinct 4 MiB objects.
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name) as img:
+        for i in range(12):
+            img.write(os.urandom(mib), i * 5 * mib)
+    written = time.monotonic()
+    used = wait_for(lambda: platform.get("rbdimg", name, "default")["status"].get("usedBytes") or None, 15,
+                    what="usedBytes after the writes")
+    assert time.monotonic() - written < 12, "within one sweep (5 s here) plus the API round trips"
+    assert 12 * mib <= used <= 48 * mib, used
+    assert used == 48 * mib, "whole objects: 12 objects of 4 MiB"
+    # Idle (the object map was written just now, so the sweep measures it again; same figure: no write).
+    version = platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"]
+    time.sleep(12)
+    assert platform.get("rbdimg", name, "default")["metadata"]["resourceVersion"] == version
+    # A discard of whole objects gives space back.
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name) as img:
+        img.discard(0, 16 * mib)
+    wait_for(lambda: platform.get("rbdimg", name, "default")["status"]["usedBytes"] < used, 15,
+             what="usedBytes after a discard")
+    platform.delete("rbdimg", name, "default", wait=True)
+
+
 def test_qos_limits_are_applied_shown_and_restored(platform, ceph, pool, uniq):
     name = f"qos-{uniq}"
     platform.apply(image(name, pool, size="64Mi", qos={"iopsLimit": 100, "bpsLimit": "10Mi", "writeIopsLimit": 50}))

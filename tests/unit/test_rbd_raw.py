@@ -40,7 +40,8 @@ def test_header_values_decode_as_librbd_wrote_them(captured):
     header = captured["header"]
     assert rbd_raw.decode_u64(bytes.fromhex(header["size"])) == 3 * 2**30 + 4096
     assert rbd_raw.decode_u64(bytes.fromhex(header["features"])) == 1 | 4 | 8 | 16
-    assert set(rbd_raw.header_keys(["rbd-operator.io/owner"])) <= set(header) | {"parent"}
+    # parent: only in a clone's header; flags: only once librbd flagged something (absent reads as 0)
+    assert set(rbd_raw.header_keys(["rbd-operator.io/owner"])) <= set(header) | {"parent", "flags"}
     # Image metadata is stored as the raw value under metadata_<key>: what our cls metadata_set map carries.
     stored = bytes.fromhex(header["metadata_rbd-operator.io/owner"])
     assert stored == OWNER_VALUE.encode()

@@ -30,9 +30,11 @@ from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
 from ..reconcile.ownership import ImageOwner, staging_name
 from ..reconcile.selector import matches_namespaces
 from ..reconcile import domains, tracking
+from ..reconcile.used import UsedCache, after_steps as used_after
 from .credentials import admin_credentials
 from .outcome import Note, Outcome
 from .propagation import DomainWatch
+from . import used as used_space
 
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
@@ -87,6 +89,7 @@ class Converged:
     done: list[Step]
     beyond: tuple[str, ...] = ()  # what the image keeps beyond its storage's limits (added after it was made)
     fast_path_off: str | None = None  # the fast path was turned off for this cluster in this pass: why
+    used: int | None = None  # status.usedBytes when this pass knows it (made, imported, resized)
 
 
 @ceph.with_session
@@ -123,7 +126,9 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
     if observed is None:
         raise CephError(Reason.IMAGE_NOT_FOUND, f"image {pool}/{spec.name} vanished while being converged")
     turned_off = cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
-    return Converged(observed, list(steps), steps.beyond, turned_off)
+    known = used_after(steps, observed.features)
+    figure = 0 if known == "zero" else cluster.used_bytes(pool, [spec.name]).get(spec.name) if known else None
+    return Converged(observed, list(steps), steps.beyond, turned_off, figure)
 
 
 async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any], idx: Indexes,
@@ -245,6 +250,8 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
     out.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id, parent=image.parent,
             watchers=image.watchers, qos=tracking.qos_status(image.qos), usedBy=used_by(image.watchers, nodes),
             pool=pool, acceptedGeneration=generation)
+    if result.used is not None:
+        out.set(usedBytes=result.used)
     if result.beyond:
         out.cond(ConditionType.WITHIN_LIMITS, False, Reason.LIMIT_EXCEEDED, "; ".join(result.beyond) + " (kept as it "
                  "is: only changes beyond the storage's spec.imageLimits are refused)")
@@ -346,7 +353,7 @@ class _Namespaces:
 
 
 async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx: Indexes,
-                busy: Callable[[str], bool], logger: logging.Logger) -> int:
+                busy: Callable[[str], bool], used_cache: UsedCache, logger: logging.Logger) -> int:
     """Drift detection for all images of one storage. Images whose status no longer tells the truth are poked
     (an annotation: kopf then reconciles them); nothing else is written. Returns how many were poked."""
     everyone = list(tracking.by_storage(idx.images).get(storage_name, []))
@@ -380,6 +387,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
         await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool=Pool.KUBE)
         poked += 1
     logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
+    await used_space.refresh(storage_name, storage.pool.name, creds, tracked, headers, busy, used_cache, logger)
     return poked
 
 

@@ -6,7 +6,8 @@ to every handler through kopf's memo (`memo.runtime`): no handler module keeps s
 - fence: one disruptive host change at a time, across replicas (adapters/lease.py DisruptionFence);
 - propagation: storages' changes poked to the hosts they concern (converge/propagation.py);
 - domains: libvirt lifecycle events -> running-domain counts and the RbdImages the hosts' running domains
-  use (status.usedBy, online grow; converge/propagation.py DomainWatch), wired to the libvirt connections here.
+  use (status.usedBy, online grow; converge/propagation.py DomainWatch), wired to the libvirt connections here;
+- used: what the drift sweeps measured of images' used space (reconcile/used.py UsedCache).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import kopf
 from ..adapters import libvirt_conn, purge
 from ..adapters.lease import DisruptionFence
 from ..converge.propagation import DomainWatch, Propagation
+from ..reconcile.used import UsedCache
 from .common import ObjectLocks
 
 
@@ -29,6 +31,7 @@ class Runtime:
     fence: DisruptionFence = field(default_factory=DisruptionFence)
     propagation: Propagation = field(default_factory=Propagation)
     domains: DomainWatch = field(default_factory=DomainWatch)
+    used: UsedCache = field(default_factory=UsedCache)
 
 
 @kopf.on.startup()

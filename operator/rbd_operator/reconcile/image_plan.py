@@ -30,6 +30,7 @@ class ObservedImage:
     owner: str | None = None
     qos: dict[str, int] = field(default_factory=dict)  # rbd_qos_* settings stored on the image
     old_format: bool = False  # a format 1 image (no id, no metadata): never managed
+    flags: int | None = None  # librbd's image flags (object map / fast-diff invalid); the sweep's view only
 
 
 @dataclass

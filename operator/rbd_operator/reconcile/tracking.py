@@ -40,6 +40,7 @@ class Tracked:
     accepted: bool | None = None   # status.acceptedGeneration == generation (None: not recorded)
     within: bool | None = None     # the WithinLimits condition (None: absent)
     watchers: tuple[str, ...] | None = None  # status.watchers (None: not recorded)
+    used: int | None = None        # status.usedBytes
 
     @classmethod
     def of(cls, name: str, namespace: str, uid: str, body: Mapping[str, Any]) -> "Tracked":
@@ -51,11 +52,13 @@ class Tracked:
             "generation") else None
         within = get_condition(conditions, ConditionType.WITHIN_LIMITS)
         accepted, size, watchers = status.get("acceptedGeneration"), status.get("sizeBytes"), status.get("watchers")
+        used = status.get("usedBytes")
         return cls(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")),
                    str(meta.get("creationTimestamp") or ""), size if isinstance(size, int) else 0,
                    bool(status.get("imageId")), None if accepted is None else accepted == meta.get("generation"),
                    None if within is None else within.get("status") == "True",
-                   tuple(sorted(str(w) for w in watchers)) if isinstance(watchers, list) else None)
+                   tuple(sorted(str(w) for w in watchers)) if isinstance(watchers, list) else None,
+                   used if isinstance(used, int) else None)
 
     def usage_entry(self) -> UsageEntry:
         try:

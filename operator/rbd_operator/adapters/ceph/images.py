@@ -17,6 +17,7 @@ from ...reconcile.actions import (ClaimImage, CloneImage, CreateImage, Flatten, 
                                   ProtectSnapshot, Resize, SetQos, UpdateFeatures)
 from ...reconcile.image_plan import ObservedImage, ObservedSource
 from ...reconcile.ownership import ImageOwner
+from ...reconcile.used import measurable, whole_object_used
 from .. import failpoints, importer, qemu_img
 from ... import metrics
 from . import rbd_raw
@@ -114,11 +115,12 @@ class ImageOps(Connection):
             size, features = rbd_raw.decode_u64(vals.get("size", b"")), rbd_raw.decode_u64(vals.get("features", b""))
             if size is None or features is None:
                 continue
-            owner = vals.get(f"metadata_{OWNER_KEY}")
+            owner, flags = vals.get(f"metadata_{OWNER_KEY}"), rbd_raw.decode_u64(vals.get("flags", bytes(8)))
             qos = _qos({k: vals.get(f"metadata_conf_{k}", b"").decode(errors="replace") for k in QOS_KEYS})
             out[listed[image_id]] = ObservedImage(size=size, features=features, id=image_id, qos=qos,
                                                   parent={"present": True} if vals.get("parent") else None,
-                                                  owner=owner.decode(errors="replace") if owner else None)
+                                                  owner=owner.decode(errors="replace") if owner else None,
+                                                  flags=flags)
         return out
 
     def image_watchers(self, pool: str, ids: dict[str, str]) -> dict[str, list[str]]:
@@ -143,14 +145,42 @@ class ImageOps(Connection):
         for name in sorted(names):
             try:
                 with rbd.Image(ioctx, name, read_only=True) as image:
-                    observed = self._observed(ioctx, pool, name, image)
+                    observed, flags = self._observed(ioctx, pool, name, image), image.flags()
             except rbd.ImageNotFound:
                 continue
             except (rbd.Error, rados.Error) as exc:
                 raise classify(exc, f"opening image {pool}/{name}") from None
             if observed is not None:
                 out[name] = ObservedImage(observed.size, observed.features, observed.id, observed.parent and
-                                          {"present": True}, [], observed.owner, observed.qos, observed.old_format)
+                                          {"present": True}, [], observed.owner, observed.qos, observed.old_format,
+                                          flags)
+        return out
+
+    # -- used space (status.usedBytes) ----------------------------------------------------------------------
+    def object_map_stamps(self, pool: str, ids: list[str]) -> dict[str, float]:
+        """The mtime of the images' object maps (written when an object comes or goes), by image id."""
+        with self.ioctx(pool) as ioctx:
+            return rbd_raw.object_map_stamps(ioctx, ids)
+
+    def used_bytes(self, pool: str, names: list[str]) -> dict[str, int]:
+        """What each image holds itself (its parent's data not counted), whole objects, from its fast-diff object
+        map (librbd diff_iterate, whole_object); an image without a valid one, or gone, is left out."""
+        out: dict[str, int] = {}
+        with self.ioctx(pool) as ioctx:
+            for name in names:
+                try:
+                    with rbd.Image(ioctx, name, read_only=True) as image:
+                        if not measurable(image.features(), image.flags()):
+                            continue
+                        total = [0]
+                        image.diff_iterate(0, image.size(), None,
+                                           lambda o, n, e: total.__setitem__(0, total[0] + whole_object_used([(o, n, e)])),
+                                           include_parent=False, whole_object=True)
+                        out[name] = total[0]
+                except rbd.ImageNotFound:
+                    continue
+                except (rbd.Error, rados.Error) as exc:
+                    raise classify(exc, f"measuring image {pool}/{name}") from None
         return out
 
     def finish_rename(self, pool: str, staging: str, image_id: str) -> None:

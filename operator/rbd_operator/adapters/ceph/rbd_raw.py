@@ -5,7 +5,8 @@ more (format 2 images; see operation::RenameRequest and cls_rbd in Ceph's source
   `dir_get_id`, `dir_rename_image`);
 - a rename in three object operations (`rename_staged`);
 - an owner tag written straight into a fresh image's header (cls_rbd `metadata_set`);
-- an image's header read from its omap (`size`, `features`, `parent`, `metadata_*`) without a watch.
+- an image's header read from its omap (`size`, `features`, `flags`, `parent`, `metadata_*`) without a watch;
+- the mtime of images' object maps (`rbd_object_map.<id>`: written when an object comes or goes).
 
 Encoding (Ceph's denc): a std::string is a u32 little-endian length and the bytes; a
 map<string, bufferlist> a u32 count and the pairs; size and features are u64 little-endian.
@@ -15,7 +16,8 @@ tests/unit/test_rbd_raw.py checks each encoder and decoder against bytes capture
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping
+import time
+from typing import Callable, Iterable, Mapping
 
 import rados
 import rbd
@@ -204,8 +206,9 @@ def tag_fresh_header(ioctx: rados.Ioctx, staging: str, values: Mapping[str, str]
 
 
 def header_keys(metadata_keys: Iterable[str]) -> tuple[str, ...]:
-    """The omap keys of a header the drift sweep reads: size, features, parent and image metadata."""
-    return ("size", "features", "parent", *(f"metadata_{k}" for k in metadata_keys))
+    """The omap keys of a header the drift sweep reads: size, features, flags (absent: 0), parent and image
+    metadata."""
+    return ("size", "features", "flags", "parent", *(f"metadata_{k}" for k in metadata_keys))
 
 
 def read_headers(ioctx: rados.Ioctx, ids: list[str], keys: tuple[str, ...],
@@ -228,6 +231,27 @@ def read_headers(ioctx: rados.Ioctx, ids: list[str], keys: tuple[str, ...],
                 out[image_id] = dict(it)
             finally:
                 op.__exit__(None, None, None)
+    return out
+
+
+OBJECT_MAP_PREFIX = "rbd_object_map."
+
+
+def object_map_stamps(ioctx: rados.Ioctx, ids: list[str], batch: int = 128) -> dict[str, float]:
+    """The mtime (epoch seconds) of each image's object map object (`rbd_object_map.<id>`), stat'ed in
+    parallel batches; an image without one (no object map, removed meanwhile) is left out."""
+    out: dict[str, float] = {}
+
+    def done(image_id: str) -> Callable[..., None]:
+        def record(completion: rados.Completion, size: int | None, mtime: time.struct_time | None) -> None:
+            if completion.get_return_value() >= 0 and mtime is not None:
+                out[image_id] = time.mktime(mtime)
+        return record
+
+    for start in range(0, len(ids), batch):
+        pending = [ioctx.aio_stat(OBJECT_MAP_PREFIX + image_id, done(image_id)) for image_id in ids[start:start + batch]]
+        for completion in pending:
+            completion.wait_for_complete_and_cb()
     return out
 
 

@@ -1,0 +1,71 @@
+"""status.usedBytes: which images the sweep measures (reconcile/used.py)."""
+
+from rbd_operator.reconcile.actions import ClaimImage, CloneImage, CreateImage, ImportImage, Resize, SetQos
+from rbd_operator.reconcile.used import (RECENT_SECONDS, UsedCache, after_steps, measurable, pick,
+                                         whole_object_used)
+
+FAST_DIFF = 1 | 4 | 8 | 16  # layering, exclusive-lock, object-map, fast-diff
+NOW = 1_000_000.0
+
+
+def test_only_a_valid_fast_diff_object_map_is_measured():
+    assert measurable(FAST_DIFF, 0)
+    assert not measurable(1 | 4 | 8, 0), "object map without fast-diff"
+    assert not measurable(1 | 4, 0)
+    assert not measurable(FAST_DIFF, 1), "object map invalid"
+    assert not measurable(FAST_DIFF, 2), "fast-diff invalid"
+    assert not measurable(FAST_DIFF, None), "flags unknown"
+
+
+def test_whole_object_extents_sum_only_existing_ones():
+    assert whole_object_used([(0, 4 << 20, True), (4 << 20, 4 << 20, False), (12 << 20, 1 << 20, True)]) == 5 << 20
+    assert whole_object_used([]) == 0
+
+
+def test_idle_images_are_not_measured_again():
+    cache = UsedCache()
+    old = NOW - 3600
+    assert pick(cache, "s", {"a": old, "b": old}, NOW, 10) == ["a", "b"]
+    cache.record(("s", "a"), old, 8 << 20)
+    cache.record(("s", "b"), old, 0)
+    assert pick(cache, "s", {"a": old, "b": old}, NOW, 10) == []
+    assert cache.known(("s", "a"), old) == 8 << 20
+    assert cache.known(("s", "a"), old + 1) is None
+
+
+def test_a_changed_object_map_comes_before_never_measured_ones_and_the_budget_holds():
+    cache = UsedCache()
+    old = NOW - 3600
+    cache.record(("s", "changed"), old, 0)
+    stamps = {"new1": old - 5, "changed": old + 10, "new2": old - 10}
+    assert pick(cache, "s", stamps, NOW, 2) == ["changed", "new2"]
+    assert pick(cache, "s", stamps, NOW, 10) == ["changed", "new2", "new1"]
+    assert pick(cache, "s", stamps, NOW, 0) == []
+
+
+def test_a_recent_stamp_stays_due_until_it_is_old_enough():
+    cache = UsedCache()
+    recent = NOW - 1
+    cache.record(("s", "a"), recent, 4 << 20)
+    assert pick(cache, "s", {"a": recent}, NOW, 10) == ["a"], "a later write in the same second could hide"
+    assert pick(cache, "s", {"a": recent}, recent + RECENT_SECONDS + 1, 10) == []
+
+
+def test_caches_are_per_storage_and_forget_gone_images():
+    cache = UsedCache()
+    cache.record(("s", "a"), NOW - 3600, 1)
+    cache.record(("t", "a"), NOW - 3600, 2)
+    cache.keep_only("s", [])
+    assert cache.known(("s", "a"), NOW - 3600) is None
+    assert cache.known(("t", "a"), NOW - 3600) == 2
+
+
+def test_a_pass_knows_used_bytes_of_what_it_made_and_measures_what_it_changed():
+    assert after_steps([CreateImage("img", size=1)], FAST_DIFF) == "zero"
+    assert after_steps([CloneImage("img")], FAST_DIFF) == "zero", "a clone's parent data is not its own"
+    assert after_steps([ImportImage("img")], FAST_DIFF) == "measure"
+    assert after_steps([Resize("img", size=2)], FAST_DIFF) == "measure"
+    assert after_steps([ClaimImage("img")], FAST_DIFF) == "measure"
+    assert after_steps([SetQos("img")], FAST_DIFF) == ""
+    assert after_steps([], FAST_DIFF) == ""
+    assert after_steps([CreateImage("img", size=1)], 1 | 4) == "", "no fast-diff: not measured"
