@@ -214,7 +214,7 @@ class ImageOps(Connection):
                         self.rbd_call(what, image.config_set, key, str(value))
                 case RevertImage():
                     # Planned while nobody watched it; looked at again here (our own open is one watcher).
-                    if len(self.rbd_call(what, image.watchers_list)) > 1:
+                    if len(list(self.rbd_call(what, image.watchers_list))) > 1:
                         raise CephError(Reason.IN_USE, f"{pool}/{step.target} was opened by someone while it was "
                                         "about to be reverted; nothing was changed")
                     self.rbd_call(what, image.rollback_to_snap, step.snapshot)
