@@ -241,8 +241,8 @@ class RevertImage(Step):
 
 @dataclass(frozen=True)
 class RestoreImage(Step):
-    """Restore trashed image `image_id` to the name `target`, tagged with `owner` first (while still in the
-    trash: a restore cut short is found again by that tag)."""
+    """Restore trashed image `image_id` to the name `target`, tagged with `owner` first (owner record and trash
+    mark, while still in the trash: a restore cut short is found again by that tag)."""
     kind: ClassVar[str] = "restore"
     reason: ClassVar[EventReason] = EventReason.RESTORED
     image_id: str = ""

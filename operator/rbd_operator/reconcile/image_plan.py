@@ -163,7 +163,8 @@ def plan_image(
     if observed is None:
         if spec.source and spec.source.url:
             return ImagePlan(_plan_import(spec, owner, _import_bound(quota_max_bytes, verdict.size_limit),
-                                          import_prefixes, verdict.qos, import_stall_timeout), revert_generation=baseline)
+                                          import_prefixes, verdict.qos, import_stall_timeout),
+                             revert_generation=baseline)
         return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos), revert_generation=baseline)
     return _plan_existing_reverted(spec, observed, owner, live, tenancy.granted, verdict.qos, verdict.beyond, revert)
 

@@ -128,8 +128,8 @@ def resolve_revert(snapshot_name: str, image: str, namespace: str, snapshot: Map
                       f"of RbdImage {snapshot.get('image')!r}, not of {image!r}; an image is reverted to a snapshot "
                       "of its own only. Nothing was changed")
     if not snapshot or not snapshot.get("ready") or not snapshot.get("name"):
-        raise Waiting(Reason.SNAPSHOT_PENDING, f"spec.revert: RbdSnapshot {namespace}/{snapshot_name} does not exist or "
-                      "is not ready yet (waiting for it); nothing was changed")
+        raise Waiting(Reason.SNAPSHOT_PENDING, f"spec.revert: RbdSnapshot {namespace}/{snapshot_name} does not exist "
+                      "or is not ready yet (waiting for it); nothing was changed")
     return str(snapshot["name"])
 
 

@@ -222,15 +222,18 @@ class ImageOps(Connection):
                     raise TypeError(f"not an image step: {step!r}")
 
     def _restore(self, ioctx: rados.Ioctx, pool: str, step: RestoreImage) -> None:
-        """Tag the trashed image with its new owner (still in the trash: a restore cut short is found again by
-        that tag, and the purger no longer takes it for a trashed image of ours), then restore it to its name."""
+        """Tag the trashed image with its new owner, trash mark included (still in the trash: a restore cut short
+        is found again by that tag, and the purger still removes it after its retention if it never comes back),
+        restore it to its name, then drop the mark."""
         what = f"restoring {pool}/{step.target} from the trash"
         with self.rbd_call(what, rbd.Image, ioctx, image_id=step.image_id) as image:
-            if metadata(image, OWNER_KEY) != step.owner:
-                self.rbd_call(what, image.metadata_set, OWNER_KEY, step.owner)
+            for key in (OWNER_KEY, TRASHED_KEY):
+                if metadata(image, key) != step.owner:
+                    self.rbd_call(what, image.metadata_set, key, step.owner)
+        self.rbd_call(what, rbd.RBD().trash_restore, ioctx, step.image_id, step.target)
+        with self.rbd_call(what, rbd.Image, ioctx, step.target) as image:
             if metadata(image, TRASHED_KEY) is not None:
                 self.rbd_call(what, image.metadata_remove, TRASHED_KEY)
-        self.rbd_call(what, rbd.RBD().trash_restore, ioctx, step.image_id, step.target)
 
     # -- creation under a staging name ----------------------------------------------------------------
     def _create_staged(self, ioctx: rados.Ioctx, pool: str, step: CreateImage | CloneImage | ImportImage,
