@@ -119,8 +119,12 @@ def test_resolve_revert_same_image_only():
 
 def test_the_sweep_leaves_a_revert_waiting_for_its_watchers_to_the_handler():
     spec = image(revert={"snapshot": "snap-a", "generation": 1})
-    assert not sweep_verdict(spec, observed(), ME, ("False", "InUse"))
-    assert sweep_verdict(image(), observed(), ME, ("False", "InUse"))
+    for reason in ("InUse", "SourceNotAllowed", "SnapshotPending", "SnapshotNotFound"):
+        assert not sweep_verdict(spec, observed(), ME, ("False", reason))
+        assert sweep_verdict(image(), observed(), ME, ("False", reason))
+    assert sweep_verdict(spec, observed(), ME, ("False", "CephUnreachable"))
+    assert sweep_verdict(image(revert={"snapshot": "snap-a", "generation": 1}, size="2Gi"), observed(), ME,
+                         ("False", "InUse"))  # drift beside the revert: reconciled
 
 
 # -- restore from the trash -----------------------------------------------------------------------------

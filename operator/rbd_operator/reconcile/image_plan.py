@@ -16,6 +16,8 @@ from .limits import LimitInput, Usage, check_limits
 from .ownership import Decision, ImageOwner, check_image_owner, staging_name
 from ..api.reasons import Reason
 
+# Why a revert is held back (the sweep, which does not plan reverts, leaves these to the handler).
+_REVERT_HELD = frozenset({Reason.IN_USE, Reason.SOURCE_NOT_ALLOWED, Reason.SNAPSHOT_PENDING, Reason.SNAPSHOT_NOT_FOUND})
 # Enabling follows dependencies; disabling goes the other way round.
 _FEATURE_ORDER = ("exclusive-lock", "object-map", "fast-diff", "journaling")
 
@@ -355,9 +357,11 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: ImageO
         actions = plan_image(spec, observed, owner, quota_max_bytes, None, True, live, tenancy=tenancy)
     except (SpecError, Waiting, Refused) as exc:
         return ready != ("False", exc.reason)
-    if ready == ("False", Reason.IN_USE) and (spec.revert is not None or actions) \
-            and all(isinstance(a, Resize) and a.shrink for a in actions):
-        return False  # a shrink or a revert waiting for its watchers: the handler retries it by itself
+    if ready == ("False", Reason.IN_USE) and actions and all(isinstance(a, Resize) and a.shrink for a in actions):
+        return False  # a shrink waiting for its watchers: the handler retries it by itself
+    if spec.revert is not None and not actions and ready is not None and ready[0] == "False" \
+            and ready[1] in _REVERT_HELD:
+        return False  # a revert waiting (retried by the handler) or refused (until the spec changes)
     kept_beyond = within is False
     return bool(actions) or ready != ("True", Reason.CONVERGED) or bool(actions.beyond) != kept_beyond
 
