@@ -33,6 +33,11 @@ def test_invalid_storage_rejected(platform, pool, client, field):
     ({"size": "1Gi", "features": ["layering", "teleport"]}, "spec.features"),
     ({"size": "1Gi", "features": ["layering", "fast-diff"]}, "spec.features"),
     ({"size": "1Gi", "deletionPolicy": "Purge"}, "spec.deletionPolicy"),
+    ({"size": "1Gi", "revert": {"snapshot": "before", "generation": -1}}, "spec.revert.generation"),
+    ({"size": "1Gi", "revert": {"generation": 1}}, "spec.revert.snapshot"),
+    ({"size": "1Gi", "revert": {"snapshot": "Not_A_Name", "generation": 1}}, "spec.revert.snapshot"),
+    ({"source": {"trash": True, "image": "base", "snapshot": "s1"}}, "spec.source"),
+    ({"source": {"trash": "yes"}}, "spec.source.trash"),
 ])
 def test_invalid_image_rejected(platform, spec, field):
     result = platform.apply(image("invalid-image", "vmstore", **spec), check=False)

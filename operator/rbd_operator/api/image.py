@@ -61,6 +61,14 @@ class CloneSource:
     rbd_snapshot: str | None = None  # an RbdSnapshot of the same namespace, resolved by the handler
     url: str | None = None           # import a qcow2/raw template from here instead of cloning
     sha256: str | None = None
+    trash: bool = False              # restore the image a deleted RbdImage of this name left in the trash
+
+
+@dataclass(frozen=True)
+class RevertSpec:
+    """spec.revert: roll the image back to an RbdSnapshot of it when `generation` is raised."""
+    snapshot: str     # an RbdSnapshot of this namespace (of this very RbdImage)
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class ImageSpec:
     trash_retention_seconds: int
     adopt: bool = False
     qos: Mapping[str, int] | None = None  # librbd setting -> value; None: QoS not managed
+    revert: RevertSpec | None = None
 
     @property
     def feature_bits(self) -> int:
@@ -202,7 +211,21 @@ def parse_image(name: str, spec: Mapping[str, Any]) -> ImageSpec:
         trash_retention_seconds=retention,
         adopt=bool(spec.get("adopt", False)),
         qos=parse_qos(spec.get("qos"), "spec.qos"),
+        revert=_revert(spec.get("revert")),
     )
+
+
+def _revert(raw: Any) -> RevertSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.revert", "must be an object with snapshot and generation")
+    snapshot, generation = raw.get("snapshot"), raw.get("generation")
+    if not isinstance(snapshot, str) or not is_k8s_name(snapshot):
+        raise SpecError("spec.revert.snapshot", f"{snapshot!r} is not the name of an RbdSnapshot")
+    if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 2 ** 63:
+        raise SpecError("spec.revert.generation", f"{generation!r} is not a whole number from 0")
+    return RevertSpec(snapshot, generation)
 
 
 def _source(raw_source: Any) -> CloneSource | None:
@@ -213,7 +236,14 @@ def _source(raw_source: Any) -> CloneSource | None:
         raise SpecError("spec.source", "must be an object with image and snapshot")
     ref = raw_source.get("rbdSnapshot")
     url = raw_source.get("url")
-    if url is not None:
+    trash = raw_source.get("trash", False)
+    if not isinstance(trash, bool):
+        raise SpecError("spec.source.trash", f"{trash!r} is not true or false")
+    if trash:
+        if any(raw_source.get(k) for k in ("image", "snapshot", "rbdSnapshot", "url", "sha256", "flatten")):
+            raise SpecError("spec.source.trash", "restores a trashed image: it goes with no other source field")
+        source = CloneSource("", "", False, trash=True)
+    elif url is not None:
         if not isinstance(url, str) or not _URL.fullmatch(url) or any(raw_source.get(k) for k in
                                                                    ("image", "snapshot", "rbdSnapshot")):
             raise SpecError("spec.source.url", f"{redact(str(url), 100)!r} is not an http(s) URL (and a source is a "

@@ -121,6 +121,7 @@ class Reason(StrEnum):
     UNSUPPORTED_IMAGE_FORMAT = 'UnsupportedImageFormat'
     INVALID_IMAGE = 'InvalidImage'
     SOURCE_NOT_ALLOWED = 'SourceNotAllowed'
+    NOT_IN_TRASH = 'NotInTrash'
     AUTHENTICATION_FAILED = 'AuthenticationFailed'
     HOST_KEY_MISMATCH = 'HostKeyMismatch'
     COMMAND_FAILED = 'CommandFailed'
@@ -190,6 +191,8 @@ class EventReason(StrEnum):
     FAST_PATH_DISABLED = 'FastPathDisabled'
     GUEST_DISK_RESIZED = 'GuestDiskResized'
     GUEST_RESIZE_BY_OWNER = 'GuestResizeByOwner'
+    REVERTED = 'Reverted'
+    RESTORED = 'Restored'
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,8 @@ REASONS: tuple[Documented, ...] = (
                "The image vanished while being converged, or a snapshot's RbdImage does not exist (yet); "
                'retried.'),
     Documented(Reason.IN_USE, (IMAGE,), _P,
-               'Deletion waits until the image has no watchers (no VM uses it).'),
+               'Deletion, a shrink or a revert waits until the image has no watchers (no VM uses it; the message '
+               'names them); nothing was changed.'),
     Documented(Reason.GUEST_RESIZE_PENDING, (IMAGE,), _P,
                'The image grew, but the disk of a running domain on a HypervisorNode using it could not be resized '
                '(libvirt block resize; the message names node, domain and why). The image itself is grown; the '
@@ -353,7 +357,11 @@ REASONS: tuple[Documented, ...] = (
     Documented(Reason.INVALID_IMAGE, (IMAGE,), _D,
                'qemu-img found the template malformed (or it needs more than the conversion limits); not retried.'),
     Documented(Reason.SOURCE_NOT_ALLOWED, (IMAGE,), _D,
-               'A clone source must be an image owned by an RbdImage in the same namespace.'),
+               'A clone source must be an image owned by an RbdImage in the same namespace; spec.revert must name '
+               'an RbdSnapshot of the same RbdImage. Nothing was changed.'),
+    Documented(Reason.NOT_IN_TRASH, (IMAGE,), _D,
+               'spec.source.trash: the RBD trash holds no image a deleted RbdImage of this namespace and name left '
+               'there (never restored: another namespace\'s or another cluster\'s image); nothing was created.'),
     Documented(Reason.AUTHENTICATION_FAILED, (HOST,), _D,
                'The SSH key Secret is missing or the host refused the key.'),
     Documented(Reason.HOST_KEY_MISMATCH, (HOST,), _D,
@@ -506,6 +514,11 @@ EVENT_REASONS: dict[EventReason, str] = {
     EventReason.GUEST_RESIZE_BY_OWNER:
         'An image grew while a client that is not a HypervisorNode has it open (the message names its '
         'address): the guest there must be resized by its owner.',
+    EventReason.REVERTED:
+        'spec.revert.generation was raised: the image was rolled back to the RbdSnapshot it names (status.revert).',
+    EventReason.RESTORED:
+        'spec.source.trash: the image a deleted RbdImage of this namespace and name left in the RBD trash was '
+        'restored (same id and data) instead of a new one made.',
 }
 assert set(EVENT_REASONS) == set(EventReason), "every EventReason is documented"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -24,8 +25,9 @@ from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.reasons import ConditionType, EventReason, Reason
 from ..api.storage import StorageSpec, parse_storage
 from ..api.urls import redact
-from ..reconcile.actions import ImportImage, Resize, Step
-from ..reconcile.image_plan import ObservedImage, Tenancy, describe_users, plan_image, sweep_verdict, used_by
+from ..reconcile.actions import ImportImage, Resize, RevertImage, Step
+from ..reconcile.image_plan import (ObservedImage, RevertRequest, Tenancy, describe_users, plan_image, sweep_verdict,
+                                    used_by)
 from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
 from ..reconcile.ownership import ImageOwner, staging_name
 from ..reconcile.selector import matches_namespaces
@@ -90,12 +92,14 @@ class Converged:
     beyond: tuple[str, ...] = ()  # what the image keeps beyond its storage's limits (added after it was made)
     fast_path_off: str | None = None  # the fast path was turned off for this cluster in this pass: why
     used: int | None = None  # status.usedBytes when this pass knows it (made, imported, resized)
+    revert_generation: int | None = None  # status.revert.generation to record (None: spec.revert absent)
 
 
 @ceph.with_session
 def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: ImageOwner,
             live: Callable[[str], bool], tenancy: Tenancy, logger: logging.Logger,
-            unresolved: OperatorError | None = None, progress: importer.Progress | None = None) -> Converged:
+            unresolved: OperatorError | None = None, progress: importer.Progress | None = None,
+            revert: RevertRequest | None = None) -> Converged:
     """In a worker thread: observe, plan (everything refused before the first step), apply, report."""
     pool = storage.pool.name
     probed = cluster.fast_path
@@ -104,15 +108,17 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
         raise unresolved  # a clone to make from an RbdSnapshot that cannot be resolved (yet)
     if observed is not None and owner.owns(observed.owner):
         cluster.finish_rename(pool, staging_name(owner.legacy), observed.id)  # one read: ENOENT nearly always
-    source = None
-    if observed is None and spec.source and not spec.source.url:
+    source, trashed = None, ()
+    if observed is None and spec.source and spec.source.trash:
+        trashed = cluster.trashed_images(pool, spec.name)
+    elif observed is None and spec.source and not spec.source.url:
         source = cluster.observe_source(pool, spec.source.image, spec.source.snapshot)
     data_pool_exists = True
     if observed is None and spec.data_pool and spec.data_pool in storage.image_limits.data_pools:
         # Only a pool the storage allows is looked up (nothing tells a tenant which other pools exist).
         data_pool_exists = spec.data_pool in cluster.pools()
     steps = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live,
-                       storage.import_prefixes, tenancy, storage.import_stall_timeout)
+                       storage.import_prefixes, tenancy, storage.import_stall_timeout, revert, trashed)
     if steps:
         logger.info("librbd, pool %s: %s", pool, "; ".join(s.describe() for s in steps))
     made = None
@@ -128,7 +134,7 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
     turned_off = cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
     known = used_after(steps, observed.features)
     figure = 0 if known == "zero" else cluster.used_bytes(pool, [spec.name]).get(spec.name) if known else None
-    return Converged(observed, list(steps), steps.beyond, turned_off, figure)
+    return Converged(observed, list(steps), steps.beyond, turned_off, figure, steps.revert_generation)
 
 
 async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any], idx: Indexes,
@@ -150,12 +156,14 @@ async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any]
     tenancy = tracking.tenancy(storage, target.namespace.labels if target.namespace else None,
                                tracking.settled(body), tracking.usage(storage, others, namespace, uid, created))
     live = tracking.by_uid(idx.images).__contains__
+    revert = _revert_request(parsed, name, namespace, body, idx)
     try:
         if parsed.source and parsed.source.url:
-            result = await _importing(target, parsed, owner, live, tenancy, namespace, name, logger)
+            result = await _importing(target, parsed, owner, live, tenancy, namespace, name, logger, revert)
         else:
             result = await run_blocking(in_ceph, target.creds, storage, parsed, owner, live, tenancy, logger,
-                                        unresolved, timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+                                        unresolved, None, revert, timeout=CEPH_TIMEOUT,
+                                        reason=Reason.CEPH_UNREACHABLE)
     except OperatorError as exc:
         if exc.reason in (Reason.CEPH_UNREACHABLE, Reason.AUTH_FAILED):
             ceph.forget(target.creds)
@@ -225,6 +233,24 @@ def _resolve(spec: ImageSpec, namespace: str, idx: Indexes) -> ImageSpec:
     return tracking.resolve_snapshot(spec, namespace, snaps[0] if snaps else None, images)
 
 
+def _revert_request(spec: ImageSpec, name: str, namespace: str, body: Mapping[str, Any],
+                    idx: Indexes) -> RevertRequest | None:
+    """spec.revert with its RbdSnapshot resolved (same namespace, of this RbdImage) and what status recorded."""
+    if spec.revert is None:
+        return None
+    status = body.get("status") or {}
+    recorded = (status.get("revert") or {}).get("generation")
+    snaps = list(idx.snapshots.get((namespace, spec.revert.snapshot), []))
+    snap, problem = None, None
+    try:
+        snap = tracking.resolve_revert(spec.revert.snapshot, name, namespace, snaps[0] if snaps else None)
+    except OperatorError as exc:
+        problem = exc
+    return RevertRequest(spec.revert.generation, spec.revert.snapshot, snap, problem,
+                         recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None,
+                         status.get("imageId"), tracking.node_addresses(idx.hypervisors))
+
+
 def _has_condition(body: Mapping[str, Any], type_: ConditionType) -> bool:
     return any(c.get("type") == type_ for c in ((body.get("status") or {}).get("conditions") or []))
 
@@ -247,6 +273,10 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
                                "Warning"))
     if result.done and not all(s.creation for s in result.done):
         out.note(result.done[0].reason, "; ".join(s.describe() for s in result.done))
+    reverted = [s for s in result.done if isinstance(s, RevertImage)]
+    if result.revert_generation is not None and spec.revert is not None:
+        out.set(revert={"generation": result.revert_generation, **({"snapshot": spec.revert.snapshot,
+                                                                    "at": _now()} if reverted else {})})
     out.set(sizeBytes=image.size, features=bits_to_features(image.features), imageId=image.id, parent=image.parent,
             watchers=image.watchers, qos=tracking.qos_status(image.qos), usedBy=used_by(image.watchers, nodes),
             pool=pool, acceptedGeneration=generation)
@@ -262,13 +292,19 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
     return out
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def _importing(target: Target, spec: ImageSpec, owner: ImageOwner, live: Callable[[str], bool],
-                     tenancy: Tenancy, namespace: str, name: str, logger: logging.Logger) -> Converged:
+                     tenancy: Tenancy, namespace: str, name: str, logger: logging.Logger,
+                     revert: RevertRequest | None = None) -> Converged:
     """An image imported from a URL: the import runs in the bounded import pool (it may take long); its
     progress is reported into status.import every few seconds while it runs."""
     progress = importer.Progress(phase="queued")
     task = asyncio.ensure_future(run_blocking(in_ceph, target.creds, target.storage, spec, owner, live, tenancy,
-                                              logger, None, progress, timeout=IMPORT_TIMEOUT, reason=Reason.TIMEOUT,
+                                              logger, None, progress, revert, timeout=IMPORT_TIMEOUT,
+                                              reason=Reason.TIMEOUT,
                                               pool=Pool.IMPORT))
     reported_once = None
     while True:

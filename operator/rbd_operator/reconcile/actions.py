@@ -232,6 +232,24 @@ class Flatten(Step):
 
 
 @dataclass(frozen=True)
+class RevertImage(Step):
+    """Roll the image back to its snapshot `snapshot` (librbd rollback_to_snap; nobody may watch it)."""
+    kind: ClassVar[str] = "revert"
+    reason: ClassVar[EventReason] = EventReason.REVERTED
+    snapshot: str = ""
+
+
+@dataclass(frozen=True)
+class RestoreImage(Step):
+    """Restore trashed image `image_id` to the name `target`, tagged with `owner` first (owner record and trash
+    mark, while still in the trash: a restore cut short is found again by that tag)."""
+    kind: ClassVar[str] = "restore"
+    reason: ClassVar[EventReason] = EventReason.RESTORED
+    image_id: str = ""
+    owner: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class SetQos(Step):
     kind: ClassVar[str] = "set-qos"
     reason: ClassVar[EventReason] = EventReason.QOS_UPDATED
@@ -241,4 +259,4 @@ class SetQos(Step):
 PoolStep = CreatePool | ClaimPool | SetPool | SetQuota | EnableApplication | InitRbdPool
 ClientStep = RecordClientOwners | CreateClient | RotateKey
 ImageStep = (CreateImage | CloneImage | ImportImage | ProtectSnapshot | ClaimImage | Resize | UpdateFeatures
-             | Flatten | SetQos)
+             | Flatten | SetQos | RevertImage | RestoreImage)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from ..api.errors import Refused, SpecError, Waiting
+from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import DYNAMIC_FEATURES, FEATURE_BITS, ImageSpec
 from ..api.quantity import format_bytes
 from ..api.storage import ImageLimits
 from ..api import urls
-from .actions import (ClaimImage, CloneImage, CreateImage, Flatten, ImportImage, ProtectSnapshot, Resize, SetQos,
-                      Step, UpdateFeatures, UpgradeImageOwner)
+from .actions import (ClaimImage, CloneImage, CreateImage, Flatten, ImportImage, ProtectSnapshot, Resize,
+                      RestoreImage, RevertImage, SetQos, Step, UpdateFeatures, UpgradeImageOwner)
 from .limits import LimitInput, Usage, check_limits
 from .ownership import Decision, ImageOwner, check_image_owner, staging_name
 from ..api.reasons import Reason
 
+# Why a revert is held back (the sweep, which does not plan reverts, leaves these to the handler).
+_REVERT_HELD = frozenset({Reason.IN_USE, Reason.SOURCE_NOT_ALLOWED, Reason.SNAPSHOT_PENDING, Reason.SNAPSHOT_NOT_FOUND})
 # Enabling follows dependencies; disabling goes the other way round.
 _FEATURE_ORDER = ("exclusive-lock", "object-map", "fast-diff", "journaling")
 
@@ -31,6 +33,7 @@ class ObservedImage:
     qos: dict[str, int] = field(default_factory=dict)  # rbd_qos_* settings stored on the image
     old_format: bool = False  # a format 1 image (no id, no metadata): never managed
     flags: int | None = None  # librbd's image flags (object map / fast-diff invalid); the sweep's view only
+    snapshots: dict[str, int] = field(default_factory=dict)  # snapshot name -> size (opened images only)
 
 
 @dataclass
@@ -52,12 +55,40 @@ class Tenancy:
     usage: Usage | None = None                # the namespace's other images (perNamespace limits)
 
 
-class ImagePlan(list):
-    """The steps (a list of Actions), and what an existing image keeps beyond its storage's limits."""
+@dataclass(frozen=True)
+class TrashedImage:
+    """An entry of the pool's RBD trash under the image's name: its header as read by id, and the trash mark."""
+    id: str
+    name: str
+    image: ObservedImage        # owner: its owner record
+    trashed_by: str | None      # the trash mark (the owner record the operator repeated when it trashed it)
+    deleted_at: float = 0.0
+    user: bool = True           # moved by a user (trash_move), not by librbd's own removal or migration
 
-    def __init__(self, actions: list[Step] = (), beyond: tuple[str, ...] = ()) -> None:  # type: ignore[assignment]
+
+@dataclass(frozen=True)
+class RevertRequest:
+    """spec.revert as the handler found it: `snap` the Ceph snapshot its RbdSnapshot stands for (None when it does
+    not resolve: `problem` says why); `applied` status.revert.generation (None: not recorded); `image_id` the
+    status's imageId (the image this object converged before); `nodes` HypervisorNode addresses."""
+    generation: int
+    snapshot: str
+    snap: str | None = None
+    problem: OperatorError | None = None
+    applied: int | None = None
+    image_id: str | None = None
+    nodes: Mapping[str, str] = field(default_factory=dict)
+
+
+class ImagePlan(list):
+    """The steps (a list of Actions), what an existing image keeps beyond its storage's limits, and the
+    status.revert.generation to record once the steps are done (None: spec.revert absent)."""
+
+    def __init__(self, actions: list[Step] = (), beyond: tuple[str, ...] = (),  # type: ignore[assignment]
+                 revert_generation: int | None = None) -> None:
         super().__init__(actions)
         self.beyond = beyond
+        self.revert_generation = revert_generation
 
 
 def _always(_: str) -> bool:
@@ -96,31 +127,107 @@ def plan_image(
     import_prefixes: tuple[str, ...] = (),
     tenancy: Tenancy = Tenancy(),
     import_stall_timeout: int = 120,
+    revert: RevertRequest | None = None,
+    trashed: tuple[TrashedImage, ...] = (),
 ) -> ImagePlan:
     """Steps that converge the image. Raises SpecError/Waiting/Refused before any step if it can't work.
 
     `owner` is this RbdImage (its owner record); `live(uid)` whether an RbdImage of that uid exists;
     `tenancy` the storage's grant and limits. The storage's limits are checked before anything else that
-    could touch Ceph (nothing of a refused spec is written anywhere, not even in another pool).
+    could touch Ceph (nothing of a refused spec is written anywhere, not even in another pool). `revert`:
+    spec.revert resolved; `trashed`: the trash entries under the image's name (spec.source.trash).
     """
     owner = as_owner(owner)
+    restored = None
+    if observed is None and spec.source and spec.source.trash:
+        restored = pick_trashed(spec.name, trashed, owner)
+        if restored is None:
+            raise Refused(Reason.NOT_IN_TRASH, f"spec.source.trash: the RBD trash holds no image {spec.name!r} "
+                          f"that a deleted RbdImage {owner.namespace}/{owner.name} left there; nothing was created")
     if spec.size is not None and quota_max_bytes and spec.size > quota_max_bytes:
         raise SpecError("spec.size", f"{format_bytes(spec.size)} is beyond the pool quota of "
                         f"{format_bytes(quota_max_bytes)}", reason=Reason.SIZE_EXCEEDS_QUOTA)
     target = spec.size
     if target is None and observed is None and source is not None and source.image_exists:
         target = source.size  # a clone that states no size gets its source's
+    if target is None and restored is not None:
+        target = restored.image.size
     verdict = check_limits(LimitInput(spec, tenancy.limits, observed is None,
                                       observed.size if observed else None, target, tenancy.settled,
                                       tenancy.usage), tenancy.defaults)
     if spec.data_pool and not data_pool_exists:
         raise SpecError("spec.dataPool", f"pool {spec.data_pool!r} does not exist", reason=Reason.DATA_POOL_NOT_FOUND)
+    baseline = revert.generation if revert else None  # made or restored here: recorded, never reverted
+    if restored is not None:
+        steps = _plan_existing(spec, replace(restored.image, owner=owner.record), owner, live, tenancy.granted,
+                               verdict.qos)
+        return ImagePlan([RestoreImage(spec.name, image_id=restored.id, owner=owner.record)] + steps,
+                         revert_generation=baseline)
     if observed is None:
         if spec.source and spec.source.url:
             return ImagePlan(_plan_import(spec, owner, _import_bound(quota_max_bytes, verdict.size_limit),
-                                          import_prefixes, verdict.qos, import_stall_timeout))
-        return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos))
-    return ImagePlan(_plan_existing(spec, observed, owner, live, tenancy.granted, verdict.qos), verdict.beyond)
+                                          import_prefixes, verdict.qos, import_stall_timeout),
+                             revert_generation=baseline)
+        return ImagePlan(_plan_new(spec, owner, source, live, verdict.qos), revert_generation=baseline)
+    return _plan_existing_reverted(spec, observed, owner, live, tenancy.granted, verdict.qos, verdict.beyond, revert)
+
+
+def pick_trashed(name: str, entries: tuple[TrashedImage, ...], owner: ImageOwner) -> TrashedImage | None:
+    """The trash entry `owner` (a new RbdImage) may restore: one this operator trashed for a deleted RbdImage of
+    the same namespace (same namespace uid, same cluster) and the same name, under the image's name; or one this
+    very RbdImage tagged already (a restore cut short). Never another namespace's or another cluster's image.
+    The most recently deleted one first."""
+    mine = []
+    for entry in entries:
+        record = ImageOwner.parse(entry.image.owner)
+        if entry.name != name or record is None or entry.image.old_format:
+            continue
+        retagged = owner.owns(entry.image.owner)
+        left = (entry.user and entry.trashed_by == entry.image.owner and owner.same_namespace(record)
+                and record.name == owner.name)
+        if retagged or left:
+            mine.append((retagged, entry.deleted_at, entry.id, entry))
+    return max(mine, key=lambda m: m[:3])[3] if mine else None
+
+
+def revert_due(revert: RevertRequest | None, observed: ObservedImage, claimed: bool) -> bool:
+    """Whether spec.revert asks for a rollback now: its generation above the one recorded in status. An image
+    this object did not converge before (made, adopted, restored, status lost) records the spec's generation
+    instead: re-applying a manifest never reverts a disk."""
+    if revert is None or claimed:
+        return False
+    applied = revert.applied
+    if applied is None:
+        if not revert.image_id or revert.image_id != observed.id:
+            return False
+        applied = 0  # converged before spec.revert was ever set
+    return revert.generation > applied
+
+
+def _plan_existing_reverted(spec: ImageSpec, observed: ObservedImage, owner: ImageOwner, live: Callable[[str], bool],
+                            granted: bool, qos: Mapping[str, int] | None, beyond: tuple[str, ...],
+                            revert: RevertRequest | None) -> ImagePlan:
+    """An existing image's steps, a rollback first when spec.revert asks for one (refused before any step)."""
+    decision = check_image_owner(f"image {spec.name!r}", observed.owner, owner, spec.adopt, live, granted) \
+        if not observed.old_format else None
+    claimed = decision == Decision.CLAIM
+    if revert is None or not revert_due(revert, observed, claimed):
+        generation = None if revert is None else \
+            revert.generation if claimed or revert.applied is None else revert.applied
+        return ImagePlan(_plan_existing(spec, observed, owner, live, granted, qos), beyond, generation)
+    if revert.problem is not None:
+        raise revert.problem
+    assert revert.snap is not None
+    if revert.snap not in observed.snapshots:
+        raise Waiting(Reason.SNAPSHOT_NOT_FOUND, f"spec.revert: snapshot {spec.name}@{revert.snap} (RbdSnapshot "
+                      f"{revert.snapshot!r}) does not exist in Ceph; nothing was changed")
+    if observed.watchers:
+        raise Waiting(Reason.IN_USE, f"reverting {spec.name!r} to RbdSnapshot {revert.snapshot!r} waits: the image is "
+                      f"in use by {describe_users(used_by(observed.watchers, dict(revert.nodes)))}; nothing was "
+                      "changed", delay=30.0)
+    rolled = replace(observed, size=observed.snapshots[revert.snap])
+    steps = _plan_existing(spec, rolled, owner, live, granted, qos)
+    return ImagePlan([RevertImage(spec.name, snapshot=revert.snap)] + steps, beyond, revert.generation)
 
 
 def _import_bound(quota_max_bytes: int, size_limit: int | None) -> tuple[int, str, str]:
@@ -253,6 +360,9 @@ def sweep_verdict(spec: ImageSpec, observed: ObservedImage | None, owner: ImageO
         return ready != ("False", exc.reason)
     if ready == ("False", Reason.IN_USE) and actions and all(isinstance(a, Resize) and a.shrink for a in actions):
         return False  # a shrink waiting for its watchers: the handler retries it by itself
+    if spec.revert is not None and not actions and ready is not None and ready[0] == "False" \
+            and ready[1] in _REVERT_HELD:
+        return False  # a revert waiting (retried by the handler) or refused (until the spec changes)
     kept_beyond = within is False
     return bool(actions) or ready != ("True", Reason.CONVERGED) or bool(actions.beyond) != kept_beyond
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from ..api.conditions import get_condition
-from ..api.errors import SpecError, Waiting
+from ..api.errors import Refused, SpecError, Waiting
 from ..api.image import QOS_SETTINGS, ImageSpec, parse_image
 from ..api.quantity import parse_quantity
 from ..api.reasons import ConditionType, Reason
@@ -131,6 +131,19 @@ def resolve_snapshot(spec: ImageSpec, namespace: str, snapshot: Mapping[str, Any
         raise Waiting(Reason.SNAPSHOT_PENDING, f"the RbdImage of RbdSnapshot {namespace}/{source.rbd_snapshot} is "
                       "gone")
     return replace(spec, source=replace(source, image=images[0]["image"], snapshot=snapshot["name"]))
+
+
+def resolve_revert(snapshot_name: str, image: str, namespace: str, snapshot: Mapping[str, Any] | None) -> str:
+    """spec.revert.snapshot -> the Ceph snapshot it stands for: an RbdSnapshot of this namespace (the index is
+    keyed by namespace) taken of this very RbdImage (`image`, its object name), ready."""
+    if snapshot and snapshot.get("image") != image:
+        raise Refused(Reason.SOURCE_NOT_ALLOWED, f"spec.revert: RbdSnapshot {namespace}/{snapshot_name} is a snapshot "
+                      f"of RbdImage {snapshot.get('image')!r}, not of {image!r}; an image is reverted to a snapshot "
+                      "of its own only. Nothing was changed")
+    if not snapshot or not snapshot.get("ready") or not snapshot.get("name"):
+        raise Waiting(Reason.SNAPSHOT_PENDING, f"spec.revert: RbdSnapshot {namespace}/{snapshot_name} does not exist "
+                      "or is not ready yet (waiting for it); nothing was changed")
+    return str(snapshot["name"])
 
 
 def key_entries(tracked: Iterable[Tracked]) -> list[dict]:

@@ -14,7 +14,7 @@ import rbd
 from ...api.image import QOS_SETTINGS, features_to_bits
 from ...api.reasons import Reason
 from ...reconcile.actions import (ClaimImage, CloneImage, CreateImage, Flatten, ImageStep, ImportImage,
-                                  ProtectSnapshot, Resize, SetQos, UpdateFeatures)
+                                  ProtectSnapshot, Resize, RestoreImage, RevertImage, SetQos, UpdateFeatures)
 from ...reconcile.image_plan import ObservedImage, ObservedSource
 from ...reconcile.ownership import ImageOwner
 from ...reconcile.used import measurable, whole_object_used
@@ -99,7 +99,8 @@ class ImageOps(Connection):
         watchers = sorted({w["addr"] for w in image.watchers_list()})
         qos = _qos({k: v for k in QOS_KEYS if (v := metadata(image, f"conf_{k}")) is not None})
         return ObservedImage(size=image.size(), features=image.features(), id=image_id, parent=_parent(image),
-                             watchers=watchers, owner=metadata(image, OWNER_KEY), qos=qos)
+                             watchers=watchers, owner=metadata(image, OWNER_KEY), qos=qos,
+                             snapshots={s["name"]: int(s["size"]) for s in image.list_snaps()})
 
     def image_headers(self, pool: str, names: set[str]) -> dict[str, ObservedImage]:
         """Size, features, owner tag and parent of many images from one listing and their header objects'
@@ -223,6 +224,8 @@ class ImageOps(Connection):
                         progress or importer.Progress(), step.features, self.qemu_cluster(), step.stall_timeout))
                 case ProtectSnapshot():
                     self._protect(ioctx, pool, step)
+                case RestoreImage():
+                    self._restore(ioctx, pool, step)
                 case _:
                     self._change(ioctx, pool, step)
         return None
@@ -255,8 +258,28 @@ class ImageOps(Connection):
                 case SetQos():
                     for key, value in sorted(step.qos.items()):
                         self.rbd_call(what, image.config_set, key, str(value))
+                case RevertImage():
+                    # Planned while nobody watched it; looked at again here (our own open is one watcher).
+                    if len(list(self.rbd_call(what, image.watchers_list))) > 1:
+                        raise CephError(Reason.IN_USE, f"{pool}/{step.target} was opened by someone while it was "
+                                        "about to be reverted; nothing was changed")
+                    self.rbd_call(what, image.rollback_to_snap, step.snapshot)
                 case _:  # pragma: no cover - a plan holds only the steps above
                     raise TypeError(f"not an image step: {step!r}")
+
+    def _restore(self, ioctx: rados.Ioctx, pool: str, step: RestoreImage) -> None:
+        """Tag the trashed image with its new owner, trash mark included (still in the trash: a restore cut short
+        is found again by that tag, and the purger still removes it after its retention if it never comes back),
+        restore it to its name, then drop the mark."""
+        what = f"restoring {pool}/{step.target} from the trash"
+        with self.rbd_call(what, rbd.Image, ioctx, image_id=step.image_id) as image:
+            for key in (OWNER_KEY, TRASHED_KEY):
+                if metadata(image, key) != step.owner:
+                    self.rbd_call(what, image.metadata_set, key, step.owner)
+        self.rbd_call(what, rbd.RBD().trash_restore, ioctx, step.image_id, step.target)
+        with self.rbd_call(what, rbd.Image, ioctx, step.target) as image:
+            if metadata(image, TRASHED_KEY) is not None:
+                self.rbd_call(what, image.metadata_remove, TRASHED_KEY)
 
     # -- creation under a staging name ----------------------------------------------------------------
     def _create_staged(self, ioctx: rados.Ioctx, pool: str, step: CreateImage | CloneImage | ImportImage,

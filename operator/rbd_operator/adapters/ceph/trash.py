@@ -8,9 +8,13 @@ import time
 import rados
 import rbd
 
+from ...reconcile.image_plan import ObservedImage, TrashedImage
 from ...reconcile.ownership import ImageOwner
-from .connection import Connection
+from .connection import Connection, metadata
 from .images import OWNER_KEY, TRASHED_KEY
+
+
+_USER_SOURCE = (0, "USER", "user")  # moved by trash_move (librbd's binding reports the number or its name)
 
 
 class TrashOps(Connection):
@@ -44,3 +48,24 @@ class TrashOps(Connection):
                 return int(image.size())
         except (KeyError, rbd.Error, rados.Error):
             return None
+
+    def trashed_images(self, pool: str, name: str) -> tuple[TrashedImage, ...]:
+        """The trash entries under the image name `name`, each read by id (read-only): what
+        reconcile/image_plan.pick_trashed chooses from for spec.source.trash."""
+        out = []
+        with self.ioctx(pool) as ioctx:
+            for entry in list(self.rbd_call("rbd trash ls", rbd.RBD().trash_list, ioctx)):
+                if entry.get("name") != name:
+                    continue
+                try:
+                    with rbd.Image(ioctx, image_id=entry["id"], read_only=True) as image:
+                        observed = ObservedImage(size=int(image.size()), features=image.features(), id=entry["id"],
+                                                 owner=metadata(image, OWNER_KEY), old_format=image.old_format())
+                        mark = metadata(image, TRASHED_KEY)
+                except (rbd.Error, rados.Error):
+                    continue  # being removed by the purger (or librbd): nothing to restore
+                deleted = entry.get("deletion_time")
+                out.append(TrashedImage(entry["id"], name, observed, mark,
+                                        deleted.timestamp() if deleted is not None else 0.0,
+                                        entry.get("source", 0) in _USER_SOURCE))
+        return tuple(out)
