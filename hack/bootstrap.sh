@@ -70,7 +70,7 @@ apply_crds() { k apply --server-side --force-conflicts -k "$root/crds/" >/dev/nu
 
 # All four CRDs Established and NamesAccepted (polled: `kubectl wait` fails at once with "accessor
 # error" on a CRD whose status.conditions is still null, as it is right after its creation).
-crds=(rbdstorages rbdimages rbdsnapshots hypervisornodes)
+crds=(rbdstorages rbdimages rbdsnapshots rbdsnapshotschedules hypervisornodes)
 crds_established() {
   local c s
   for c in "${crds[@]}"; do

@@ -38,7 +38,7 @@ def evaluate(argocd: Path, obj: Path) -> tuple[str, str]:
 
 def test_cases_exist_for_every_kind():
     kinds = {d.name for d, _ in CASES}
-    assert kinds == {"RbdStorage", "RbdImage", "HypervisorNode", "RbdSnapshot"} and len(CASES) > 60
+    assert kinds == {"RbdStorage", "RbdImage", "HypervisorNode", "RbdSnapshot", "RbdSnapshotSchedule"} and len(CASES) > 60
 
 
 @pytest.mark.parametrize("directory,case", CASES, ids=[f"{d.name}/{c['inputPath']}" for d, c in CASES])

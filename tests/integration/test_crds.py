@@ -78,7 +78,8 @@ def test_defaults_and_category(platform):
         assert "rbdstorage.rbd-operator.io/defaults-only" in listed
         names = platform.kubectl("api-resources", "--categories=rbd", "-o", "name").stdout.split()
         assert sorted(names) == ["hypervisornodes.rbd-operator.io", "rbdimages.rbd-operator.io",
-                                 "rbdsnapshots.rbd-operator.io", "rbdstorages.rbd-operator.io"]
+                                 "rbdsnapshots.rbd-operator.io", "rbdsnapshotschedules.rbd-operator.io",
+                                 "rbdstorages.rbd-operator.io"]
     finally:
         platform.delete("rbds", "defaults-only")
 

@@ -214,3 +214,60 @@ def ensure_cluster_peering(name: str) -> bool:
             return False
         raise
     return True
+
+
+def create_namespaced(group: str, version: str, plural: str, namespace: str, body: dict) -> bool:
+    """Create a namespaced custom object; False when one of that name exists already (AlreadyExists)."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    try:
+        api.create_namespaced_custom_object(group, version, namespace, plural, body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_namespaced(group: str, version: str, plural: str, namespace: str, name: str) -> bool:
+    """Delete a namespaced custom object; False when it is gone already."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    try:
+        api.delete_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def drop_owner(group: str, version: str, plural: str, namespace: str, name: str, owner_uid: str) -> bool:
+    """Remove the ownerReference to `owner_uid` from a namespaced custom object (Kubernetes' garbage collector
+    then leaves it when its owner goes). False when the object is gone or had no such reference."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    try:
+        current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    meta = current.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    kept = [r for r in refs if r.get("uid") != owner_uid]
+    if len(kept) == len(refs):
+        return False
+    # With the resourceVersion read: a concurrent change fails (409, retried) instead of being lost.
+    body = {"metadata": {"ownerReferences": kept, "resourceVersion": meta.get("resourceVersion")}}
+    try:
+        api.patch_namespaced_custom_object(group, version, namespace, plural, name, body)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def list_namespaced(group: str, version: str, plural: str, namespace: str, label_selector: str) -> list[dict]:
+    """The custom objects of a namespace that a label selector picks (fresh from the API server)."""
+    api = kubernetes.client.CustomObjectsApi(core().api_client)
+    found = api.list_namespaced_custom_object(group, version, namespace, plural, label_selector=label_selector)
+    return list(found.get("items") or [])

@@ -32,10 +32,11 @@ class Kind(StrEnum):
     IMAGE = "RbdImage"
     HOST = "HypervisorNode"
     SNAPSHOT = "RbdSnapshot"
+    SCHEDULE = "RbdSnapshotSchedule"
 
 
-STORAGE, IMAGE, HOST, SNAPSHOT = Kind.STORAGE, Kind.IMAGE, Kind.HOST, Kind.SNAPSHOT
-ALL = (STORAGE, IMAGE, HOST, SNAPSHOT)
+STORAGE, IMAGE, HOST, SNAPSHOT, SCHEDULE = Kind.STORAGE, Kind.IMAGE, Kind.HOST, Kind.SNAPSHOT, Kind.SCHEDULE
+ALL = (STORAGE, IMAGE, HOST, SNAPSHOT, SCHEDULE)
 
 
 class ConditionType(StrEnum):
@@ -193,6 +194,9 @@ class EventReason(StrEnum):
     GUEST_RESIZE_BY_OWNER = 'GuestResizeByOwner'
     REVERTED = 'Reverted'
     RESTORED = 'Restored'
+    SCHEDULED_SNAPSHOT_CREATED = 'ScheduledSnapshotCreated'
+    SCHEDULED_SNAPSHOT_PRUNED = 'ScheduledSnapshotPruned'
+    SCHEDULE_RELEASED = 'ScheduleReleased'
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,10 @@ REASONS: tuple[Documented, ...] = (
                'The image grew, but the disk of a running domain on a HypervisorNode using it could not be resized '
                '(libvirt block resize; the message names node, domain and why). The image itself is grown; the '
                'resize is retried.'),
-    Documented(Reason.HAS_CLONES, (SNAPSHOT,), _P,
+    Documented(Reason.HAS_CLONES, (SNAPSHOT, SCHEDULE), _P,
                "Deletion waits until the snapshot's dependent clones are flattened or gone (the message names "
-               'them).'),
+               'them). On an RbdSnapshotSchedule, Ready stays True: snapshots beyond spec.keep are kept because '
+               'clones depend on them (the message and status.keptWithClones name them).'),
     Documented(Reason.URL_UNREACHABLE, (IMAGE,), _P,
                "The import's URL could not be fetched (completely); retried with backoff."),
     Documented(Reason.IMPORT_STALLED, (IMAGE,), _P,
@@ -519,6 +524,15 @@ EVENT_REASONS: dict[EventReason, str] = {
     EventReason.RESTORED:
         'spec.source.trash: the image a deleted RbdImage of this namespace and name left in the RBD trash was '
         'restored (same id and data) instead of a new one made.',
+    EventReason.SCHEDULED_SNAPSHOT_CREATED:
+        "An RbdSnapshotSchedule's tick came: an RbdSnapshot of a selected image was created (named from the "
+        'schedule, the image and the tick).',
+    EventReason.SCHEDULED_SNAPSHOT_PRUNED:
+        'An RbdSnapshot an RbdSnapshotSchedule made was deleted: it was older than the newest spec.keep of its '
+        'image (never one with clones).',
+    EventReason.SCHEDULE_RELEASED:
+        'An RbdSnapshotSchedule was deleted: its RbdSnapshots were deleted (deletionPolicy Delete) or kept without '
+        'their ownerReference to it (Retain, the default), so that the garbage collector leaves them.',
 }
 assert set(EVENT_REASONS) == set(EventReason), "every EventReason is documented"
 

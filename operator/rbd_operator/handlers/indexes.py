@@ -11,6 +11,7 @@ import kopf
 
 from .. import GROUP, VERSION
 from ..api.errors import SpecError
+from ..api.reasons import Reason
 from ..api.snapshot import parse_snapshot
 from ..adapters.namespaces import NamespaceInfo
 from ..reconcile.tracking import Tracked
@@ -54,6 +55,35 @@ async def snapshots_by_key(namespace: str, name: str, uid: str, spec: kopf.Spec,
         return {(namespace, name): {"uid": uid, "ready": False}}
     return {(namespace, name): {"uid": uid, "image": parsed.image, "name": parsed.name,
                                 "ready": bool(status.get("readyToUse"))}}
+
+
+@kopf.index(GROUP, VERSION, "rbdimages")
+async def images_by_namespace(name: str, namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+                              meta: kopf.Meta, **_: Any) -> dict:
+    """RbdImages by namespace with their labels (RbdSnapshotSchedule selectors) and the snapshot names a clone
+    depends on (spec.source.rbdSnapshot, spec.source.snapshot) while it is not flattened."""
+    source = spec.get("source") if isinstance(spec.get("source"), dict) else {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    flattened = bool(source.get("flatten")) and ready
+    parents = [v for v in (source.get("rbdSnapshot"), source.get("snapshot")) if isinstance(v, str) and v]
+    return {namespace: {"name": name, "labels": dict(labels), "deleting": bool(meta.get("deletionTimestamp")),
+                        "parents": [] if flattened else parents}}
+
+
+@kopf.index(GROUP, VERSION, "rbdsnapshots", labels={"rbd-operator.io/schedule": kopf.PRESENT})
+async def scheduled(name: str, namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+                    meta: kopf.Meta, **_: Any) -> dict:
+    """RbdSnapshots an RbdSnapshotSchedule made, by (namespace, schedule), with their tick and whether their
+    deletion waits for clones (Ready reason HasClones)."""
+    try:
+        tick = int(labels.get("rbd-operator.io/schedule-tick", ""))
+    except ValueError:
+        return {}
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return {(namespace, labels["rbd-operator.io/schedule"]): {
+        "name": name, "image": spec.get("image"), "tick": tick, "deleting": bool(meta.get("deletionTimestamp")),
+        "owners": [r.get("uid") for r in meta.get("ownerReferences") or []],
+        "hasClones": bool(ready and ready[0].get("reason") == Reason.HAS_CLONES)}}
 
 
 @kopf.index("v1", "namespaces")
