@@ -45,6 +45,26 @@ def test_invalid_image_rejected(platform, spec, field):
     assert field in result.stderr, result.stderr
 
 
+SCHED = {"selector": {"matchLabels": {"backup": "daily"}}, "interval": "1h", "keep": 2}
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({**SCHED, "keep": 0}, "spec.keep"),
+    ({**SCHED, "interval": "hourly"}, "spec.interval"),
+    ({**SCHED, "selector": {}}, "spec.selector"),
+    ({**SCHED, "selector": {"matchExpressions": [{"key": "a", "operator": "Like"}]}}, "operator"),
+    ({**SCHED, "deletionPolicy": "Orphan"}, "spec.deletionPolicy"),
+    ({"selector": SCHED["selector"], "keep": 1}, "spec.interval"),
+])
+def test_invalid_snapshot_schedule_rejected(platform, spec, field):
+    body = {"apiVersion": "rbd-operator.io/v1alpha1", "kind": "RbdSnapshotSchedule",
+            "metadata": {"name": "invalid-schedule", "namespace": "default"}, "spec": spec}
+    result = platform.apply(body, check=False)
+    assert result.returncode != 0
+    assert field in result.stderr, result.stderr
+    assert platform.get("rbdsnapsched", "invalid-schedule", "default") is None
+
+
 def test_immutable_fields(platform):
     body = image("immutable-image", "some-storage", size="1Gi")
     platform.apply(body)

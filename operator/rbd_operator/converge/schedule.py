@@ -31,7 +31,8 @@ def selected(namespace: str, parsed: ScheduleSpec, images: Mapping[Any, Any]) ->
     return chosen, parents
 
 
-def existing(namespace: str, name: str, uid: str, scheduled: Mapping[Any, Any], parents: set[str]) -> list[plan_.Scheduled]:
+def existing(namespace: str, name: str, uid: str, scheduled: Mapping[Any, Any],
+             parents: set[str]) -> list[plan_.Scheduled]:
     return [plan_.Scheduled(e["name"], str(e["image"]), e["tick"], e["deleting"],
                             e["hasClones"] or e["name"] in parents)
             for e in list(scheduled.get((namespace, name), []) or []) if uid in e["owners"]]
