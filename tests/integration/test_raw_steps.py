@@ -204,3 +204,25 @@ def test_with_the_fast_path_off_images_converge_and_drift_is_still_found(platfor
     finally:
         slow.stop()
         operator.start()
+
+
+def test_probe_images_of_a_killed_operator_are_removed(platform, operator, ceph, pool, uniq):
+    """A process killed mid-probe leaves its probe image (random name, in a tenant's pool): the next process
+    removes it before its own probe in that pool; an image that only shares the prefix is left alone."""
+    stray, decoy = f"rbdop-probe-{uniq[:8]}0000", f"rbdop-probe-{uniq[:8]}user"
+    with ceph.open_ioctx(pool) as ioctx:
+        rbd.RBD().create(ioctx, stray, 4 * MI + 4096, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+        rbd.RBD().create(ioctx, decoy, 8 * MI, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+    operator.stop()
+    operator.start()  # a new process: it clears the pool once, before its first fast-path step there
+    try:
+        platform.apply(image(f"after-probe-{uniq}", pool, size="16Mi"))
+        platform.wait_condition("rbdimg", f"after-probe-{uniq}", "True", namespace="default")
+        with ceph.open_ioctx(pool) as ioctx:
+            listed = rbd.RBD().list(ioctx)
+        assert stray not in listed and decoy in listed, listed
+        assert not [n for n in listed if n.startswith("rbdop-probe-") and n != decoy], listed
+    finally:
+        with ceph.open_ioctx(pool) as ioctx:
+            rbd.RBD().remove(ioctx, decoy)
+        platform.delete("rbdimg", f"after-probe-{uniq}", "default", wait=True)

@@ -85,6 +85,7 @@ class Connection:
         self.fast_path: bool | None = None
         self.fast_path_problem: str | None = None
         self.fast_path_lock = threading.Lock()
+        self.probes_cleared: set[str] = set()  # pools whose stray probe images this connection has removed
         self.mirroring: dict[str, tuple[bool, float]] = {}  # pool -> (mirrors images, when asked)
 
     def _connect(self) -> rados.Rados:

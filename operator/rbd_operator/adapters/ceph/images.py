@@ -58,9 +58,10 @@ class ImageOps(Connection):
         """Whether librbd's object steps may be taken directly on this cluster: probed once (rbd_raw.probe) on
         the first use; a layout that differs turns them off for good (metric rbd_operator_fastpath_disabled,
         `fast_path_problem` says what differed); a probe that cannot run decides nothing (librbd this time)."""
-        if self.fast_path is not None:
+        if self.fast_path is not None and ioctx.name in self.probes_cleared:
             return self.fast_path
         with self.fast_path_lock:
+            self._clear_probes(ioctx)
             if self.fast_path is None:
                 try:
                     problem = rbd_raw.probe(ioctx, rbd_raw.PROBE_PREFIX + secrets.token_hex(6), OWNER_KEY)
@@ -72,6 +73,20 @@ class ImageOps(Connection):
                 if problem:
                     log.warning("fast path off on cluster %s: %s; librbd's own calls are used", self.fsid(), problem)
         return bool(self.fast_path)
+
+    def _clear_probes(self, ioctx: rados.Ioctx) -> None:
+        """Once per pool and connection (under fast_path_lock, so never this process's probe in progress): the
+        probe images of a process killed mid-probe are removed (a tenant's pool keeps nothing of ours)."""
+        if ioctx.name in self.probes_cleared:
+            return
+        try:
+            removed = rbd_raw.remove_stray_probes(ioctx, OWNER_KEY)
+        except (rbd.Error, rados.Error) as exc:
+            removed = []
+            log.warning("stray probe images of pool %s not cleared (%s)", ioctx.name, type(exc).__name__)
+        self.probes_cleared.add(ioctx.name)  # once either way: never a listing per call
+        if removed:
+            log.info("removed probe images a killed operator left in pool %s: %s", ioctx.name, ", ".join(removed))
 
     # -- observing ------------------------------------------------------------------------------------
     def observe_image(self, pool: str, name: str) -> ObservedImage | None:

@@ -257,6 +257,38 @@ def object_map_stamps(ioctx: rados.Ioctx, ids: list[str], batch: int = 128) -> d
 
 # -- the probe: does this cluster keep librbd's objects as these steps expect? ---------------------------
 PROBE_PREFIX = "rbdop-probe-"
+PROBE_SIZE = 4 * 2**20 + 4096  # with the prefix, what tells a probe image (even one cut short before its tag)
+
+
+def stray_probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> bool:
+    """Whether `name` is a probe image left by a process killed mid-probe: our prefix, the probe's size and
+    features, no owner record but the probe's, nobody has it open. Anything else is left alone."""
+    if not name.startswith(PROBE_PREFIX):
+        return False
+    try:
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            if image.size() != PROBE_SIZE or image.features() & ~rbd.RBD_FEATURE_LAYERING:
+                return False
+            try:
+                tag = image.metadata_get(owner_key)
+            except KeyError:
+                tag = None
+            return tag in (None, "probe") and not list(image.watchers_list())
+    except rbd.ImageNotFound:
+        return False
+
+
+def remove_stray_probes(ioctx: rados.Ioctx, owner_key: str) -> list[str]:
+    """Remove the probe images a killed process left in this pool (see stray_probe); returns their names."""
+    removed = []
+    for name in rbd.RBD().list(ioctx):
+        if stray_probe(ioctx, name, owner_key):
+            try:
+                rbd.RBD().remove(ioctx, name)
+                removed.append(name)
+            except rbd.ImageNotFound:
+                pass
+    return removed
 
 
 def probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> str | None:
@@ -266,7 +298,7 @@ def probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> str | None:
     if failpoints.active(failpoints.PROBE_MISMATCH):
         return "a mismatch forced by a test (RBD_OPERATOR_FAILPOINTS)"
     renamed = name + "-moved"
-    rbd.RBD().create(ioctx, name, 4 * 2**20 + 4096, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+    rbd.RBD().create(ioctx, name, PROBE_SIZE, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
     try:
         with rbd.Image(ioctx, name, read_only=True) as image:
             image_id, size, features = image.id(), image.size(), image.features()
