@@ -83,8 +83,7 @@ def operator(platform: Platform, leaks):
         op.stop()
     # It runs under deploy/'s RBAC: nothing it needs may be forbidden.
     # (A 403 for a namespace being deleted is the API server's NamespaceTerminating, not RBAC.)
-    forbidden = [line for line in op.log_text().splitlines()
-                 if (" 403" in line or "Forbidden" in line) and "NamespaceTerminating" not in line]
+    forbidden = op.refusals()
     assert not forbidden, "the operator was refused by the API server:\n" + "\n".join(forbidden[:10])
 
 

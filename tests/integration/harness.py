@@ -251,6 +251,12 @@ class Operator:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def refusals(self) -> list[str]:
+        """Lines of its log where the API server refused it (403) — RBAC refusals; a 403 for a namespace being
+        deleted is the API server's NamespaceTerminating, not RBAC, and is left out."""
+        return [line for line in self.log_text().splitlines()
+                if (" 403" in line or "Forbidden" in line) and "NamespaceTerminating" not in line]
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 

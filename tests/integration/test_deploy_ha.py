@@ -65,7 +65,7 @@ def pair(platform, operator):
         for op in ops:
             op.stop()
         for op in ops:
-            forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+            forbidden = op.refusals()
             assert not forbidden, f"replica {op.replica} was refused:\n" + "\n".join(forbidden[:10])
         operator.start()
 

@@ -32,7 +32,7 @@ def replicas(platform, operator):
         for op in pair:
             op.stop()
         for op in pair:
-            forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+            forbidden = op.refusals()
             assert not forbidden, f"replica {op.replica} was refused:\n" + "\n".join(forbidden[:10])
         operator.start()
 
@@ -174,7 +174,7 @@ def fenced_replicas(platform, operator):
             op.stop()
         platform.kubectl("delete", "lease", "rbd-operator-disruption", "-n", "rbd-operator", "--ignore-not-found")
         for op in pair:
-            forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+            forbidden = op.refusals()
             assert not forbidden, f"replica {op.replica} was refused:\n" + "\n".join(forbidden[:10])
         operator.start()
 

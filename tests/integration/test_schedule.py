@@ -41,7 +41,7 @@ def fast(platform, operator, pool):
         yield op
     finally:
         op.stop()
-        forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+        forbidden = op.refusals()
         operator.start()
         assert not forbidden, "refused:\n" + "\n".join(forbidden[:10])
 
@@ -129,7 +129,7 @@ def pair(platform, operator, pool):
             op.stop()
         operator.start()
         for op in ops:
-            forbidden = [line for line in op.log_text().splitlines() if " 403" in line or "Forbidden" in line]
+            forbidden = op.refusals()
             assert not forbidden, f"replica {op.replica} was refused:\n" + "\n".join(forbidden[:10])
 
 
