@@ -1,5 +1,5 @@
 """Every reason the operator can emit is documented (api/reasons.py), and the generated Argo CD health
-checks and README tables are up to date with that registry."""
+checks and the reason tables (docs/reference.md) are up to date with that registry."""
 
 from __future__ import annotations
 
