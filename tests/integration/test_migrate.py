@@ -120,7 +120,8 @@ def ceph_dump(platform, ceph: rados.Rados, pool: str) -> dict:
     auth = json.loads(platform.ceph_cli("auth", "get", "client.vmmgr", "-f", "json"))[0]
     dump = {"pool": detail, "pool_markers_seen": markers, "apps": apps,
             "settings": json.loads(platform.ceph_cli("osd", "pool", "get", pool, "all", "-f", "json")),
-            "quota": json.loads(platform.ceph_cli("osd", "pool", "get-quota", pool, "-f", "json")),
+            "quota": {k: v for k, v in json.loads(platform.ceph_cli("osd", "pool", "get-quota", pool, "-f", "json")).items()
+                      if not k.startswith("current_")},  # usage figures (PG stats arrive late), not settings
             "client": {"caps": auth["caps"], "key_sha256": hashlib.sha256(auth["key"].encode()).hexdigest()},
             "images": {}}
     with ceph.open_ioctx(pool) as ioctx:
@@ -207,6 +208,21 @@ def test_vmmanager_installation_is_adopted_with_zero_change(platform, operator, 
         diff = discover(platform, *args, "--diff", check=False)
         assert diff.returncode == 0, diff.stdout + diff.stderr
         assert "does not exist" not in diff.stdout and "ownership marker" not in diff.stdout
+
+        # The adopted UUID cannot be changed under a host that holds it (domains name it): refused, nothing
+        # touched; the previous value back, Ready again. The schema refuses a malformed one outright.
+        other_uuid = str(uuidlib.uuid4())
+        patch = lambda value: platform.kubectl("patch", "rbds", name, "--type=merge", "-p", json.dumps(  # noqa: E731
+            {"spec": {"hypervisors": {"libvirtSecretUUID": value}}}), check=False)
+        refused = patch(secret_uuid.upper())
+        assert refused.returncode != 0 and "libvirtSecretUUID" in refused.stderr, refused.stderr
+        assert patch(other_uuid).returncode == 0
+        cond = platform.wait_condition("rbds", name, "False", "LibvirtSecretUUIDInUse", timeout=60)
+        assert secret_uuid in cond["message"] and vmhost.address in cond["message"]
+        assert platform.get("rbds", name)["status"]["libvirtSecretUUID"] == secret_uuid
+        assert other_uuid not in host_sh(vmhost, "virsh -q -c qemu:///system secret-list")
+        assert patch(secret_uuid).returncode == 0
+        platform.wait_condition("rbds", name, "True", timeout=60)
 
         after = ceph_dump(platform, ceph, pool), host_dump(vmhost, secret_uuid)
         ceph_before, host_before = before
