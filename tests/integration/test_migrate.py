@@ -311,3 +311,34 @@ def test_discover_refuses_a_host_with_garbage_and_an_unknown_host_key(platform, 
         assert f"{bad}.xml is not XML" in result.stderr, result.stderr
     finally:
         platform.ceph_cli("auth", "del", "client.vmmgr", check=False)
+
+
+def test_discover_works_with_the_caps_docs_migrate_lists(platform, operator, ceph, uniq, tmp_path):
+    """docs/migrate.md's identity for discover: mon 'allow r' + the commands `auth get` and `config-key get`,
+    osd 'profile rbd-read-only'. It reads images, snapshots and clones, and --diff, with nothing more."""
+    pool, entity = f"caps-{uniq}", f"client.discover-{uniq}"
+    platform.ceph_cli("osd", "pool", "create", pool, "8", "8")
+    platform.ceph_cli("osd", "pool", "application", "enable", pool, "rbd")
+    platform.ceph_cli("auth", "get-or-create", "client.vmmgr", "mon", "allow r", "osd", f"allow rwx pool={pool}")
+    keyring = tmp_path / "discover.keyring"
+    platform.ceph_cli("auth", "get-or-create", entity, "mon",
+                      'allow r, allow command "auth get", allow command "config-key get"',
+                      "osd", "profile rbd-read-only", "-o", str(keyring))
+    try:
+        platform.rbd_cli("create", "--size", "4M", f"{pool}/base")
+        platform.rbd_cli("snap", "create", f"{pool}/base@s1")
+        platform.rbd_cli("snap", "protect", f"{pool}/base@s1")
+        platform.rbd_cli("clone", f"{pool}/base@s1", f"{pool}/child")
+        argv = [DISCOVER, "discover", "--ceph-conf", str(platform.ceph_conf), "--keyring", str(keyring),
+                "--pool", pool, "--namespace", "vms"]
+        env = {**os.environ, "KUBECONFIG": str(platform.kubeconfig)}
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        assert sorted(d["kind"] for d in docs) == ["RbdImage", "RbdImage", "RbdSnapshot", "RbdStorage"]
+        result = subprocess.run(argv + ["--diff"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 1 and "change:" not in result.stdout, result.stdout + result.stderr
+    finally:
+        platform.ceph_cli("osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it", check=False)
+        platform.ceph_cli("auth", "del", entity, check=False)
+        platform.ceph_cli("auth", "del", "client.vmmgr", check=False)

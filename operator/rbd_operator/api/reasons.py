@@ -414,8 +414,8 @@ REASONS: tuple[Documented, ...] = (
                'spec.paused: the operator leaves the host alone.'),
     Documented(Reason.LIBVIRT_SECRET_UUID_IN_USE, (STORAGE,), _D,
                'spec.hypervisors.libvirtSecretUUID would change the libvirt secret UUID of a storage hosts already '
-               'hold (domains name the secret by it); nothing was changed. Put the previous value back, or remove '
-               'the storage from its hosts first (status.hosts.selected 0).'),
+               'hold (domains name the secret by it); nothing was changed. Put the previous value back, or first take '
+               'the storage off its hosts (until no HypervisorNode reports the old UUID in status.storages).'),
     Documented(Reason.CANNOT_BLOCKLIST, (STORAGE,), _D,
                "CapsWeak=True: the client's mon caps cannot blocklist a dead client (a warning; Ready stays "
                'True).'),
