@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import discover_main
 
         return discover_main(argv[1:])
-    if argv[:1] == ["run"]:
-        argv = argv[1:]
+    return run(argv[1:] if argv[:1] == ["run"] else argv)
+
+
+def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rbd-operator", description=__doc__)
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: in-cluster, then $KUBECONFIG)")
     parser.add_argument("--namespace", help="namespace for the client Secrets the operator publishes "
