@@ -250,3 +250,18 @@ def test_documents_render_comments_safely():
     text = render(type("R", (), {"documents": [doc], "notes": [], "skipped": []})(), ["head\nline"])
     assert text.splitlines()[0] == "# head?line"
     assert "\n---\n# a comment?with" in text and "\x1b" not in text
+
+
+def test_a_host_whose_ceph_conf_names_another_cluster_is_said_to_change():
+    other = HostFacts("h1", 22, "root", HOST_KEY, ("/etc/ceph/ceph.conf",), (), "11111111-0000-4000-8000-$(x)")
+    same = HostFacts("h2", 22, "root", HOST_KEY, ("/etc/ceph/ceph.conf",), (), FSID)
+    result = discover(facts(pool(), hosts=[other, same]), Options("vms"))
+    comments = {d.name: d.comments for d in docs(result, "HypervisorNode")}
+    assert any("another cluster" in c for c in comments["h1"]) and not any("cluster" in c for c in comments["h2"])
+
+
+def test_conf_fsid_reads_the_first_fsid_line():
+    from rbd_operator.adapters.discover import conf_fsid
+    assert conf_fsid(b"[global]\n  fsid = abc\nfsid = def\n") == "abc"
+    assert conf_fsid(b"[global]\nmon_host = x\n") is None and conf_fsid(None) is None
+    assert conf_fsid(b"fsid=\xff\xfe" + b"a" * 100) == "\ufffd\ufffd" + "a" * 62

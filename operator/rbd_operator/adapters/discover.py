@@ -162,10 +162,21 @@ def read_host(address: str, port: int, user: str, private_key: str, pinned: tupl
             files = tuple(p for p in ("/etc/ceph/ceph.conf", f"/etc/ceph/ceph.client.{client}.keyring")
                           if _exists(session, p))
             secrets = _secrets(session, address)
+            conf = session.read("/etc/ceph/ceph.conf") if "/etc/ceph/ceph.conf" in files else None
     except SshError as exc:
         raise DiscoverError(f"host {shown(address)}: {exc.message}") from None
     line = f"{pinned[0]} {base64.b64encode(pinned[1]).decode()}"
-    return HostFacts(address=address, port=port, user=user, host_key=line, files=files, secrets=secrets)
+    return HostFacts(address=address, port=port, user=user, host_key=line, files=files, secrets=secrets,
+                     conf_fsid=conf_fsid(conf))
+
+
+_FSID_LINE = re.compile(rb"^[ \t]*fsid[ \t]*=[ \t]*(\S+)", re.MULTILINE)
+
+
+def conf_fsid(conf: bytes | None) -> str | None:
+    """The fsid a ceph.conf names (the first; shown only through `shown`, as the host's bytes are hostile)."""
+    match = _FSID_LINE.search(conf or b"")
+    return match.group(1).decode("ascii", "replace")[:64] if match else None
 
 
 def _exists(session: SshSession, path: str) -> bool:

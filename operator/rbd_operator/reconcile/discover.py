@@ -73,6 +73,7 @@ class HostFacts:
     host_key: str                             # "type base64", as pinned (verified against known_hosts)
     files: tuple[str, ...] = ()               # /etc/ceph files found
     secrets: tuple[HostSecret, ...] = ()
+    conf_fsid: str | None = None              # the fsid its ceph.conf names (None: none, or no ceph.conf)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def discover(facts: ClusterFacts, opts: Options) -> Result:
     if problem:
         raise DiscoverError(problem)
     result = Result()
-    hosts = [_host(h, opts, result) for h in facts.hosts]
+    hosts = [_host(h, facts.fsid, opts, result) for h in facts.hosts]
     for pool in facts.pools:
         _pool(facts, pool, opts, result, has_hosts=any(hosts))
     result.documents += [h for h in hosts if h is not None]
@@ -321,7 +322,7 @@ def _image_spec(pool: PoolFacts, image: ImageFacts, storage: str,
     return spec, comments
 
 
-def _host(host: HostFacts, opts: Options, result: Result) -> Document | None:
+def _host(host: HostFacts, fsid: str, opts: Options, result: Result) -> Document | None:
     spec = {"address": host.address, "port": host.port, "user": host.user,
             "sshKeySecretRef": {"name": opts.ssh_key_secret}, "hostKey": host.host_key, "hostKeyPolicy": "Pinned",
             "deletionPolicy": "Retain", "adopt": True, "packages": {"profile": "none"}}
@@ -331,9 +332,14 @@ def _host(host: HostFacts, opts: Options, result: Result) -> Document | None:
         result.skipped.append(f"host {shown(host.address)}: {exc.message}")
         return None
     files = ", ".join(host.files) or "none"
-    comments = (f"host {host.address}: /etc/ceph files found: {files}; packages are not managed (profile none)",)
+    comments = [f"host {host.address}: /etc/ceph files found: {files}; packages are not managed (profile none)"]
+    if host.conf_fsid is not None and host.conf_fsid != fsid:
+        comments.append(f"its ceph.conf names another cluster (fsid {shown(host.conf_fsid)}): adopting it sets fsid "
+                        f"and mon_host to this cluster's, a change")
+    elif "/etc/ceph/ceph.conf" in host.files and host.conf_fsid is None:
+        comments.append("its ceph.conf names no fsid: adopting it adds fsid and mon_host")
     return Document({**_meta("HypervisorNode", k8s_name(host.address), labels={HOST_LABEL: "true"}), "spec": spec},
-                    comments)
+                    tuple(comments))
 
 
 def _unique(docs: list[Document]) -> None:
