@@ -193,6 +193,8 @@ def _pool(facts: ClusterFacts, pool: PoolFacts, opts: Options, result: Result, h
     hypervisors: dict[str, Any] = {}
     if has_hosts:
         hypervisors["nodeSelector"] = {"matchLabels": {HOST_LABEL: "true"}}
+    else:
+        comments.append("no --host given: the storage selects no HypervisorNode (spec.hypervisors.nodeSelector)")
     if uuid:
         hypervisors["libvirtSecretUUID"] = uuid
     if hypervisors:
