@@ -14,15 +14,18 @@ markers:
 Nothing else may differ: pool settings and quotas, the client's caps and key, image sizes, features, data
 (SHA-256 of every byte), snapshots, the clone's parent, the libvirt secret's UUID, XML and value.
 Also: discover's hostile inputs (image names with shell metacharacters, unicode, 200 characters; a host whose
-secret store holds garbage) end in a clear error and no output.
+secret store holds garbage, a "host" answering SSH with garbage) end in a clear error and no output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
+import threading
 import uuid as uuidlib
 from pathlib import Path
 
@@ -282,6 +285,28 @@ def test_discover_refuses_names_it_cannot_express_and_prints_nothing(platform, c
         platform.ceph_cli("auth", "del", f"client.h{uniq}", check=False)
 
 
+@contextlib.contextmanager
+def garbage_server():
+    """A TCP listener that prints 64 KiB of random bytes (a banner, then garbage) to whoever connects."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+
+    def serve() -> None:
+        try:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"SSH-2.0-garbage\r\n" + os.urandom(65536))
+        except OSError:
+            return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
 def test_discover_refuses_a_host_with_garbage_and_an_unknown_host_key(platform, vmhost, uniq, tmp_path):
     known = tmp_path / "known_hosts"
     key = str(vmhost.run_dir / "id_ed25519")
@@ -309,6 +334,13 @@ def test_discover_refuses_a_host_with_garbage_and_an_unknown_host_key(platform, 
             host_sh(vmhost, f"rm -f /etc/libvirt/secrets/{bad}.xml")
         assert result.returncode == 2 and result.stdout == "", result.stdout
         assert f"{bad}.xml is not XML" in result.stderr, result.stderr
+        # A "host" that answers the SSH port with garbage: a clear error, no output.
+        with garbage_server() as port:
+            known.write_text(f"[127.0.0.1]:{port} {vmhost.host_key}\n")
+            result = discover(platform, "--namespace", "vms", "--host", "127.0.0.1", "--ssh-port", str(port),
+                              "--ssh-key", key, "--known-hosts", str(known), check=False)
+        assert result.returncode == 2 and result.stdout == "", result.stdout
+        assert "host '127.0.0.1'" in result.stderr and "handshake" in result.stderr, result.stderr
     finally:
         platform.ceph_cli("auth", "del", "client.vmmgr", check=False)
 

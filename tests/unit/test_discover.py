@@ -5,7 +5,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rbd_operator.api.hypervisor import parse_host
 from rbd_operator.api.image import parse_image
 from rbd_operator.api.names import K8S_NAME
 from rbd_operator.api.snapshot import parse_snapshot
