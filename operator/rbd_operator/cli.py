@@ -49,7 +49,8 @@ def discover_main(argv: list[str], prog: str = "rbd-operator discover") -> int:
     try:
         text, diff = _run(args)
     except mapping.DiscoverError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        text = "\n".join(mapping.printable(line) for line in str(exc).split("\n"))  # hosts' bytes are hostile
+        print(f"{prog}: {text}", file=sys.stderr)
         return FAILED
     if args.diff:
         print("\n".join(diff.lines))

@@ -272,6 +272,7 @@ def test_discover_refuses_names_it_cannot_express_and_prints_nothing(platform, c
         result = discover(platform, "--pool", pool, "--client", f"h{uniq}", "--namespace", "vms", check=False)
         assert result.returncode == 2 and result.stdout == "", result.stdout
         assert "cannot be expressed" in result.stderr and "--skip-unmappable" in result.stderr
+        assert all(c.isascii() for c in result.stderr.split("RequestsDependencyWarning")[-1]), result.stderr
         assert not Path("/tmp/pwned").exists()
         # Left out on request: valid YAML, every document valid for the API server, the others listed.
         result = discover(platform, "--pool", pool, "--client", f"h{uniq}", "--namespace", "vms", "--skip-unmappable")

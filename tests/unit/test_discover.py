@@ -264,3 +264,11 @@ def test_conf_fsid_reads_the_first_fsid_line():
     assert conf_fsid(b"[global]\n  fsid = abc\nfsid = def\n") == "abc"
     assert conf_fsid(b"[global]\nmon_host = x\n") is None and conf_fsid(None) is None
     assert conf_fsid(b"fsid=\xff\xfe" + b"a" * 100) == "\ufffd\ufffd" + "a" * 62
+
+
+def test_an_old_format_image_is_refused_with_the_way_out():
+    f = facts(pool(ImageFacts("ok", 1 << 20, ()), ImageFacts("v1", 1 << 20, (), old_format=True)))
+    with pytest.raises(DiscoverError, match="old-format .*rbd migration prepare"):
+        discover(f, Options("vms"))
+    result = discover(f, Options("vms", skip_unmappable=True))
+    assert [d.body["spec"]["name"] for d in docs(result, "RbdImage")] == ["ok"]

@@ -125,6 +125,8 @@ def _pool(cluster: rados.Rados, raw: dict, names: dict[int, str]) -> PoolFacts |
 def _image(ioctx: rados.Ioctx, name: str, pool_names: dict[int, str]) -> ImageFacts:
     try:
         with rbd.Image(ioctx, name, read_only=True) as image:
+            if image.old_format():
+                return ImageFacts(name=name, size=image.size(), features=(), old_format=True)
             bits = image.features()
             try:
                 parent = image.get_parent_image_spec()

@@ -43,6 +43,7 @@ class ImageFacts:
     data_pool: str | None = None
     parent: tuple[str, str, str] | None = None  # (pool, image, snapshot) of a clone
     snapshots: tuple[str, ...] = ()
+    old_format: bool = False                  # format 1: the operator manages format 2 images only
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,17 @@ def shown(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def printable(text: str) -> str:
+    """A message for a terminal: non-ASCII and control characters escaped."""
+    return text.encode("ascii", "backslashreplace").decode().replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _checked(check, what: str, value: str) -> str | None:
     try:
         check(what, value)
         return None
     except SpecError as exc:
-        return f"{what} {shown(value)}: {exc.message.split(': ', 1)[-1]}"
+        return f"{what} {shown(value)}: {printable(exc.message.split(': ', 1)[-1])}"
 
 
 # -- the mapping ---------------------------------------------------------------------------------------------
@@ -302,6 +308,10 @@ def _images(pool: PoolFacts, storage: str, opts: Options, result: Result) -> lis
 def _image_spec(pool: PoolFacts, image: ImageFacts, storage: str,
                 result: Result) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
     where = f"image {pool.name}/{image.name}"
+    if image.old_format:
+        result.skipped.append(f"{where}: an old-format (format 1) image; the operator manages format 2 images only "
+                              "(`rbd migration prepare` converts it)")
+        return None, ()
     features = [f for f in image.features if f in USER_FEATURES]
     try:
         check_features(features)
