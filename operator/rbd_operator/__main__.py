@@ -61,6 +61,17 @@ def _event_loop() -> "asyncio.AbstractEventLoop | None":
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`rbd-operator [run] [options]` runs the operator (the default); `rbd-operator discover ...` prints the
+    manifests of an existing installation (cli.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["discover"]:
+        from .cli import discover_main
+
+        return discover_main(argv[1:])
+    return run(argv[1:] if argv[:1] == ["run"] else argv)
+
+
+def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rbd-operator", description=__doc__)
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: in-cluster, then $KUBECONFIG)")
     parser.add_argument("--namespace", help="namespace for the client Secrets the operator publishes "

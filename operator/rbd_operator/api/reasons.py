@@ -142,6 +142,7 @@ class Reason(StrEnum):
     RUNNING_DOMAINS = 'RunningDomains'
     PAUSED = 'Paused'
     CANNOT_BLOCKLIST = 'CannotBlocklist'
+    LIBVIRT_SECRET_UUID_IN_USE = 'LibvirtSecretUUIDInUse'
 
 
 class EventReason(StrEnum):
@@ -411,6 +412,10 @@ REASONS: tuple[Documented, ...] = (
                'spec.maintenance.allowDisruption.'),
     Documented(Reason.PAUSED, (HOST,), _S,
                'spec.paused: the operator leaves the host alone.'),
+    Documented(Reason.LIBVIRT_SECRET_UUID_IN_USE, (STORAGE,), _D,
+               'spec.hypervisors.libvirtSecretUUID would change the libvirt secret UUID of a storage hosts already '
+               'hold (domains name the secret by it); nothing was changed. Put the previous value back, or first take '
+               'the storage off its hosts (until no HypervisorNode reports the old UUID in status.storages).'),
     Documented(Reason.CANNOT_BLOCKLIST, (STORAGE,), _D,
                "CapsWeak=True: the client's mon caps cannot blocklist a dead client (a warning; Ready stays "
                'True).'),

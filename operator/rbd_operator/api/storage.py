@@ -171,6 +171,7 @@ class StorageSpec:
     import_stall_timeout: int = DEFAULT_STALL_TIMEOUT  # imports.stallTimeout, seconds
     adoption_namespaces: Mapping[str, Any] | None = None  # adoption.namespaces; None: no namespace may adopt
     image_limits: ImageLimits = ImageLimits()
+    libvirt_secret_uuid: str | None = None  # hypervisors.libvirtSecretUUID; None: derived (fsid, client, pool)
 
 
 def _mapping(spec: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -200,6 +201,7 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         pool=_pool(name, _mapping(spec, "pool", "spec")),
         client=_client(name, _mapping(spec, "client", "spec")),
         node_selector=dict(_mapping(_mapping(spec, "hypervisors", "spec"), "nodeSelector", "spec.hypervisors")),
+        libvirt_secret_uuid=check_secret_uuid(_mapping(spec, "hypervisors", "spec").get("libvirtSecretUUID")),
         deletion_policy=DeletionPolicy(policy),
         image_namespaces=_selector(spec.get("imageNamespaces"), "spec.imageNamespaces"),
         import_prefixes=_prefixes(_mapping(spec, "imports", "spec").get("allowedURLPrefixes")),
@@ -208,6 +210,19 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
         adoption_namespaces=_selector(_mapping(spec, "adoption", "spec").get("namespaces"), "spec.adoption.namespaces"),
         image_limits=parse_image_limits(_mapping(spec, "imageLimits", "spec")),
     )
+
+
+_SECRET_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def check_secret_uuid(raw: Any, path: str = "spec.hypervisors.libvirtSecretUUID") -> str | None:
+    """An existing libvirt secret's UUID to adopt (lower-case 8-4-4-4-12 hex, as libvirt prints it)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not _SECRET_UUID.fullmatch(raw):
+        raise SpecError(path, f"{str(raw)[:64]!r} is not a UUID in libvirt's form (lower-case "
+                        "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    return raw
 
 
 def _monitors(cluster: Mapping[str, Any]) -> tuple[str, ...]:

@@ -24,8 +24,8 @@ from ..api.storage import StorageSpec, parse_storage
 from ..reconcile.actions import PoolStep, ResumeRotation, RotateKey, SetCaps, Step
 from ..reconcile.caps import caps_for, caps_weak, merge_caps
 from ..reconcile.ownership import staging_name
-from ..reconcile.storage_plan import (Peer, capacity_to_report, hosts_summary, keyring_text, libvirt_secret_uuid,
-                                      owns_client, peer_caps, peers, plan_client, plan_pool, without_owner)
+from ..reconcile.storage_plan import (Peer, capacity_to_report, check_secret_uuid_change, hosts_summary,
+                                      keyring_text, libvirt_secret_uuid, owns_client, peer_caps, peers, plan_client, plan_pool, without_owner)
 from . import image
 from .credentials import admin_credentials
 from .outcome import Outcome
@@ -120,6 +120,7 @@ async def reconcile(name: str, uid: str, body: Mapping[str, Any], spec: StorageS
                     logger: logging.Logger) -> Outcome:
     """One pass over an RbdStorage; raises OperatorError (with its reason) when it cannot converge."""
     namespace = kube.operator_namespace()
+    check_secret_uuid_change(spec, name, body.get("status") or {}, hypervisors)  # before anything is touched
     identity = await cluster_identity(namespaces)
     creds = await admin_credentials(spec.monitors, spec.admin_secret)
     try:
@@ -179,7 +180,7 @@ async def _publish(name: str, uid: str, spec: StorageSpec, key: str, generation:
 def _status(name: str, body: Mapping[str, Any], spec: StorageSpec, result: InCeph, key_version: str, generation: int,
             hypervisors: Mapping[Any, Any], out: Outcome) -> None:
     pool, entity, previous = spec.pool, spec.client.entity, body.get("status") or {}
-    secret_uuid = libvirt_secret_uuid(result.fsid, entity, pool.name)
+    secret_uuid = libvirt_secret_uuid(result.fsid, entity, pool.name, spec.libvirt_secret_uuid)
     capacity = {"storedBytes": result.stats["storedBytes"], "maxAvailBytes": result.stats["maxAvailBytes"],
                 "quotaMaxBytes": pool.quota_max_bytes or 0}
     hosts, before = hosts_summary(spec, secret_uuid, key_version, name, hypervisors), previous.get("hosts") or {}

@@ -217,8 +217,31 @@ def capacity_to_report(previous: Mapping[str, Any] | None, current: Mapping[str,
 LIBVIRT_SECRET_NAMESPACE = uuid.UUID("6c1d9a5e-63f4-4f3e-9a0b-7d1f2f1b9e61")
 
 
-def libvirt_secret_uuid(fsid: str, entity: str, pool: str) -> str:
-    return str(uuid.uuid5(LIBVIRT_SECRET_NAMESPACE, f"{fsid}/{entity}/{pool}"))
+def libvirt_secret_uuid(fsid: str, entity: str, pool: str, adopted: str | None = None) -> str:
+    """The libvirt secret UUID of a storage: the adopted one (spec.hypervisors.libvirtSecretUUID), else derived."""
+    return adopted or str(uuid.uuid5(LIBVIRT_SECRET_NAMESPACE, f"{fsid}/{entity}/{pool}"))
+
+
+def check_secret_uuid_change(spec: StorageSpec, name: str, status: Mapping[str, Any],
+                             hypervisors: Mapping[str, Iterable[dict]]) -> None:
+    """Refuse a libvirt secret UUID that differs from the one hosts already hold for this storage.
+
+    Domains name the secret by its UUID: a new UUID would leave them pointing at a secret the operator
+    removes from the host. Allowed while no HypervisorNode reports the storage's previous UUID, and where
+    status records none yet (a new storage, or one whose fsid is not known yet)."""
+    previous, fsid = status.get("libvirtSecretUUID"), status.get("fsid")
+    if not previous or not fsid:
+        return
+    wanted = libvirt_secret_uuid(fsid, spec.client.entity, spec.pool.name, spec.libvirt_secret_uuid)
+    if wanted == previous:
+        return
+    holders = sorted({host for host, entries in hypervisors.items() for entry in entries
+                      for s in entry.get("storages") or () if s.get("name") == name and s.get("secretUUID") == previous})
+    if holders:
+        raise Refused(Reason.LIBVIRT_SECRET_UUID_IN_USE,
+                      f"the libvirt secret UUID would change from {previous} to {wanted} (spec.hypervisors."
+                      f"libvirtSecretUUID), but HypervisorNode(s) {', '.join(holders[:5])} hold {previous} for this "
+                      "storage (domains name it); put the previous value back, or take the storage off its hosts first")
 
 
 def keyring_text(entity: str, key: str) -> str:
