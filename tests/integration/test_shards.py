@@ -172,6 +172,18 @@ def test_two_shards_share_one_api_server_and_ceph_without_touching_each_other(pl
         for op in shards.values():  # the unlabelled image: named in warnings, never handled
             assert all("handled by no shard" in line for line in mentions(op, [unlabelled])), mentions(op, [unlabelled])
         assert pool_images(ceph, b.name) == sorted(b.images + [f"{b.name}-late"])
+
+        # a's storage relabelled to b: b takes it over; a's timer for it (kopf keeps timers of an object that left
+        # the watch) does nothing more: no sweep of it in a's log after b's first.
+        platform.kubectl("label", "rbds", a.name, f"{LABEL}=b", "--overwrite")
+        swept = f"image(s) of {a.name}:"  # a's sweep of its storage's image, every resync interval
+        assert mentions(shards["a"], [swept])
+        wait_for(lambda: mentions(shards["b"], [a.name]), 60, what="shard b receiving the storage")
+        time.sleep(3)  # a sweep a's timer may have had under way at the relabel
+        since = len(shards["a"].log_text().splitlines())
+        time.sleep(12)  # more than two resync intervals
+        later = [line for line in shards["a"].log_text().splitlines()[since:] if swept in line]
+        assert not later, f"shard a still works on the storage it no longer owns: {later[:3]}"
     finally:
         for op in shards.values():
             if op.proc is None or op.proc.poll() is not None:

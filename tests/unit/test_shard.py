@@ -103,3 +103,30 @@ def test_kopf_puts_the_shard_selector_on_our_kinds_only(monkeypatch):
     assert task is None and len(selectors) == 0
     for plural in shard.PLURALS:
         assert selectors.collect(resource("rbd-operator.io", plural)) == []
+
+
+def test_an_object_that_left_the_shard_is_skipped_by_its_timers_until_it_comes_back():
+    """kopf keeps the timers of an object that left the watch (relabelled); handlers/shard.py tells them."""
+    import asyncio
+
+    import kopf
+
+    from rbd_operator.handlers import shard as wiring
+
+    forgotten = []
+
+    class Domains:
+        def forget(self, uid):
+            forgotten.append(uid)
+
+    memo = kopf.Memo()
+    memo.shard_left = set()
+    memo.runtime = type("Runtime", (), {"domains": Domains()})()
+    assert not wiring.left(memo, "u1")
+    asyncio.run(wiring._track(type="MODIFIED", uid="u1", memo=memo))
+    assert not wiring.left(memo, "u1")
+    asyncio.run(wiring._track(type="DELETED", uid="u1", memo=memo))
+    assert wiring.left(memo, "u1") and not wiring.left(memo, "u2") and forgotten == ["u1"]
+    asyncio.run(wiring._track(type=None, uid="u1", memo=memo))  # listed again: back in this shard
+    assert not wiring.left(memo, "u1")
+    assert not wiring.left(kopf.Memo(), "u1")  # unsharded: nothing ever left

@@ -1,6 +1,11 @@
 """Sharding: kopf wiring (reconcile/shard.py decides; docs/scaling.md). With a shard, every list and watch of the
 operator's kinds carries the shard's label selector, so the API server sends this process only its shard's
-objects; objects without any shard label are named in a warning once per resync interval."""
+objects; objects without any shard label are named in a warning once per resync interval.
+
+An object relabelled to another shard leaves this shard's watch with a DELETED event, though it still exists:
+kopf forgets it but keeps its timers running on the last body it had (it stops timers only on a deletion it
+handles). `left` remembers such objects (until they come back), and the timers of storages, hosts and schedules
+skip them, so this shard writes nothing more to an object that became another shard's."""
 
 from __future__ import annotations
 
@@ -10,18 +15,43 @@ from typing import Any
 
 import kopf
 
-from .. import GROUP
+from .. import GROUP, VERSION
+from ..adapters import libvirt_conn
 from ..adapters import shard as adapter
 from ..adapters.blocking import Pool, run_blocking
 from ..reconcile.shard import PLURALS, describe_unlabelled, selectors
 from .common import RESYNC_SECONDS
 
 logger = logging.getLogger(__name__)
+TIMED = ("rbdstorages", "hypervisornodes", "rbdsnapshotschedules")  # the kinds with timers
+
+
+def left(memo: kopf.Memo, uid: str) -> bool:
+    """Whether the object left this shard (relabelled): its timers must do nothing."""
+    return uid in getattr(memo, "shard_left", ())
+
+
+async def _track(type: str | None, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    gone: set[str] = memo.shard_left  # uids of objects with timers that left this shard (see the docstring)
+    if type != "DELETED":
+        gone.discard(uid)  # back in this shard (kopf made new timers for it)
+        return
+    gone.add(uid)
+    runtime = getattr(memo, "runtime", None)
+    if runtime is not None:  # a host's libvirt connection and domain watch are its shard's
+        runtime.domains.forget(uid)
+        libvirt_conn.connections.forget(uid)
+
+
+if adapter.SHARD is not None:  # unsharded, a DELETED event is a deletion kopf has handled: no extra handler
+    for _plural in TIMED:
+        kopf.on.event(GROUP, VERSION, _plural, id=f"shard-left-{_plural}")(_track)
 
 
 @kopf.on.startup()
 async def select_shard(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Server-side label selectors (kopf puts them in its list and watch requests) before any watch starts."""
+    memo.shard_left = set()
     for plural, chosen in selectors(adapter.SHARD).items():
         settings.watching.label_selectors[GROUP, plural] = chosen
     if adapter.SHARD is not None:
