@@ -231,3 +231,22 @@ def test_the_shard_label_policy_refuses_what_no_shard_would_handle(platform, uni
                          '{"metadata":{"finalizers":null}}', check=False)
         wait_for(lambda: platform.get("rbdimg", name, "default") is None, 60, what=f"{name} deleted")
         wait_for(lambda: create(None).returncode == 0, 30, what="the policy gone")
+
+
+def test_the_example_overlay_makes_a_shard_deployment_the_api_server_accepts(platform):
+    """examples/shards/a: deploy/ with its own names, RBD_OPERATOR_SHARD=a, selectors that pick only its pods."""
+    out = platform.kubectl("apply", "--dry-run=server", "-k", str(ROOT / "examples" / "shards" / "a"), "-o", "json")
+    items = {(i["kind"], i["metadata"]["name"]): i for i in json.loads(out.stdout)["items"]}
+    deployment = items[("Deployment", "rbd-operator-a")]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": "RBD_OPERATOR_SHARD", "value": "a"} in container["env"]
+    assert container["args"][container["args"].index("--peering") + 1] == "rbd-operator"  # the shard is appended
+    assert deployment["spec"]["selector"]["matchLabels"][LABEL] == "a" == pod["metadata"]["labels"][LABEL]
+    assert pod["spec"]["serviceAccountName"] == "rbd-operator-a"
+    assert items[("PodDisruptionBudget", "rbd-operator-a")]["spec"]["selector"]["matchLabels"][LABEL] == "a"
+    assert items[("Service", "rbd-operator-metrics-a")]["spec"]["selector"][LABEL] == "a"
+    binding = items[("ClusterRoleBinding", "rbd-operator-a")]
+    assert binding["roleRef"]["name"] == "rbd-operator-a" and binding["subjects"][0]["name"] == "rbd-operator-a"
+    # Shared, identical in every shard's build: the CRDs and the Namespace keep their names.
+    assert ("CustomResourceDefinition", "rbdimages.rbd-operator.io") in items and ("Namespace", "rbd-operator") in items
