@@ -83,6 +83,9 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--peering", default=os.environ.get("RBD_OPERATOR_PEERING", ""),
                         help="kopf peering name shared by the replicas (ClusterKopfPeering, deploy/peering.yaml); "
                         "default: none, this process runs alone")
+    parser.add_argument("--shard", default=os.environ.get("RBD_OPERATOR_SHARD", ""),
+                        help="handle only objects labelled rbd-operator.io/shard=SHARD; the peering name gets "
+                        "'-SHARD' appended (docs/scaling.md); default: no shard, every object")
     parser.add_argument("--priority", type=int, default=None,
                         help="peering priority (default: from the start time: the oldest replica is the active one)")
     parser.add_argument("--log-format", choices=("plain", "full", "json"), default="plain")
@@ -95,6 +98,14 @@ def run(argv: list[str]) -> int:
     if args.namespace:
         os.environ["RBD_OPERATOR_NAMESPACE"] = args.namespace
     os.environ["RBD_OPERATOR_METRICS"] = args.metrics
+    from .reconcile.shard import ShardError, parse_shard, peering_name
+
+    try:
+        shard = parse_shard(args.shard)
+    except ShardError as exc:
+        parser.error(str(exc))
+    os.environ["RBD_OPERATOR_SHARD"] = shard or ""  # read by adapters/shard.py when the handlers are imported
+    peering = peering_name(args.peering, shard)
 
     import kopf
 
@@ -115,9 +126,9 @@ def run(argv: list[str]) -> int:
     kopf.run(
         loop=_event_loop(),
         clusterwide=True,
-        standalone=not args.peering,
-        peering_name=args.peering or None,
-        priority=priority if args.peering else None,
+        standalone=not peering,
+        peering_name=peering,
+        priority=priority if peering else None,
         identity=replica.IDENTITY,  # the monitor of adapters/replica.py finds our peering entry by it
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
     )

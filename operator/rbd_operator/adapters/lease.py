@@ -33,10 +33,13 @@ from kubernetes.client.rest import ApiException
 from ..api.errors import OperatorError
 from ..reconcile.disruption import LeaseObserver, LeaseRecord, Tenure
 from . import kube
+from .shard import SHARD
+from ..reconcile.shard import lease_name
 from ..api.reasons import Reason
 
 IDENTITY = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-DISRUPTION_LEASE = "rbd-operator-disruption"
+# One per shard (a host belongs to one shard): rbd-operator-disruption-<shard>, unsharded as it always was.
+DISRUPTION_LEASE = lease_name("rbd-operator-disruption", SHARD)
 # How long a disruption Lease lasts unrenewed (renewed every third of it).
 LEASE_SECONDS = int(os.environ.get("RBD_OPERATOR_DISRUPTION_LEASE_SECONDS") or 60)
 HOST_ANNOTATION = "rbd-operator.io/disruption-host"        # HypervisorNode whose transaction may still run

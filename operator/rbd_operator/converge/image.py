@@ -20,6 +20,7 @@ from ..adapters import ceph, importer, kube, libvirt_conn
 from ..adapters.blocking import Pool, check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..adapters.namespaces import NamespaceInfo, cluster_identity, namespace_info
+from ..adapters.shard import SHARD
 from ..api.errors import OperatorError, Refused, SpecError, Waiting
 from ..api.image import ImageSpec, bits_to_features, parse_image
 from ..api.reasons import ConditionType, EventReason, Reason
@@ -31,6 +32,7 @@ from ..reconcile.image_plan import (ObservedImage, RevertRequest, Tenancy, descr
 from ..reconcile.limits import Usage, UsageEntry, namespace_usage, trash_delay
 from ..reconcile.ownership import ImageOwner, staging_name
 from ..reconcile.selector import matches_namespaces
+from ..reconcile.shard import missing_storage
 from ..reconcile import domains, tracking
 from ..reconcile.used import UsedCache, after_steps as used_after
 from .credentials import admin_credentials
@@ -68,7 +70,7 @@ async def storage_for(spec: ImageSpec, namespace: str | None, idx: Indexes, *, a
     admit the image's namespace (its spec.imageNamespaces)."""
     entries = list(idx.storages.get(spec.storage, []))
     if not entries or (entries[0]["deleting"] and not deleting_ok):
-        raise Waiting(Reason.STORAGE_NOT_FOUND, f"RbdStorage {spec.storage!r} does not exist (waiting for it)")
+        raise Waiting(Reason.STORAGE_NOT_FOUND, missing_storage(spec.storage, SHARD))
     entry = entries[0]
     try:
         storage = parse_storage(spec.storage, entry["spec"])

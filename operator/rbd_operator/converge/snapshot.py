@@ -10,11 +10,13 @@ from ..adapters import ceph
 from ..adapters.blocking import run_blocking
 from ..adapters.ceph import Credentials
 from ..adapters.namespaces import cluster_identity, namespace_info
+from ..adapters.shard import SHARD
 from ..api.errors import SpecError, Waiting
 from ..api.reasons import ConditionType, EventReason, Reason
 from ..api.snapshot import SnapshotSpec
 from ..api.storage import parse_storage
 from ..reconcile.ownership import ImageOwner, check_image_owner
+from ..reconcile.shard import missing_image, missing_storage
 from ..reconcile.tracking import by_key
 from .credentials import admin_credentials
 from .outcome import Outcome
@@ -35,11 +37,11 @@ async def target(namespace: str, parsed: SnapshotSpec, images: Mapping[Any, Any]
     """The snapshot's RbdImage and its storage (Waiting while either is missing)."""
     entries = list(by_key(images).get((namespace, parsed.image), []) or [])
     if not entries:
-        raise Waiting(Reason.IMAGE_NOT_FOUND, f"RbdImage {namespace}/{parsed.image} does not exist (waiting for it)")
+        raise Waiting(Reason.IMAGE_NOT_FOUND, missing_image(namespace, parsed.image, SHARD))
     img = entries[0]
     storage_entries = list(storages.get(img["storage"], []))
     if not storage_entries:
-        raise Waiting(Reason.STORAGE_NOT_FOUND, f"RbdStorage {img['storage']!r} does not exist (waiting for it)")
+        raise Waiting(Reason.STORAGE_NOT_FOUND, missing_storage(img["storage"], SHARD))
     try:
         storage = parse_storage(img["storage"], storage_entries[0]["spec"])
     except SpecError as exc:

@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION, metrics
 from ..adapters import ceph, kube, purge
+from ..adapters import shard
 from ..adapters.blocking import Pool, check_cancelled, run_blocking
 from ..adapters.ceph import CephError, Credentials
 from ..adapters.namespaces import cluster_identity
@@ -128,7 +129,7 @@ async def reconcile(name: str, uid: str, body: Mapping[str, Any], spec: StorageS
         current = await run_blocking(kube.claimable_secret, namespace, spec.client.secret_name,
                                      _secret_owner(name, uid), timeout=30, pool=Pool.KUBE)
         published, published_generation = kube.published_key(current, KEY_GENERATION_ANNOTATION)
-        found, live = peers(name, spec, storages)
+        found, live = peers(name, spec, await _every_shard(storages))
         rotated = max(int((body.get("status") or {}).get("keyGeneration") or 0), published_generation)
         result = await run_blocking(in_ceph, creds, spec, Known(uid, identity, found, live, rotated, published), logger,
                                     timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
@@ -255,12 +256,20 @@ def _release_client(cluster: ceph.CephCluster, spec: StorageSpec, known: Known, 
         cluster.apply_client_step(SetCaps(entity, caps=merge_caps(caps)))
 
 
+async def _every_shard(storages: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """The storages that may own or share this storage's pool and cephx user: the index, or, in a shard (whose
+    index holds only its own), every RbdStorage of the cluster (docs/scaling.md)."""
+    if shard.SHARD is None:
+        return storages
+    return await run_blocking(shard.all_storages, timeout=30, pool=Pool.KUBE)
+
+
 async def delete(name: str, uid: str, spec: StorageSpec, storages: Mapping[Any, Any],
                  namespaces: Mapping[Any, Any], purger: purge.Purger, logger: logging.Logger) -> dict[str, Any] | None:
     """What blocks the deletion (the pool's contents), None when what the storage owned is deleted."""
     identity = await cluster_identity(namespaces)
     creds = await admin_credentials(spec.monitors, spec.admin_secret)
-    found, _ = peers(name, spec, storages)
+    found, _ = peers(name, spec, await _every_shard(storages))
     blocking = await run_blocking(delete_in_ceph, creds, spec, Known(uid, identity, found, frozenset()), logger,
                                   timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
     if blocking and blocking["expired"]:  # trash entries of ours past their retention: purged in the background

@@ -15,6 +15,7 @@ from ..api.errors import OperatorError
 from ..api.hypervisor import parse_host
 from ..api.reasons import EventReason
 from ..converge import host as converge
+from . import shard
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, report, reported, settle
 
 PLURAL = "hypervisornodes"
@@ -58,7 +59,7 @@ async def resync(name: str, body: kopf.Body, labels: kopf.Labels, patch: kopf.Pa
                  storages: kopf.Index, images: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
     """Drift, key rotation and storages that start or stop selecting this host."""
     locks = memo.runtime.locks
-    if meta.get("deletionTimestamp") or locks.busy(uid):
+    if meta.get("deletionTimestamp") or locks.busy(uid) or shard.left(memo, uid):
         return
     async with locks.hold(uid):
         await _converge(name, uid, body, labels, patch, storages, images, memo, timer=True)

@@ -12,6 +12,7 @@ from ..api.errors import OperatorError
 from ..api.reasons import EventReason
 from ..api.schedule import min_interval, parse_schedule
 from ..converge import schedule as converge
+from . import shard
 from .common import StatusUpdate, report, reported
 
 PLURAL = "rbdsnapshotschedules"
@@ -50,7 +51,7 @@ async def tick(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.
                meta: kopf.Meta, images_by_namespace: kopf.Index, scheduled: kopf.Index, memo: kopf.Memo,
                **_: Any) -> None:
     """Takes the due tick (idempotent: the names come from the tick) and prunes beyond keep."""
-    if meta.get("deletionTimestamp") or memo.runtime.locks.busy(uid):
+    if meta.get("deletionTimestamp") or memo.runtime.locks.busy(uid) or shard.left(memo, uid):
         return
     await _pass(name, namespace, uid, body, spec, patch, images_by_namespace, scheduled, memo, 0, True)
 

@@ -15,6 +15,7 @@ from ..api.reasons import EventReason, Reason
 from ..api.storage import parse_storage
 from ..converge import image as image_converge
 from ..converge import storage as converge
+from . import shard
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, report, reported, settle
 
 PLURAL = "rbdstorages"
@@ -65,7 +66,7 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     """Drift detection: caps or pool settings changed by hand are restored, monitors refreshed, and
     the storage's images swept."""
     locks = memo.runtime.locks
-    if meta.get("deletionTimestamp") or locks.busy(uid):
+    if meta.get("deletionTimestamp") or locks.busy(uid) or shard.left(memo, uid):
         return
     async with locks.hold(uid):
         await _converge(name, uid, body, patch, memo, 0, logger, kw, timer=True)
