@@ -57,6 +57,7 @@ bench: deps
 	$(PY) bench/scale.py
 	$(PY) bench/hosts.py
 	$(PY) bench/imports.py
+	$(PY) bench/shards.py
 
 gitops-e2e: deps
 	$(PY) -m pytest -ra tests/gitops
