@@ -63,6 +63,7 @@ gitops-e2e: deps
 
 generate:
 	$(PY) hack/gen-argocd.py
+	$(PY) hack/gen-chart.py
 
 faults: deps
 	$(PY) bench/faults.py
