@@ -8,7 +8,8 @@ Checked: every object stays Ready all through the upgrade (polled), Ceph is the 
 parents, snapshots and metadata, trash), and a kind new since v0.1.0 works afterwards
 (RbdSnapshotSchedule). Runs first in `make e2e` (conftest orders it): it needs a cluster in which
 nothing was installed yet. Leaves the Helm release in place; tests/e2e/test_e2e.py then applies
-deploy/ over it (the same objects). Writes helm_upgrade: {from, to, passed} to .e2e/results.json.
+deploy/ over it (the same objects). A second `helm upgrade` (chart to chart, --reuse-values and a changed
+value) is watched the same way. Writes helm_upgrade: {from, to, passed} to .e2e/results.json.
 """
 
 from __future__ import annotations
@@ -186,13 +187,23 @@ def test_upgrade_from_the_previous_release(kind_cluster, platform, previous, hel
             upgraded = time.monotonic()
             # the new replicas settle (one active) while the objects are still watched
             time.sleep(30)
+            # chart to chart (later releases): `helm upgrade --reuse-values` with a changed value rolls the
+            # pods again (server-side apply, "auto" = as the release was installed)
+            sh(str(helm_dir / "helm"), "upgrade", RELEASE, str(ROOT / "charts" / "rbd-operator"), "--namespace",
+               NAMESPACE, "--reuse-values", "--set", "extraLabels.e2e-revision=2",
+               env={"KUBECONFIG": str(k.kubeconfig)}, timeout=600)
+            wait_for(lambda: rolled_out_to(k, IMAGE) and all(
+                p["metadata"]["labels"].get("e2e-revision") == "2" for p in k.pods()), 600, interval=2,
+                what="the second revision rolled out")
+            time.sleep(20)
         record(helm_upgrade_s=round(upgraded - started, 1), helm_upgrade_polls=watch.polls)
         assert watch.polls >= 10, "the objects were polled during the upgrade"
         assert not watch.not_ready, f"not Ready during the upgrade: {watch.not_ready[:20]}"
 
         releases = json.loads(sh(str(helm_dir / "helm"), "list", "-n", NAMESPACE, "-o", "json",
                                  env={**os.environ, "KUBECONFIG": str(k.kubeconfig)}).stdout)
-        assert [(r["name"], r["status"], r["app_version"]) for r in releases] == [(RELEASE, "deployed", version())]
+        assert [(r["name"], r["status"], r["app_version"], r["revision"]) for r in releases] == \
+            [(RELEASE, "deployed", version(), "2")]
         crd = json.loads(k.kubectl("get", "crd", "rbdimages.rbd-operator.io", "-o", "json").stdout)
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
