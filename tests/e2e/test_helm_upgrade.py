@@ -90,6 +90,7 @@ class ReadyWatch:
     def __init__(self, cluster, objects: list[tuple[str, str, str | None]]) -> None:
         self.cluster, self.objects = cluster, objects
         self.not_ready: list[str] = []
+        self.unreadable: list[str] = []  # the API server did not answer (not a statement about the object)
         self.polls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -99,7 +100,8 @@ class ReadyWatch:
             for kind, name, ns in self.objects:
                 reason = ready_reason(self.cluster, kind, name, ns)
                 if reason:
-                    self.not_ready.append(f"{time.strftime('%H:%M:%S')} {kind}/{name}: {reason}")
+                    seen = f"{time.strftime('%H:%M:%S')} {kind}/{name}: {reason}"
+                    (self.unreadable if reason.startswith("get failed") else self.not_ready).append(seen)
             self.polls += 1
             self._stop.wait(0.5)
 
@@ -196,7 +198,8 @@ def test_upgrade_from_the_previous_release(kind_cluster, platform, previous, hel
                 p["metadata"]["labels"].get("e2e-revision") == "2" for p in k.pods()), 600, interval=2,
                 what="the second revision rolled out")
             time.sleep(20)
-        record(helm_upgrade_s=round(upgraded - started, 1), helm_upgrade_polls=watch.polls)
+        record(helm_upgrade_s=round(upgraded - started, 1), helm_upgrade_polls=watch.polls,
+               helm_upgrade_unreadable=len(watch.unreadable))
         assert watch.polls >= 10, "the objects were polled during the upgrade"
         assert not watch.not_ready, f"not Ready during the upgrade: {watch.not_ready[:20]}"
 
