@@ -144,6 +144,8 @@ def rolled_out_to(cluster, image_ref: str) -> bool:
                 if not p["metadata"].get("deletionTimestamp"))
 
 
+# Setup (the kind cluster, the previous release's image) and a hypervisor converging under v0.1.0 count too.
+@pytest.mark.timeout(1800)
 def test_upgrade_from_the_previous_release(kind_cluster, platform, previous, helm_dir, ceph):
     record(helm_upgrade={"from": PREVIOUS, "to": version(), "passed": False})
     k = kind_cluster
