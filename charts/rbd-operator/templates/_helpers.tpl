@@ -11,12 +11,17 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end -}}
 
+{{/* extraLabels, keys and values quoted: `--set extraLabels.tier=2` gives a number, a key `on` is a YAML boolean. */}}
+{{- define "rbd-operator.extraLabels" -}}
+{{- range $key, $value := .Values.extraLabels }}
+{{ $key | quote }}: {{ toString $value | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* Helm's labels + extraLabels: objects that deploy/ leaves unlabelled. */}}
 {{- define "rbd-operator.labels" -}}
 {{ include "rbd-operator.helmLabels" . }}
-{{- with .Values.extraLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- include "rbd-operator.extraLabels" . }}
 {{- end -}}
 
 {{/* The operator's selector label (immutable in the Deployment: the same as deploy/'s). */}}
