@@ -17,7 +17,8 @@ help:
 	@echo "make gitops-e2e    a real Argo CD (application-controller, repo-server) syncing the operator's kinds"
 	@echo "make faults        fault matrix, generated bad inputs, leak scan: .bench/faults.json"
 	@echo "make image         the container image rbd-operator:$(VERSION) (BASE_IMAGE=debian:bookworm-slim: the public base)"
-	@echo "make e2e           kind cluster (node image built here), the image loaded, deploy/ applied, e2e suite"
+	@echo "make e2e           kind cluster (node image built here), the image loaded, deploy/ applied, e2e suite;"
+	@echo "                   first: v0.1.0 installed with kustomize, taken over and upgraded by Helm (docs/helm.md)"
 
 deps:
 	hack/install-deps.sh
@@ -64,6 +65,7 @@ gitops-e2e: deps
 
 generate:
 	$(PY) hack/gen-argocd.py
+	$(PY) hack/gen-chart.py
 
 faults: deps
 	$(PY) bench/faults.py

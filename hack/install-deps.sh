@@ -42,3 +42,5 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 hack/build-kube.sh >/dev/null
+# helm (charts/rbd-operator: helm lint/template in `make test`, the Helm upgrade in `make e2e`).
+hack/build-helm.sh >/dev/null
