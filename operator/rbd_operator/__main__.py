@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
+    from . import heapdump
     from .adapters import replica
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     priority = args.priority if args.priority is not None else \
         ((2**52 - time.time_ns() // 1000) << 8) | secrets.randbits(8)
     _tune_gc()
+    heapdump.install()
     kopf.run(
         loop=_event_loop(),
         clusterwide=True,
