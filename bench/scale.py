@@ -275,7 +275,8 @@ def svg(result: dict) -> str:
         out.append(f'<line x1="{left}" y1="{y(yv):.1f}" x2="{w - right}" y2="{y(yv):.1f}" stroke="#ddd"/>')
     out.append(f'<line x1="{left}" y1="{y(GOALS["rss_mib"]):.1f}" x2="{w - right}" y2="{y(GOALS["rss_mib"]):.1f}" '
                f'stroke="red" stroke-dasharray="4 3"/>')
-    out.append(f'<text x="{w - right + 6}" y="{y(GOALS["rss_mib"]) + 4:.0f}" fill="red">goal {GOALS["rss_mib"]} MiB</text>')
+    out.append(f'<text x="{w - right + 6}" y="{y(GOALS["rss_mib"]) + 4:.0f}" fill="red">'
+               f'goal {GOALS["rss_mib"]} MiB</text>')
     for row, (label, (key, colour)) in enumerate(series.items()):
         pts = [(x(p["images"]), y(p[key])) for p in points if p.get(key)]
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'

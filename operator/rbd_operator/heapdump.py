@@ -70,7 +70,8 @@ def _referrers(type_name: str, depth: int = 5) -> list[str]:
         upward = []
         for obj in level:
             for ref in gc.get_referrers(obj):
-                if id(ref) in seen or ref is level or type(ref).__name__ == "frame" and ref.f_code is _referrers.__code__:
+                own_frame = type(ref).__name__ == "frame" and ref.f_code is _referrers.__code__
+                if id(ref) in seen or ref is level or own_frame:
                     continue
                 seen.add(id(ref))
                 upward.append(ref)
