@@ -6,7 +6,9 @@ round-robin over BENCH_SCALE_STORAGES (4) RbdStorages, with one RbdSnapshot per 
 (10) images, at the resync interval BENCH_SCALE_RESYNC (60 s). Per size:
   converge_s         from the first new object until the added images are Ready and their snapshots ready
                      (added_images of them: the growth from the previous size)
-  idle_cpu_percent   operator CPU (user+system, /proc) as % of one core over 3 resync intervals
+  idle_cpu_percent   operator CPU (user+system, /proc) as % of one core over 3 resync intervals, from one
+                     interval + BENCH_SCALE_SETTLE (120 s: the used-space sweep's "recent" window) after
+                     convergence
   rss_mib            operator resident memory at the end of that idle window
   idle_api_writes    writes to the API server during the idle window: objects of the operator's kinds whose
                      resourceVersion changed, plus Events created or updated
@@ -47,6 +49,7 @@ STORAGES = int(os.environ.get("BENCH_SCALE_STORAGES", "4"))
 SNAPSHOT_EVERY = int(os.environ.get("BENCH_SCALE_SNAPSHOT_EVERY", "10"))
 RESYNC = int(os.environ.get("BENCH_SCALE_RESYNC", "60"))
 IDLE_INTERVALS = int(os.environ.get("BENCH_SCALE_IDLE_INTERVALS", "3"))
+SETTLE = int(os.environ.get("BENCH_SCALE_SETTLE", "120"))  # RECENT_SECONDS of reconcile/used.py
 HEAP = os.environ.get("BENCH_SCALE_HEAP") == "1"
 NAMESPACE = "scale"
 GROUP, VERSION = "rbd-operator.io", "v1alpha1"
@@ -211,7 +214,10 @@ def measure(platform, operator: Operator, api, core, pools: list[str], have: int
                    "added_images": n - have, "load_before": uptime()}
     point["converge_s"] = grow(platform, api, pools, have, n)
     print(f"  {n - have} images (to {n}) converged in {point['converge_s']}s", flush=True)
-    time.sleep(RESYNC)  # the last status writes land, Ceph's pool statistics catch up, the first sweeps run
+    # The last status writes land, Ceph's pool statistics catch up, and the new images' object maps age past
+    # the used-space sweep's "recent" window (reconcile/used.py RECENT_SECONDS: a stamp that recent is measured
+    # again each sweep), so that the idle window sees the steady state.
+    time.sleep(RESYNC + SETTLE)
     pid = operator.proc.pid
     before, cpu0, t0 = snapshot(api, core), cpu_seconds(pid), time.monotonic()
     time.sleep(IDLE_INTERVALS * RESYNC)
