@@ -6,9 +6,10 @@ round-robin over BENCH_SCALE_STORAGES (4) RbdStorages, with one RbdSnapshot per 
 (10) images, at the resync interval BENCH_SCALE_RESYNC (60 s). Per size:
   converge_s         from the first new object until the added images are Ready and their snapshots ready
                      (added_images of them: the growth from the previous size)
-  idle_cpu_percent   operator CPU (user+system, /proc) as % of one core over 3 resync intervals, from one
-                     interval + BENCH_SCALE_SETTLE (120 s: the used-space sweep's "recent" window) after
-                     convergence
+  idle_cpu_percent   operator CPU (user+system, /proc) as % of one core over 3 resync intervals, once settled:
+                     every storage swept twice since the used-space sweep last measured anything (it catches
+                     up with new images at RBD_OPERATOR_USED_PER_SWEEP per storage and sweep), and at least
+                     BENCH_SCALE_SETTLE (120) s after convergence
   rss_mib            operator resident memory at the end of that idle window
   idle_api_writes    writes to the API server during the idle window: objects of the operator's kinds whose
                      resourceVersion changed, plus Events created or updated
@@ -209,15 +210,31 @@ def resume(operator: Operator, api, core, pools: list[str], per_pool: dict[str, 
     return out
 
 
+def settle(operator: Operator, pools: list[str], mark: int) -> None:
+    """Until the idle state: the last status writes landed and the used-space sweep has caught up with the new
+    images (it measures at most RBD_OPERATOR_USED_PER_SWEEP per storage and sweep, and again while an object
+    map is younger than reconcile/used.py RECENT_SECONDS): every storage swept twice since the last "used
+    space" measurement, and at least BENCH_SCALE_SETTLE (120) s after convergence."""
+    start = time.monotonic()
+    time.sleep(RESYNC)
+    while time.monotonic() - start < 1800:
+        text = operator.log_text()[mark:]
+        last = max((m.end() for m in re.finditer(r"used space of \S+: \d+ image", text)), default=0)
+        after = text[last:]
+        if time.monotonic() - start >= SETTLE and all(len(re.findall(rf"swept \d+ image\(s\) of {re.escape(p)}:",
+                                                                     after)) >= 2 for p in pools):
+            break
+        time.sleep(5)
+    print(f"  settled {time.monotonic() - start:.0f}s after convergence", flush=True)
+
+
 def measure(platform, operator: Operator, api, core, pools: list[str], have: int, n: int, prev_rss: float) -> dict:
     point: dict = {"images": n, "snapshots": len([i for i in range(n) if SNAPSHOT_EVERY and i % SNAPSHOT_EVERY == 0]),
                    "added_images": n - have, "load_before": uptime()}
+    mark = len(operator.log_text())
     point["converge_s"] = grow(platform, api, pools, have, n)
     print(f"  {n - have} images (to {n}) converged in {point['converge_s']}s", flush=True)
-    # The last status writes land, Ceph's pool statistics catch up, and the new images' object maps age past
-    # the used-space sweep's "recent" window (reconcile/used.py RECENT_SECONDS: a stamp that recent is measured
-    # again each sweep), so that the idle window sees the steady state.
-    time.sleep(RESYNC + SETTLE)
+    settle(operator, pools, mark)
     pid = operator.proc.pid
     before, cpu0, t0 = snapshot(api, core), cpu_seconds(pid), time.monotonic()
     time.sleep(IDLE_INTERVALS * RESYNC)
