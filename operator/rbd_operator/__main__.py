@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
-    from . import heapdump
+    from . import heapdump, kopf_fixes
     from .adapters import replica
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # the random low bits make it impossible in practice.
     priority = args.priority if args.priority is not None else \
         ((2**52 - time.time_ns() // 1000) << 8) | secrets.randbits(8)
+    kopf_fixes.apply()
     _tune_gc()
     heapdump.install()
     kopf.run(
