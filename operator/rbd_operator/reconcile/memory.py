@@ -15,10 +15,12 @@ from typing import Mapping
 
 from ..api.quantity import parse_quantity
 
-# Measured at 2,000-20,000 RbdImages (docs/performance.md); RBD_OPERATOR_MEMORY_BASE_MIB and
-# RBD_OPERATOR_MEMORY_PER_OBJECT_KIB override them.
-BASE_MIB = 160.0
-PER_OBJECT_KIB = {"RbdImage": 12.0, "RbdSnapshot": 12.0}
+# Measured (docs/performance.md): 137 MiB with 4 storages and no image; 480 MiB at the peak of a restart
+# with 10,035 RbdImages and 1,000 RbdSnapshots (kopf holds every listed object until all are indexed), i.e.
+# ~32 KiB per object; idle the same fleet takes 224 MiB (~8 KiB per object), so the restart sets the limit.
+# RBD_OPERATOR_MEMORY_BASE_MIB and RBD_OPERATOR_MEMORY_PER_OBJECT_KIB override them.
+BASE_MIB = 140.0
+PER_OBJECT_KIB = {"RbdImage": 32.0, "RbdSnapshot": 32.0}
 WARN_RATIO = 0.8
 
 
