@@ -110,6 +110,7 @@ def run(argv: list[str]) -> int:
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
+    from . import heapdump, kopf_fixes
     from .adapters import replica
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
@@ -122,7 +123,9 @@ def run(argv: list[str]) -> int:
     # the random low bits make it impossible in practice.
     priority = args.priority if args.priority is not None else \
         ((2**52 - time.time_ns() // 1000) << 8) | secrets.randbits(8)
+    kopf_fixes.apply()
     _tune_gc()
+    heapdump.install()
     kopf.run(
         loop=_event_loop(),
         clusterwide=True,

@@ -1,6 +1,7 @@
 """Prometheus metrics (`/metrics`, `--metrics` address): reconciles, errors and durations per kind and
 reason; Ceph and SSH call latency; pool capacity and host rollout per storage; whether this replica is
-the one that works (`rbd_operator_active`, adapters/replica.py).
+the one that works (`rbd_operator_active`, adapters/replica.py); the objects it holds, by kind
+(`rbd_operator_objects`) and the memory they need by the measured formula (handlers/memory.py).
 
 Label values are bounded: kinds, registered reasons (api/reasons.py; anything else becomes `other`),
 adapter function names, storage names. Secrets never become labels.
@@ -39,6 +40,11 @@ HOSTS_CURRENT = Gauge("rbd_operator_storage_hosts_current", "Selected hypervisor
 FASTPATH_DISABLED = Gauge("rbd_operator_fastpath_disabled", "1 where librbd's object layout differs from what the "
                           "operator's fast path expects (librbd's own calls are used there)", ["fsid"])
 ACTIVE = Gauge("rbd_operator_active", "1 on the replica that handles objects, 0 on a standby (kopf peering)")
+OBJECTS = Gauge("rbd_operator_objects", "Objects the operator holds in memory (its indexes), by kind", ["kind"])
+MEMORY_EXPECTED = Gauge("rbd_operator_memory_expected_bytes", "Memory the held objects need by the measured formula "
+                        "(reconcile/memory.py; compare with process_resident_memory_bytes)")
+MEMORY_LIMIT = Gauge("rbd_operator_memory_limit_bytes", "The memory limit the operator was given "
+                     "(RBD_OPERATOR_MEMORY_LIMIT; 0: none)")
 
 _HISTOGRAMS = {"ceph": CEPH_CALLS, "ssh": SSH_CALLS}
 
@@ -89,6 +95,13 @@ def storage_figures(name: str, capacity: Mapping[str, Any] | None, hosts: Mappin
 
 def fast_path(fsid: str, disabled: bool) -> None:
     FASTPATH_DISABLED.labels(fsid=fsid).set(1 if disabled else 0)
+
+
+def objects_held(counts: Mapping[str, int], expected_bytes: float, limit_bytes: int | None) -> None:
+    for kind, count in counts.items():
+        OBJECTS.labels(kind).set(count)
+    MEMORY_EXPECTED.set(expected_bytes)
+    MEMORY_LIMIT.set(limit_bytes or 0)
 
 
 def storage_gone(name: str) -> None:

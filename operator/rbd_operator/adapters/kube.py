@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import threading
 import time
@@ -271,3 +272,26 @@ def list_namespaced(group: str, version: str, plural: str, namespace: str, label
     api = kubernetes.client.CustomObjectsApi(core().api_client)
     found = api.list_namespaced_custom_object(group, version, namespace, plural, label_selector=label_selector)
     return list(found.get("items") or [])
+
+
+def pod_event(type_: str, reason: str, message: str) -> bool:
+    """An Event on the operator's own Pod (POD_NAME, POD_ID from the downward API); False when the process runs
+    out of cluster without them, or the API refused it (the caller logs the same message anyway)."""
+    pod = os.environ.get("POD_NAME")
+    if not pod:
+        return False
+    namespace = operator_namespace()
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod}
+    if os.environ.get("POD_ID"):
+        involved["uid"] = os.environ["POD_ID"]
+    body = {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{pod}.{reason.lower()}.", "namespace": namespace},
+            "involvedObject": involved, "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "rbd-operator"}, "reportingComponent": "rbd-operator",
+            "reportingInstance": pod[:128], "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+    try:
+        core().create_namespaced_event(namespace, body, _request_timeout=30)
+    except Exception:  # noqa: BLE001 - urllib3's errors are not OSErrors; best effort
+        return False
+    return True

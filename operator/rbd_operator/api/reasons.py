@@ -198,6 +198,7 @@ class EventReason(StrEnum):
     SCHEDULED_SNAPSHOT_CREATED = 'ScheduledSnapshotCreated'
     SCHEDULED_SNAPSHOT_PRUNED = 'ScheduledSnapshotPruned'
     SCHEDULE_RELEASED = 'ScheduleReleased'
+    MEMORY_NEAR_LIMIT = 'MemoryNearLimit'
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,10 @@ EVENT_REASONS: dict[EventReason, str] = {
     EventReason.SCHEDULE_RELEASED:
         'An RbdSnapshotSchedule was deleted: its RbdSnapshots were deleted (deletionPolicy Delete) or kept without '
         'their ownerReference to it (Retain, the default), so that the garbage collector leaves them.',
+    EventReason.MEMORY_NEAR_LIMIT:
+        'Warning on the operator\'s Pod: the RbdImages and RbdSnapshots it holds need, by the measured formula '
+        '(docs/performance.md), at least RBD_OPERATOR_MEMORY_WARN_RATIO (0.8) of its memory limit; raise the limit '
+        'before the process is OOM-killed. Posted once per crossing; metric rbd_operator_objects.',
 }
 assert set(EVENT_REASONS) == set(EventReason), "every EventReason is documented"
 

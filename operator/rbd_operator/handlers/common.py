@@ -32,12 +32,26 @@ class ObjectLocks:
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}  # holders and waiters per uid: a lock nobody uses is dropped
 
     def hold(self, uid: str) -> "_Held":
         lock = self._locks.get(uid)
         if lock is None:
             lock = self._locks[uid] = asyncio.Lock()
-        return _Held(uid, lock)
+        return _Held(uid, lock, self)
+
+    def _enter(self, uid: str) -> None:
+        self._users[uid] = self._users.get(uid, 0) + 1
+
+    def _leave(self, uid: str, lock: asyncio.Lock) -> None:
+        """The last user gone: forget the lock (tens of thousands of idle objects would otherwise keep one each)."""
+        users = self._users.get(uid, 1) - 1
+        if users > 0:
+            self._users[uid] = users
+            return
+        self._users.pop(uid, None)
+        if self._locks.get(uid) is lock and not lock.locked():
+            del self._locks[uid]
 
     def busy(self, uid: str) -> bool:
         """A handler is converging this object right now (or an abandoned call of it still runs):
@@ -50,18 +64,24 @@ class ObjectLocks:
 
 
 class _Held:
-    def __init__(self, uid: str, lock: asyncio.Lock) -> None:
-        self.uid, self.lock = uid, lock
+    def __init__(self, uid: str, lock: asyncio.Lock, locks: ObjectLocks) -> None:
+        self.uid, self.lock, self.locks = uid, lock, locks
         self._token: Any = None
 
     async def __aenter__(self) -> "_Held":
-        await self.lock.acquire()
+        self.locks._enter(self.uid)
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self.locks._leave(self.uid, self.lock)
+            raise
         self._token = blocking.current_object.set(self.uid)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         blocking.current_object.reset(self._token)
         self.lock.release()
+        self.locks._leave(self.uid, self.lock)
 
 
 async def settle(uid: str) -> None:

@@ -3,6 +3,7 @@ clones need of the other images, and the tenancy an image's storage and namespac
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
@@ -25,7 +26,13 @@ REFUSALS = frozenset({Reason.LIMIT_EXCEEDED, Reason.DATA_POOL_NOT_ALLOWED, Reaso
                       Reason.SNAPSHOT_PENDING})
 
 
-@dataclass(frozen=True)
+def _shared(value: Any) -> Any:
+    """One copy of a short string (namespace, storage, reasons, sizes, timestamps) for all the images that
+    carry it: the index holds tens of thousands of them."""
+    return sys.intern(value) if type(value) is str and len(value) <= 64 else value
+
+
+@dataclass(frozen=True, slots=True)
 class Tracked:
     """An RbdImage as the drift sweep of its storage sees it (from the index, no API call)."""
     namespace: str
@@ -48,13 +55,14 @@ class Tracked:
         spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body.get("metadata") or {}
         conditions = status.get("conditions")
         cond = get_condition(conditions, ConditionType.READY)
-        ready = (cond.get("status"), cond.get("reason")) if cond and cond.get("observedGeneration") == meta.get(
-            "generation") else None
+        ready = (_shared(cond.get("status")), _shared(cond.get("reason"))) if cond and cond.get(
+            "observedGeneration") == meta.get("generation") else None
         within = get_condition(conditions, ConditionType.WITHIN_LIMITS)
         accepted, size, watchers = status.get("acceptedGeneration"), status.get("sizeBytes"), status.get("watchers")
         used = status.get("usedBytes")
-        return cls(namespace, name, uid, dict(spec), ready, bool(meta.get("deletionTimestamp")),
-                   str(meta.get("creationTimestamp") or ""), size if isinstance(size, int) else 0,
+        return cls(_shared(namespace), name, uid, {_shared(k): _shared(v) for k, v in spec.items()}, ready,
+                   bool(meta.get("deletionTimestamp")), _shared(str(meta.get("creationTimestamp") or "")),
+                   size if isinstance(size, int) else 0,
                    bool(status.get("imageId")), None if accepted is None else accepted == meta.get("generation"),
                    None if within is None else within.get("status") == "True",
                    tuple(sorted(str(w) for w in watchers)) if isinstance(watchers, list) else None,
