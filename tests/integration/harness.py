@@ -211,6 +211,9 @@ class Operator:
         self.starts = 0
 
     def start(self) -> None:
+        # A second start of a running operator would leave the first process running unseen (it keeps the
+        # ports; the new one cannot bind them) — a leak that breaks every later test of the slot.
+        assert not (self.proc and self.proc.poll() is None), f"operator replica {self.replica} is already running"
         env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync), **self.env}
         if self.peering:
             env["POD_NAME"] = f"replica-{self.replica}-{self.starts}"
