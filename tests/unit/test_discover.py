@@ -272,3 +272,14 @@ def test_an_old_format_image_is_refused_with_the_way_out():
         discover(f, Options("vms"))
     result = discover(f, Options("vms", skip_unmappable=True))
     assert [d.body["spec"]["name"] for d in docs(result, "RbdImage")] == ["ok"]
+
+
+@pytest.mark.parametrize("client", ["../../root/.ssh/id_rsa", "a b", "vm;rm -rf /", "admin", "client.vmmgr", "", "x" * 64,
+                                    "vmmgr\n", "ünï"])
+def test_a_client_name_that_is_not_a_plain_cephx_name_never_reaches_a_host_path_or_ceph(client):
+    from rbd_operator.adapters import discover as reader
+    with pytest.raises(DiscoverError):
+        reader.read_host("192.0.2.1", 22, "root", "unused", ("ssh-ed25519", b"k"), client)
+    with pytest.raises(DiscoverError):
+        reader.read_cluster(None, client, None)  # refused before the cluster is touched
+    assert reader.checked_client("vmmgr") == "vmmgr"

@@ -19,7 +19,9 @@ import paramiko
 import rados
 import rbd
 
+from ..api.errors import SpecError
 from ..api.image import FEATURE_BITS
+from ..api.names import check_client_name
 from ..reconcile.discover import ClusterFacts, DiscoverError, HostFacts, HostSecret, ImageFacts, PoolFacts, shown
 from ..reconcile.host_plan import _UUID
 from ..reconcile.storage_plan import ObservedPool
@@ -87,7 +89,16 @@ def client_caps(cluster: rados.Rados, client: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (entries[0].get("caps") or {}).items()}
 
 
+def checked_client(client: str) -> str:
+    """--client reaches `auth get` and a path on every host: a plain cephx client name only."""
+    try:
+        return check_client_name("--client", client)
+    except SpecError as exc:
+        raise DiscoverError(exc.message) from None
+
+
 def read_cluster(cluster: rados.Rados, client: str, only_pool: str | None) -> ClusterFacts:
+    client = checked_client(client)
     dump = mon(cluster, "osd dump") or {}
     names = {p["pool"]: p["pool_name"] for p in dump.get("pools", [])}
     pools = []
@@ -159,6 +170,7 @@ def pinned_key(known_hosts: str, address: str, port: int) -> tuple[str, bytes]:
 
 def read_host(address: str, port: int, user: str, private_key: str, pinned: tuple[str, bytes],
               client: str) -> HostFacts:
+    client = checked_client(client)
     try:
         with SshSession(address, port, user, private_key, pinned) as session:
             files = tuple(p for p in ("/etc/ceph/ceph.conf", f"/etc/ceph/ceph.client.{client}.keyring")

@@ -81,14 +81,14 @@ def parse_host_key(line: str, path: str = "spec.hostKey") -> tuple[str, bytes]:
 
 
 def check_package(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _PACKAGE.match(value):
+    if not isinstance(value, str) or not _PACKAGE.fullmatch(value):
         raise SpecError(path, f"{value!r} is not a package name", reason=Reason.INVALID_PACKAGE)
     return value
 
 
 def _repository(raw: Mapping[str, Any], path: str) -> Repository:
     name = raw.get("name")
-    if not isinstance(name, str) or not _REPO_NAME.match(name):
+    if not isinstance(name, str) or not _REPO_NAME.fullmatch(name):
         raise SpecError(f"{path}.name", f"{name!r} is not a repository name (letters, digits, '_', '.', '-')")
     url = raw.get("baseURL")
     if not isinstance(url, str) or not _URL.match(url) or "'" in url or "\n" in url:

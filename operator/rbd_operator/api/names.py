@@ -18,11 +18,11 @@ K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def is_k8s_name(value: object) -> bool:
-    return isinstance(value, str) and bool(K8S_NAME.match(value))
+    return isinstance(value, str) and bool(K8S_NAME.fullmatch(value))
 
 
 def is_k8s_label(value: object) -> bool:
-    return isinstance(value, str) and bool(K8S_LABEL.match(value))
+    return isinstance(value, str) and bool(K8S_LABEL.fullmatch(value))
 
 
 POOL_NAME_MAX = 63
@@ -37,7 +37,7 @@ def check_name(field: str, value: object, max_length: int) -> str:
         raise SpecError(field, "must be a non-empty string", reason=Reason.INVALID_NAME)
     if len(value) > max_length:
         raise SpecError(field, f"{value[:20]!r}… is longer than {max_length} characters", reason=Reason.INVALID_NAME)
-    if not _SAFE.match(value):
+    if not _SAFE.fullmatch(value):
         raise SpecError(
             field,
             f"{value!r} may only contain letters, digits, '_', '.', '-' and must start with a letter or digit "

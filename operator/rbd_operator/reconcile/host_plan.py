@@ -157,20 +157,20 @@ def unsafe(what: str, value: object) -> Refused:
 
 
 def check_uuid(value: object, what: str = "libvirt secret UUID") -> str:
-    if not isinstance(value, str) or not _UUID.match(value):
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
         raise unsafe(what, value)
     return value
 
 
 def check_managed_path(path: object) -> str:
     """Paths the operator writes or removes on a host: exactly these shapes, no '..', no other place."""
-    if not isinstance(path, str) or ".." in path or not MANAGED_PATHS.match(path):
+    if not isinstance(path, str) or ".." in path or not MANAGED_PATHS.fullmatch(path):
         raise unsafe("host path", path)
     return path
 
 
 def check_monitor_addr(value: object) -> str:
-    if not isinstance(value, str) or not _MON_ADDR.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+    if not isinstance(value, str) or not _MON_ADDR.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
         raise unsafe("monitor address", value)
     return value
 

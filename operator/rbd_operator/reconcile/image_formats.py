@@ -158,9 +158,9 @@ class RbdTarget:
 
     def node(self) -> dict:
         for value in (self.pool, self.image, self.user):
-            if not _NAME.match(value):
+            if not _NAME.fullmatch(value):
                 raise ValueError(f"{value!r} is not a pool, image or user name qemu-img is given")
-        if not _PATH.match(self.conf) or ".." in self.conf:
+        if not _PATH.fullmatch(self.conf) or ".." in self.conf:
             raise ValueError(f"{self.conf!r} is not a configuration path qemu-img is given")
         return {"driver": "rbd", "pool": self.pool, "image": self.image, "conf": self.conf, "user": self.user,
                 "key-secret": SECRET_ID}
