@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from ..reconcile.selector import matches_namespaces
 from ..reconcile.shard import missing_storage
 from ..reconcile import domains, tracking
 from ..reconcile.used import UsedCache, after_steps as used_after
+from ..reconcile.watchers import DEFAULT_PER_SWEEP, WatcherRota
 from .credentials import admin_credentials
 from .outcome import Note, Outcome
 from .propagation import DomainWatch
@@ -42,6 +44,7 @@ from . import used as used_space
 
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
+WATCHERS_PER_SWEEP = int(os.environ.get("RBD_OPERATOR_WATCHERS_PER_SWEEP", str(DEFAULT_PER_SWEEP)))
 IMPORT_TIMEOUT = 6 * 3600.0
 IMPORT_REPORT_SECONDS = 1.0  # one status patch a second at most while an import runs
 
@@ -372,10 +375,29 @@ async def delete(spec: ImageSpec, name: str, namespace: str, uid: str, idx: Inde
 # -- the drift sweep -----------------------------------------------------------------------------------
 @ceph.with_session
 def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
-    """The images' headers and their watchers (status.watchers and usedBy at most one interval late)."""
-    headers = cluster.image_headers(pool, names)
-    watchers = cluster.image_watchers(pool, {n: h.id for n, h in headers.items() if h.id})
-    return {n: replace(h, watchers=watchers.get(n, h.watchers)) for n, h in headers.items()}
+    """The images' headers (one listing, their omap read in parallel; no image opened, no watchers)."""
+    return cluster.image_headers(pool, names)
+
+
+@ceph.with_session
+def _watchers(cluster: ceph.CephCluster, pool: str, ids: dict[str, str]) -> dict[str, list[str]]:
+    """The watchers of the images the rota picked (`ids`: name -> image id; each one opened read-only)."""
+    return cluster.image_watchers(pool, ids)
+
+
+async def _listed_watchers(storage_name: str, pool: str, creds: Credentials, headers: dict[str, ObservedImage],
+                           rota: WatcherRota) -> dict[str, list[str]]:
+    """Watchers of at most WATCHERS_PER_SWEEP images of this storage, least recently listed first
+    (reconcile/watchers.py): status.watchers and usedBy of an image nobody reconciles are at most
+    ceil(images / WATCHERS_PER_SWEEP) intervals late (VMs on HypervisorNodes: seconds, by libvirt's events)."""
+    ids = {n: h.id for n, h in headers.items() if h.id}
+    rota.keep_only(storage_name, ids.values())
+    picked = rota.pick(storage_name, ids, WATCHERS_PER_SWEEP)
+    if not picked:
+        return {}
+    listed = await run_blocking(_watchers, creds, pool, picked, timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+    rota.record(storage_name, picked.values())
+    return listed
 
 
 @dataclass
@@ -391,9 +413,10 @@ class _Namespaces:
 
 
 async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx: Indexes,
-                busy: Callable[[str], bool], used_cache: UsedCache, logger: logging.Logger) -> int:
+                busy: Callable[[str], bool], used_cache: UsedCache, rota: WatcherRota, logger: logging.Logger) -> int:
     """Drift detection for all images of one storage. Images whose status no longer tells the truth are poked
-    (an annotation: kopf then reconciles them); nothing else is written. Returns how many were poked."""
+    (an annotation: kopf then reconciles them); nothing else is written. Returns how many were poked.
+    `used_cache`, `rota`: what this process measured, and whose watchers it listed when (the Runtime's)."""
     everyone = list(tracking.by_storage(idx.images).get(storage_name, []))
     tracked = []
     for t in everyone:
@@ -406,6 +429,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
         return 0
     headers = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
                                  timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+    listed = await _listed_watchers(storage_name, storage.pool.name, creds, headers, rota)
     identity, spaces = await cluster_identity(idx.namespaces), _Namespaces(idx.namespaces)
     live, poked = tracking.by_uid(idx.images).__contains__, 0
     entries: dict[str, list[UsageEntry]] = {}  # per namespace, made once (perNamespace limits only)
@@ -417,8 +441,9 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
         info = await spaces.get(t.namespace)
         usage = namespace_usage(entries.get(t.namespace, []), t.uid, t.created) if entries else None
         header = headers.get(spec.name)
-        if busy(t.uid) or not (_verdict(storage, t, spec, header, info, identity, usage, live)
-                               or tracking.watchers_changed(t, header)):
+        watchers = listed.get(spec.name)
+        if busy(t.uid) or not (_verdict(storage, t, spec, header, info, identity, usage, live) or (
+                watchers is not None and tracking.watchers_changed(t, replace(header, watchers=watchers)))):
             continue
         logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
                     t.ready[1] if t.ready else "no status")

@@ -278,7 +278,7 @@ async def delete(name: str, uid: str, spec: StorageSpec, storages: Mapping[Any, 
 
 
 async def sweep_images(name: str, spec_raw: Mapping[str, Any], idx: image.Indexes, busy: Callable[[str], bool],
-                       used_cache: image.UsedCache, logger: logging.Logger) -> None:
+                       used_cache: image.UsedCache, rota: image.WatcherRota, logger: logging.Logger) -> None:
     """The storage's drift sweep over its images (converge/image.py sweep), skipped with a warning when the
     storage itself cannot be used (its own condition already says why)."""
     if not image.tracking.by_storage(idx.images).get(name):
@@ -286,6 +286,6 @@ async def sweep_images(name: str, spec_raw: Mapping[str, Any], idx: image.Indexe
     try:
         spec = parse_storage(name, spec_raw)
         creds = await admin_credentials(spec.monitors, spec.admin_secret)
-        await image.sweep(name, spec, creds, idx, busy, used_cache, logger)
+        await image.sweep(name, spec, creds, idx, busy, used_cache, rota, logger)
     except (OperatorError, ApiException) as exc:
         logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))

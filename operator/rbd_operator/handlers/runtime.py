@@ -7,7 +7,8 @@ to every handler through kopf's memo (`memo.runtime`): no handler module keeps s
 - propagation: storages' changes poked to the hosts they concern (converge/propagation.py);
 - domains: libvirt lifecycle events -> running-domain counts and the RbdImages the hosts' running domains
   use (status.usedBy, online grow; converge/propagation.py DomainWatch), wired to the libvirt connections here;
-- used: what the drift sweeps measured of images' used space (reconcile/used.py UsedCache).
+- used: what the drift sweeps measured of images' used space (reconcile/used.py UsedCache);
+- watchers: whose watchers the drift sweeps listed when (reconcile/watchers.py WatcherRota).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..adapters import libvirt_conn, purge
 from ..adapters.lease import DisruptionFence
 from ..converge.propagation import DomainWatch, Propagation
 from ..reconcile.used import UsedCache
+from ..reconcile.watchers import WatcherRota
 from .common import ObjectLocks
 
 
@@ -32,6 +34,7 @@ class Runtime:
     propagation: Propagation = field(default_factory=Propagation)
     domains: DomainWatch = field(default_factory=DomainWatch)
     used: UsedCache = field(default_factory=UsedCache)
+    watchers: WatcherRota = field(default_factory=WatcherRota)
 
 
 @kopf.on.startup()
