@@ -1,4 +1,14 @@
-"""A scaling fix for kopf 1.45's start, applied before kopf.run (docs/performance.md, "Restart").
+"""Scaling fixes for kopf 1.45, applied before kopf.run (docs/performance.md, "Restart").
+
+1. The start's wake-ups (below).
+2. Bodies without `metadata.managedFields`: kopf keeps every listed object's raw body, its `Body` views and
+   its `Patch` alive until all kinds are indexed (the peak of a restart), and each event's body until its
+   worker is done. managedFields (server-side apply's field ownership: several KiB per object once a client
+   and the operator's status patches each own fields) is read by neither kopf nor the operator, so every
+   raw event's object is stripped of it as it leaves kopf's watch stream, before anything holds it. kopf
+   patches with merge patches on named fields, never with a whole body, so nothing is written back without it.
+
+1. The start's wake-ups.
 
 While kopf lists the objects at a start, it adds a toggle per listed object to `operator_indexed` (a
 ToggleSet: "every kind and object indexed") and every object's worker, once it has indexed its object, drops
@@ -12,9 +22,10 @@ proceed; a toggle's own state change notifies by itself, as before.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 from kopf._cogs.aiokits import aiotoggles
+from kopf._cogs.clients import watching
 
 
 async def _make_toggle(self: Any, __val: bool = False, *, name: str | None = None) -> Any:
@@ -35,10 +46,46 @@ async def _drop_toggle(self: Any, toggle: Any) -> None:
             self._condition.notify_all()
 
 
+def strip_managed_fields(raw_event: Any) -> Any:
+    """The raw watch event with its object's metadata.managedFields dropped (in place); anything else as is."""
+    obj = raw_event.get("object") if isinstance(raw_event, dict) else None
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return raw_event
+
+
+def _projected(infinite_watch: Any) -> Any:
+    async def infinite_watch_without_managed_fields(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for raw_event in infinite_watch(*args, **kwargs):
+            yield strip_managed_fields(raw_event)
+    infinite_watch_without_managed_fields.__wrapped__ = infinite_watch  # type: ignore[attr-defined]
+    return infinite_watch_without_managed_fields
+
+
 def apply() -> bool:
+    """Both fixes (again: nothing more); False if kopf changed so that one of them no longer fits (that one is
+    then not applied)."""
+    toggles = _apply_toggles()
+    return _apply_projection() and toggles
+
+
+def _apply_projection() -> bool:
+    stream = getattr(watching, "infinite_watch", None)
+    if stream is not None and hasattr(stream, "__wrapped__"):
+        return True
+    if stream is None or getattr(stream, "__module__", "") != watching.__name__:
+        return False
+    watching.infinite_watch = _projected(stream)
+    return True
+
+
+def _apply_toggles() -> bool:
     """Replace ToggleSet.drop_toggle where it is kopf's own notify-always version; False if kopf changed."""
     toggle_set = aiotoggles.ToggleSet
     current = getattr(toggle_set, "drop_toggle", None)
+    if current is _drop_toggle:
+        return True
     if current is None or getattr(current, "__module__", "") != aiotoggles.__name__ \
             or not hasattr(toggle_set(all), "_condition"):
         return False

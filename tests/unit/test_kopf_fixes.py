@@ -48,3 +48,26 @@ def test_drop_toggle_notifies_only_on_a_change():
     middle, done = asyncio.run(scenario())
     assert middle <= 50, f"{middle} wake-ups while the set stayed off (kopf's own: 50 per call)"
     assert done
+
+
+def test_watch_events_leave_kopf_without_managed_fields():
+    from kopf._cogs.clients import watching
+
+    assert kopf_fixes.apply()
+    assert kopf_fixes.apply(), "applying again changes nothing"
+    assert hasattr(watching.infinite_watch, "__wrapped__")
+    assert not hasattr(watching.infinite_watch.__wrapped__, "__wrapped__"), "wrapped once"
+    event = {"type": "ADDED", "object": {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}],
+                                                      "annotations": {"x": "y"}}, "spec": {"size": "1Gi"}}}
+
+    async def source(**_: object):
+        yield watching.Bookmark.LISTED
+        yield event
+        yield {"type": "ERROR", "object": "not a dict"}
+
+    async def collect() -> list:
+        return [e async for e in kopf_fixes._projected(source)(settings=None)]
+
+    out = asyncio.run(collect())
+    assert out[0] is watching.Bookmark.LISTED and out[2] == {"type": "ERROR", "object": "not a dict"}
+    assert out[1]["object"] == {"metadata": {"name": "a", "annotations": {"x": "y"}}, "spec": {"size": "1Gi"}}
