@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import record  # noqa: E402
 from bench.latency import DelayProxy, measure_rtt_ms  # noqa: E402
 from tests.integration.harness import BRIDGE, CEPH_ADDR, NET, SLOT, Operator, sh, start_platform, stop_platform, wait_for  # noqa: E402
 from tests.integration.labhosts import (LABEL, TESTHOST, LabHost, debian_packages, hypervisor,  # noqa: E402
@@ -167,12 +168,7 @@ def main() -> int:
     print(f"  a new storage reaches all 8 hosts in {results['propagation_s']:.1f}s  (goal <= 15)")
     print(f"  idle resync: {results['idle_ssh_sessions_per_host']:.2f} SSH session(s) per host, "
           f"{results['idle_api_writes']} API write(s)  (goal: <= 1 and 0)")
-    path = ROOT / ".bench" / "results.json"
-    path.parent.mkdir(exist_ok=True)
-    merged = json.loads(path.read_text()) if path.exists() else {}
-    merged["hosts"] = results
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {record('hosts', results)}")
     return 0
 
 

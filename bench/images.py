@@ -32,6 +32,7 @@ import kubernetes.watch  # noqa: E402
 import rados  # noqa: E402
 import rbd  # noqa: E402
 
+from bench.results import record  # noqa: E402
 from tests.integration.harness import Operator, start_platform, stop_platform  # noqa: E402
 from tests.integration.manifests import storage  # noqa: E402
 
@@ -184,12 +185,7 @@ def main() -> int:
         print(f"  {key:10s} {value:8.1f} images/s")
     print(f"  operator/librbd   {ratios['operator_to_librbd']:.2f}  (goal >= 0.5)")
     print(f"  operator/qemu-img {ratios['operator_to_qemu_img']:.2f}")
-    results_path = ROOT / ".bench" / "results.json"
-    results_path.parent.mkdir(exist_ok=True)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["images"] = {"n": n, "per_s": per_s, "ratios": ratios, "rounds": rounds}
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {results_path}")
+    print(f"written to {record('images', {'n': n, 'per_s': per_s, 'ratios': ratios, 'rounds': rounds})}")
     return 0
 
 

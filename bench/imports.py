@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import hashlib
 import http.server
-import json
 import os
 import random
 import statistics
@@ -38,6 +37,7 @@ import rados  # noqa: E402
 import rbd  # noqa: E402
 
 from rbd_operator.api import reasons  # noqa: E402
+from bench.results import record  # noqa: E402
 from tests.integration.harness import Operator, start_platform, stop_platform  # noqa: E402
 from tests.integration.manifests import image, storage  # noqa: E402
 
@@ -248,12 +248,7 @@ def main() -> int:
     }
     print(f"imports: operator {operator_mib_s:.1f} MiB/s, qemu-img {qemu_img_mib_s:.1f} MiB/s, "
           f"ratio {result['ratio']:.2f} (goal >= 0.8); four at once: ratio {result['four_at_once']['ratio']:.2f}")
-    results_path = ROOT / ".bench" / "results.json"
-    results_path.parent.mkdir(exist_ok=True)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["imports"] = result
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {results_path}")
+    print(f"written to {record('imports', result)}")
     return 0
 
 

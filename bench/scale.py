@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import kubernetes  # noqa: E402
 import kubernetes.watch  # noqa: E402
 
+from bench.results import record  # noqa: E402
 from bench.images import is_ready, submit  # noqa: E402
 from tests.integration.harness import WORK, Operator, start_platform, stop_platform  # noqa: E402
 from tests.integration.manifests import storage  # noqa: E402
@@ -347,11 +348,7 @@ def run(platform) -> dict:
 
 
 def save(result: dict) -> None:
-    results_path = ROOT / ".bench" / "results.json"
-    results_path.parent.mkdir(exist_ok=True)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["scale"] = result
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    record("scale", result)
     if result["sizes"]:
         (ROOT / ".bench" / "scale.svg").write_text(svg(result))
 

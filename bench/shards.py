@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import record  # noqa: E402
 from tests.integration.harness import Operator, Platform, start_platform, stop_platform, wait_for  # noqa: E402
 from tests.integration.manifests import image  # noqa: E402
 
@@ -85,12 +86,7 @@ def main() -> int:
     finally:
         stop_platform(platform)
     print(json.dumps(results, indent=2))
-    path = ROOT / ".bench" / "results.json"
-    path.parent.mkdir(exist_ok=True)
-    merged = json.loads(path.read_text()) if path.exists() else {}
-    merged["shards"] = results
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {record('shards', results)}")
     return 0
 
 

@@ -123,10 +123,18 @@ def test_an_object_that_left_the_shard_is_skipped_by_its_timers_until_it_comes_b
     memo.shard_left = set()
     memo.runtime = type("Runtime", (), {"domains": Domains()})()
     assert not wiring.left(memo, "u1")
-    asyncio.run(wiring._track(type="MODIFIED", uid="u1", memo=memo))
+    asyncio.run(wiring._track(type="MODIFIED", uid="u1", meta={}, memo=memo))
     assert not wiring.left(memo, "u1")
-    asyncio.run(wiring._track(type="DELETED", uid="u1", memo=memo))
+    asyncio.run(wiring._track(type="DELETED", uid="u1", meta={}, memo=memo))
     assert wiring.left(memo, "u1") and not wiring.left(memo, "u2") and forgotten == ["u1"]
-    asyncio.run(wiring._track(type=None, uid="u1", memo=memo))  # listed again: back in this shard
+    asyncio.run(wiring._track(type=None, uid="u1", meta={}, memo=memo))  # listed again: back in this shard
     assert not wiring.left(memo, "u1")
+    # a real deletion (kopf's finalizer: deletionTimestamp set) is not remembered: the set stays bounded
+    asyncio.run(wiring._track(type="DELETED", uid="u1", meta={}, memo=memo))
+    asyncio.run(wiring._track(type="DELETED", uid="u3", meta={"deletionTimestamp": "2026-12-06T15:00:00Z"},
+                              memo=memo))
+    assert wiring.left(memo, "u1") and not wiring.left(memo, "u3") and forgotten == ["u1", "u1", "u3"]
+    asyncio.run(wiring._track(type="DELETED", uid="u1", meta={"deletionTimestamp": "2026-12-06T15:00:00Z"},
+                              memo=memo))
+    assert memo.shard_left == set(), "relabelled away, then deleted: dropped"
     assert not wiring.left(kopf.Memo(), "u1")  # unsharded: nothing ever left

@@ -31,12 +31,17 @@ def left(memo: kopf.Memo, uid: str) -> bool:
     return uid in getattr(memo, "shard_left", ())
 
 
-async def _track(type: str | None, uid: str, memo: kopf.Memo, **_: Any) -> None:
+async def _track(type: str | None, uid: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     gone: set[str] = memo.shard_left  # uids of objects with timers that left this shard (see the docstring)
-    if type != "DELETED":
-        gone.discard(uid)  # back in this shard (kopf made new timers for it)
-        return
-    gone.add(uid)
+    if type != "DELETED" or meta.get("deletionTimestamp"):
+        # back in this shard (kopf made new timers for it), or really deleted: the timers check
+        # deletionTimestamp themselves, and kopf stops them, so the uid is not kept (the set stays as large as
+        # the objects that were relabelled away and still exist)
+        gone.discard(uid)
+        if type != "DELETED":
+            return
+    else:
+        gone.add(uid)
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:  # a host's libvirt connection and domain watch are its shard's
         runtime.domains.forget(uid)
