@@ -31,7 +31,7 @@ from .ssh import HOST_KEY_ALGORITHMS, SshError, SshSession
 TIMEOUT = "20"
 SECRETS_DIR = "/etc/libvirt/secrets"
 MAX_SECRETS = 1000
-_ENTITY = re.compile(r"^\[(client\.[A-Za-z0-9][A-Za-z0-9_.-]{0,62})\]\s*$")
+_ENTITY = re.compile(r"^\[(client\.[A-Za-z0-9][A-Za-z0-9_.-]{0,62})\]\s*\Z")
 
 
 def keyring_entity(path: str) -> str:

@@ -48,9 +48,9 @@ QOS_SETTINGS = {
     "readBpsLimit": "rbd_qos_read_bps_limit",
     "writeBpsLimit": "rbd_qos_write_bps_limit",
 }
-_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]{1,2000}$")
-_SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
-_DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]{1,2000}\Z")
+_SHA256 = re.compile(r"^[0-9A-Fa-f]{64}\Z")
+_DURATION = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?\Z")
 
 
 @dataclass(frozen=True)

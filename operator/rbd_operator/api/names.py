@@ -13,8 +13,8 @@ from .errors import SpecError
 from .reasons import Reason
 
 # Kubernetes: a DNS subdomain (object names: Secrets, RbdSnapshots, ...) and a DNS label (namespaces).
-K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+K8S_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def is_k8s_name(value: object) -> bool:
@@ -29,7 +29,7 @@ POOL_NAME_MAX = 63
 IMAGE_NAME_MAX = 96
 CLIENT_NAME_MAX = 63
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def check_name(field: str, value: object, max_length: int) -> str:
@@ -56,7 +56,7 @@ def check_image_name(field: str, value: object) -> str:
 
 
 # Ceph's own privileged identities: client.admin and the bootstrap keys (create daemons' keys).
-_RESERVED_CLIENT = re.compile(r"^(admin|bootstrap-.*)$")
+_RESERVED_CLIENT = re.compile(r"^(admin|bootstrap-.*)\Z")
 # A name that itself spells an entity type (client.admin, osd.0, mon.a, ...).
 _ENTITY_PREFIX = re.compile(r"^(client|osd|mon|mgr|mds|rgw)\.", re.IGNORECASE)
 

@@ -70,9 +70,9 @@ def _valid_parameter(key: str, text: str) -> bool:
     return low <= number <= high
 
 
-_PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
-_MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
-_CAP = re.compile(r"^[A-Za-z0-9 _.,=*'\"-]{1,512}$")
+_PARAM_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}\Z")
+_MONITOR = re.compile(r"^(v[12]:)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}\Z")
+_CAP = re.compile(r"^[A-Za-z0-9 _.,=*'\"-]{1,512}\Z")
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def parse_storage(name: str, spec: Mapping[str, Any]) -> StorageSpec:
     )
 
 
-_SECRET_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SECRET_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 def check_secret_uuid(raw: Any, path: str = "spec.hypervisors.libvirtSecretUUID") -> str | None:
@@ -258,7 +258,7 @@ def _pool(name: str, pool: Mapping[str, Any]) -> PoolSpec:
     if max_objects is not None:
         max_objects = _positive_int(max_objects, "spec.pool.quota.maxObjects", allow_zero=True)
     application = pool.get("application") or "rbd"
-    if not isinstance(application, str) or not re.match(r"^[a-z][a-z0-9_-]{0,31}$", application):
+    if not isinstance(application, str) or not re.match(r"^[a-z][a-z0-9_-]{0,31}\Z", application):
         raise SpecError("spec.pool.application", f"{application!r} is not an application name")
     return PoolSpec(check_pool_name("spec.pool.name", pool.get("name") or name), _bounded(pool, "pgNum", 32768),
                     _bounded(pool, "replicas", 10), max_bytes, max_objects, _parameters(pool), application,
@@ -354,8 +354,8 @@ def _quantity(value: Any, path: str, *, positive: bool = False) -> int:
     return number
 
 
-_MON_OK = re.compile(r'^(allow r|profile rbd(-read-only)?|allow command "?osd (blocklist|blacklist)"?( .*)?)$')
-_MGR_OK = re.compile(r"^(allow r|profile rbd(-read-only)?( pool=\S+)?( namespace=\S+)?)$")
+_MON_OK = re.compile(r'^(allow r|profile rbd(-read-only)?|allow command "?osd (blocklist|blacklist)"?( .*)?)\Z')
+_MGR_OK = re.compile(r"^(allow r|profile rbd(-read-only)?( pool=\S+)?( namespace=\S+)?)\Z")
 _OSD_SCOPED = re.compile(r"(^| )(pool|namespace)=\S+")
 
 
@@ -379,7 +379,7 @@ def privileged_grants(caps: Mapping[str, str]) -> list[str]:
     return bad
 
 
-_URL_PREFIX = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]+$")
+_URL_PREFIX = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%\[\]-]+\Z")
 
 
 def _prefixes(raw: Any) -> tuple[str, ...]:

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # What a URL may hold at all (the CRD's and the spec parser's character set).
-_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]\\-]+$")
+_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]\\-]+\Z")
 _ESCAPE = re.compile(r"%(.?.?)")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
 MAX_LENGTH = 2000
 
 
@@ -151,13 +151,13 @@ def parse(url: str, what: str = "the URL") -> Url:
     *is* canonical: see `check`."""
     if not isinstance(url, str) or not url or len(url) > MAX_LENGTH or not _CHARS.fullmatch(url):
         raise UrlRefused(f"{what} is not an http(s) URL of at most {MAX_LENGTH} URL characters")
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#\\]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?$", url)
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#\\]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?\Z", url)
     if not m or m.group(1).lower() not in DEFAULT_PORTS:
         raise UrlRefused(f"{what} is not an http(s) URL")
     scheme, authority, path, query = m.group(1).lower(), m.group(2), m.group(3), m.group(4)
     if "@" in authority:
         raise UrlRefused(f"{what} has userinfo (user@host): credentials do not belong in a URL the operator shows")
-    hm = re.match(r"^(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?$", authority)
+    hm = re.match(r"^(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?\Z", authority)
     if not hm or not hm.group(1):
         raise UrlRefused(f"{what} has no valid host")
     host, port = _host(hm.group(1), what), _port(hm.group(2), scheme, what)

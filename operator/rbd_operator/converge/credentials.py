@@ -15,7 +15,7 @@ from ..api.hypervisor import HostSpec
 from ..api.reasons import Reason
 from ..api.storage import SecretRef
 
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
 async def admin_credentials(monitors: tuple[str, ...], ref: SecretRef) -> Credentials:

@@ -135,9 +135,9 @@ def stale_files(existing: dict[str, list[str]], desired: list[RemoteFile]) -> li
 # -- validation at the point of use -------------------------------------------------------------
 # Whatever its source (spec, status, a Secret, Ceph's mon dump, the host's own directory listing),
 # a value is checked here right before it becomes a host path, file content or command argument.
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_MON_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$")
-_CEPHX_KEY = re.compile(r"^[A-Za-z0-9+/]{20,}={0,2}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_MON_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}\Z")
+_CEPHX_KEY = re.compile(r"^[A-Za-z0-9+/]{20,}={0,2}\Z")
 _SAFE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 MANAGED_PATHS = re.compile(
     r"^(/etc/ceph/ceph\.conf"
@@ -355,7 +355,7 @@ def keyring_settings_for(path: object) -> Settings | None:
     return Settings(f"client.{client}", (), legacy=keyring_legacy(client))
 
 
-_SECTION_LINE = re.compile(r"^[ \t]*\[([^\]]*)\][ \t]*(?:[#;].*)?$")
+_SECTION_LINE = re.compile(r"^[ \t]*\[([^\]]*)\][ \t]*(?:[#;].*)?\Z")
 _OPTION_LINE = re.compile(r"^[ \t]*([^#;\[=\s][^=]*?)[ \t]*=")
 
 

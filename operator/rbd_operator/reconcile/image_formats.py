@@ -141,8 +141,8 @@ def verdict(fmt: str, out: str) -> Info:
 
 # -- qemu-img's command line ---------------------------------------------------------------------------
 SECRET_ID = "cephkey"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,255}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,255}\Z")
 # Formats whose qemu driver takes a `backing` option: null opens no backing file whatever the header says.
 _HAS_BACKING = ("qcow2", "vmdk")
 
@@ -229,7 +229,7 @@ def ceph_conf(monitors: tuple[str, ...], extra: dict[str, str] | None = None) ->
 
 
 def _checked(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.:\[\],-]{1,256}$", value):
+    if not re.match(r"^[A-Za-z0-9_.:\[\],-]{1,256}\Z", value):
         raise ValueError(f"{value!r} is not a Ceph setting or monitor address the child's conf is given")
     return value
 

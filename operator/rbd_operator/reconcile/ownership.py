@@ -45,7 +45,7 @@ class Subject:
     adopt_field: str  # "spec.pool.adopt"
 
 
-_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
