@@ -43,6 +43,7 @@ import kubernetes.watch  # noqa: E402
 
 from bench.results import record  # noqa: E402
 from bench.images import is_ready, submit  # noqa: E402
+from rbd_operator.reconcile import used  # noqa: E402
 from tests.integration.harness import WORK, Operator, start_platform, stop_platform  # noqa: E402
 from tests.integration.manifests import storage  # noqa: E402
 
@@ -322,6 +323,7 @@ def setup(platform, pools: list[str]) -> None:
 def run(platform) -> dict:
     env = {"RBD_OPERATOR_TRACEMALLOC": "12", "RBD_OPERATOR_TRACEMALLOC_FILE": str(WORK / "operator-heap.txt")} \
         if HEAP else {}
+    env["RBD_OPERATOR_USED_IDLE_SECONDS"] = str(used.IDLE_SECONDS)  # the production cadence (tests look every sweep)
     operator = Operator(platform, resync_seconds=RESYNC, verbose=False, env=env)
     client = kubernetes.config.new_client_from_config(str(platform.kubeconfig))
     api, core = kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)

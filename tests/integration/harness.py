@@ -214,7 +214,10 @@ class Operator:
         # A second start of a running operator would leave the first process running unseen (it keeps the
         # ports; the new one cannot bind them) — a leak that breaks every later test of the slot.
         assert not (self.proc and self.proc.poll() is None), f"operator replica {self.replica} is already running"
-        env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync), **self.env}
+        # The used-space sweep looks at an idle storage's object maps once per 300 s in production: tests look at
+        # every sweep (they check what is measured, not that cadence: tests/unit/test_used.py does).
+        env = {**os.environ, "RBD_OPERATOR_RESYNC_SECONDS": str(self.resync), "RBD_OPERATOR_USED_IDLE_SECONDS": "0",
+               **self.env}
         if self.peering:
             env["POD_NAME"] = f"replica-{self.replica}-{self.starts}"
         log = open(self.log_path, "a" if self.starts else "w")  # one log per test session

@@ -69,3 +69,16 @@ def test_a_pass_knows_used_bytes_of_what_it_made_and_measures_what_it_changed():
     assert after_steps([SetQos("img")], FAST_DIFF) == ""
     assert after_steps([], FAST_DIFF) == ""
     assert after_steps([CreateImage("img", size=1)], 1 | 4) == "", "no fast-diff: not measured"
+
+
+def test_an_idle_storage_is_looked_at_once_per_idle_interval():
+    cache = UsedCache()
+    assert cache.look_due("s", 0.0, 300), "first look after a start"
+    cache.looked("s", 0.0, measured=True)
+    assert cache.look_due("s", 60.0, 300), "catching up: every sweep"
+    cache.looked("s", 60.0, measured=False)
+    assert not cache.look_due("s", 120.0, 300) and not cache.look_due("s", 359.0, 300)
+    assert cache.look_due("s", 360.0, 300), "idle: again after the interval"
+    assert cache.look_due("t", 120.0, 300), "storages apart"
+    cache.looked("s", 360.0, measured=False)
+    assert cache.look_due("s", 361.0, 0), "0: every sweep (the tests' setting)"

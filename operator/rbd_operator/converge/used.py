@@ -1,6 +1,8 @@
 """status.usedBytes in the storage's drift sweep (reconcile/used.py decides which images to measure).
 
-Per sweep: one stat of the object map of each converged fast-diff image (parallel, no image opened), then
+Per sweep while it catches up (after a start, after new images or writes), otherwise once per
+RBD_OPERATOR_USED_IDLE_SECONDS (300): one stat of the object map of each converged fast-diff image
+(parallel, no image opened), then
 librbd's diff_iterate (whole objects, from the object map) for at most RBD_OPERATOR_USED_PER_SWEEP images
 whose object map changed (or that were never measured by this process); a status write only where the
 figure differs from status.usedBytes. Images without fast-diff (or with an invalid object map) are not
@@ -30,6 +32,7 @@ from ..reconcile.tracking import Tracked
 PLURAL = "rbdimages"
 CEPH_TIMEOUT = 60.0
 PER_SWEEP = int(os.environ.get("RBD_OPERATOR_USED_PER_SWEEP", "500"))
+IDLE_SECONDS = float(os.environ.get("RBD_OPERATOR_USED_IDLE_SECONDS", str(used.IDLE_SECONDS)))
 
 
 @ceph.with_session
@@ -59,9 +62,12 @@ async def refresh(storage: str, pool: str, creds: Credentials, tracked: Iterable
                   logger: logging.Logger) -> int:
     """Measure what changed, write what differs; returns the status writes. `cache`: what this process measured
     (the Runtime's, handlers/runtime.py)."""
+    if not cache.look_due(storage, time.monotonic(), IDLE_SECONDS):
+        return 0
     found = subjects(tracked, headers)
     cache.keep_only(storage, found)
     if not found:
+        cache.looked(storage, time.monotonic(), False)
         return 0
     stamps = await run_blocking(_stamps, creds, pool, list(found), timeout=CEPH_TIMEOUT,
                                 reason=Reason.CEPH_UNREACHABLE)
@@ -78,6 +84,7 @@ async def refresh(storage: str, pool: str, creds: Credentials, tracked: Iterable
             continue
         writes += figure != t.used
         cache.record((storage, image_id), stamp, figure)
+    cache.looked(storage, time.monotonic(), bool(due))
     if due or writes:
         logger.info("used space of %s: %d image(s) measured, %d status update(s)", storage, len(due), writes)
     return writes

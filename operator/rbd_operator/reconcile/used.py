@@ -21,6 +21,7 @@ FEATURE_FAST_DIFF = 1 << 4
 FLAG_OBJECT_MAP_INVALID = 1 << 0
 FLAG_FAST_DIFF_INVALID = 1 << 1
 RECENT_SECONDS = 120.0
+IDLE_SECONDS = 300.0  # between two looks at an idle storage's object maps (UsedCache.look_due)
 
 
 def measurable(features: int, flags: int | None) -> bool:
@@ -54,11 +55,24 @@ class Seen:
 
 class UsedCache:
     """What the sweep measured, by (storage, image id): process memory (after a restart everything is due
-    once, at the sweep's bounded rate)."""
+    once, at the sweep's bounded rate); and per storage when it last looked at the object maps."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], Seen] = {}
+        self._looked: dict[str, tuple[float, bool]] = {}  # storage -> (when, whether anything was measured)
         self._lock = threading.Lock()
+
+    def look_due(self, storage: str, now: float, idle_seconds: float) -> bool:
+        """Whether this sweep stats the storage's object maps: always while it is catching up (the last look
+        measured something), at a start, and otherwise once per `idle_seconds` (a stat per image and sweep was
+        the largest per-image cost of an idle sweep; a write shows in usedBytes at most that much later)."""
+        with self._lock:
+            last = self._looked.get(storage)
+        return last is None or last[1] or now - last[0] >= idle_seconds
+
+    def looked(self, storage: str, now: float, measured: bool) -> None:
+        with self._lock:
+            self._looked[storage] = (now, measured)
 
     def due(self, key: tuple[str, str], stamp: float, now: float) -> int:
         """0: not due; 1: changed since measured (first); 2: never measured (after the changed ones)."""
