@@ -84,3 +84,20 @@ def test_object_locks_are_forgotten_once_nobody_uses_them():
         assert locks._locks == {} and locks._users == {}
 
     asyncio.run(scenario())
+
+
+def test_the_shipped_limits_hold_the_fleet_they_name():
+    """deploy/ and the chart say their limit holds 10,000 RbdImages with 1,000 RbdSnapshots: the formula agrees."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    deployment = next(d for d in yaml.safe_load_all((root / "deploy" / "deployment.yaml").read_text())
+                      if d and d.get("kind") == "Deployment")
+    shipped = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    values = yaml.safe_load((root / "charts" / "rbd-operator" / "values.yaml").read_text())
+    assert values["resources"]["limits"]["memory"] == shipped
+    limit = parse_limit(shipped)
+    assert limit_for(11_000) * MIB <= limit
+    assert not assess({"RbdImage": 10_000, "RbdSnapshot": 1_000}, Budget(limit)).near
