@@ -8,7 +8,7 @@
    raw event's object is stripped of it as it leaves kopf's watch stream, before anything holds it. kopf
    patches with merge patches on named fields, never with a whole body, so nothing is written back without it.
 
-1. The start's wake-ups.
+The start's wake-ups, in detail:
 
 While kopf lists the objects at a start, it adds a toggle per listed object to `operator_indexed` (a
 ToggleSet: "every kind and object indexed") and every object's worker, once it has indexed its object, drops
