@@ -11,6 +11,7 @@ import json
 import re
 import struct
 import threading
+import time
 
 import pytest
 import rados
@@ -181,6 +182,7 @@ def test_with_the_fast_path_off_images_converge_and_drift_is_still_found(platfor
     name = f"slow-{uniq}"
     operator.stop()
     slow = Operator(platform, replica=3, env={"RBD_OPERATOR_FAILPOINTS": "probe:mismatch"})
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
     try:
         slow.start()
         platform.apply(image(name, pool, size="16Mi"))
@@ -188,8 +190,18 @@ def test_with_the_fast_path_off_images_converge_and_drift_is_still_found(platfor
         consistent(platform, ceph, pool, name)
         fsid = ceph.get_fsid()
         assert re.search(rf'rbd_operator_fastpath_disabled\{{fsid="{fsid}"\}} 1', slow.metrics())
-        events = platform.events(name, "default")
-        assert any(e["reason"] == "FastPathDisabled" and e["type"] == "Warning" for e in events), events
+        # Told once, on whatever turned it off: this image's pass, or a storage's sweep when that reached the
+        # cluster first (the slow replica's start sweeps the storages that have images). Events post async.
+        storages = {s["metadata"]["name"] for s in json.loads(platform.kubectl("get", "rbds", "-o", "json").stdout)["items"]}
+
+        def told() -> list[dict]:
+            out = json.loads(platform.kubectl("get", "events", "-n", "default", "-o", "json", "--field-selector",
+                                              "reason=FastPathDisabled").stdout)["items"]
+            return [e for e in out if e["type"] == "Warning" and (e.get("lastTimestamp") or "") >= started and (
+                (e["involvedObject"]["kind"], e["involvedObject"]["name"]) == ("RbdImage", name)
+                or (e["involvedObject"]["kind"] == "RbdStorage" and e["involvedObject"]["name"] in storages))]
+        warned = wait_for(told, 20, what="the FastPathDisabled Warning")
+        assert "a mismatch forced by a test" in warned[0]["message"], warned
         with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name) as img:
             img.resize(64 * MI)  # drift, by hand
         def restored() -> bool:  # noqa: E306

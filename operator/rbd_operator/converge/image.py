@@ -260,6 +260,13 @@ def _has_condition(body: Mapping[str, Any], type_: ConditionType) -> bool:
     return any(c.get("type") == type_ for c in ((body.get("status") or {}).get("conditions") or []))
 
 
+def fast_path_note(problem: str) -> Note:
+    """The Warning for the pass that turned the fast path off (an image's pass, or a storage's sweep)."""
+    return Note(EventReason.FAST_PATH_DISABLED, f"librbd's object layout on this Ceph cluster differs from what the "
+                f"operator's fast path expects ({problem}): librbd's own calls are used on this cluster from now on "
+                "(slower; drift detection included)", "Warning")
+
+
 def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str], generation: int | None,
            had_within: bool) -> Outcome:
     """What status and events say after a pass: one event per reconcile that changed an existing image; none
@@ -272,10 +279,7 @@ def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str],
         out.set(**{"import": {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}})
         out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {redact(imported[0].url)} ({image.size} bytes)")
     if result.fast_path_off:
-        out.events.append(Note(EventReason.FAST_PATH_DISABLED, f"librbd's object layout on this Ceph cluster differs "
-                               f"from what the operator's fast path expects ({result.fast_path_off}): librbd's own "
-                               "calls are used on this cluster from now on (slower; drift detection included)",
-                               "Warning"))
+        out.events.append(fast_path_note(result.fast_path_off))
     if result.done and not all(s.creation for s in result.done):
         out.note(result.done[0].reason, "; ".join(s.describe() for s in result.done))
     reverted = [s for s in result.done if isinstance(s, RevertImage)]
@@ -374,9 +378,12 @@ async def delete(spec: ImageSpec, name: str, namespace: str, uid: str, idx: Inde
 
 # -- the drift sweep -----------------------------------------------------------------------------------
 @ceph.with_session
-def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> dict[str, ObservedImage]:
-    """The images' headers (one listing, their omap read in parallel; no image opened, no watchers)."""
-    return cluster.image_headers(pool, names)
+def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> tuple[dict[str, ObservedImage], str | None]:
+    """The images' headers (one listing, their omap read in parallel; no image opened, no watchers), and what
+    differed if the fast path was turned off in this very call (its probe runs at a cluster's first use)."""
+    probed = cluster.fast_path
+    headers = cluster.image_headers(pool, names)
+    return headers, cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
 
 
 @ceph.with_session
@@ -413,9 +420,11 @@ class _Namespaces:
 
 
 async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx: Indexes,
-                busy: Callable[[str], bool], used_cache: UsedCache, rota: WatcherRota, logger: logging.Logger) -> int:
+                busy: Callable[[str], bool], used_cache: UsedCache, rota: WatcherRota,
+                logger: logging.Logger) -> Note | None:
     """Drift detection for all images of one storage. Images whose status no longer tells the truth are poked
-    (an annotation: kopf then reconciles them); nothing else is written. Returns how many were poked.
+    (an annotation: kopf then reconciles them); nothing else is written. Returns the Warning to post on the
+    storage when this sweep turned the fast path off (the first use of a cluster is often a sweep's).
     `used_cache`, `rota`: what this process measured, and whose watchers it listed when (the Runtime's)."""
     everyone = list(tracking.by_storage(idx.images).get(storage_name, []))
     tracked = []
@@ -426,9 +435,9 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
         except SpecError:
             continue  # never reached Ceph; its condition says so
     if not tracked:
-        return 0
-    headers = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
-                                 timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
+        return None
+    headers, fast_path_off = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
+                                                timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
     listed = await _listed_watchers(storage_name, storage.pool.name, creds, headers, rota)
     identity, spaces = await cluster_identity(idx.namespaces), _Namespaces(idx.namespaces)
     live, poked = tracking.by_uid(idx.images).__contains__, 0
@@ -451,7 +460,7 @@ async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx
         poked += 1
     logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
     await used_space.refresh(storage_name, storage.pool.name, creds, tracked, headers, busy, used_cache, logger)
-    return poked
+    return fast_path_note(fast_path_off) if fast_path_off else None
 
 
 def _verdict(storage: StorageSpec, t: tracking.Tracked, spec: ImageSpec, header: ObservedImage | None,

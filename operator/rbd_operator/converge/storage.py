@@ -29,7 +29,7 @@ from ..reconcile.storage_plan import (Peer, capacity_to_report, check_secret_uui
                                       keyring_text, libvirt_secret_uuid, owns_client, peer_caps, peers, plan_client, plan_pool, without_owner)
 from . import image
 from .credentials import admin_credentials
-from .outcome import Outcome
+from .outcome import Note, Outcome
 
 CEPH_TIMEOUT = 60.0
 # On the client Secret: the spec.client.rotateKeyGeneration its key was published for. With the key in
@@ -278,14 +278,16 @@ async def delete(name: str, uid: str, spec: StorageSpec, storages: Mapping[Any, 
 
 
 async def sweep_images(name: str, spec_raw: Mapping[str, Any], idx: image.Indexes, busy: Callable[[str], bool],
-                       used_cache: image.UsedCache, rota: image.WatcherRota, logger: logging.Logger) -> None:
+                       used_cache: image.UsedCache, rota: image.WatcherRota, logger: logging.Logger) -> Note | None:
     """The storage's drift sweep over its images (converge/image.py sweep), skipped with a warning when the
-    storage itself cannot be used (its own condition already says why)."""
+    storage itself cannot be used (its own condition already says why). Returns the sweep's Warning for the
+    storage, if any."""
     if not image.tracking.by_storage(idx.images).get(name):
-        return
+        return None
     try:
         spec = parse_storage(name, spec_raw)
         creds = await admin_credentials(spec.monitors, spec.admin_secret)
-        await image.sweep(name, spec, creds, idx, busy, used_cache, rota, logger)
+        return await image.sweep(name, spec, creds, idx, busy, used_cache, rota, logger)
     except (OperatorError, ApiException) as exc:
         logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))
+        return None
