@@ -136,7 +136,7 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
         observed = made if only_made else cluster.observe_image(pool, spec.name)
     if observed is None:
         raise CephError(Reason.IMAGE_NOT_FOUND, f"image {pool}/{spec.name} vanished while being converged")
-    turned_off = cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
+    turned_off = _turned_off(cluster, probed)
     known = used_after(steps, observed.features)
     figure = 0 if known == "zero" else cluster.used_bytes(pool, [spec.name]).get(spec.name) if known else None
     return Converged(observed, list(steps), steps.beyond, turned_off, figure, steps.revert_generation)
@@ -383,7 +383,13 @@ def _headers(cluster: ceph.CephCluster, pool: str, names: set[str]) -> tuple[dic
     differed if the fast path was turned off in this very call (its probe runs at a cluster's first use)."""
     probed = cluster.fast_path
     headers = cluster.image_headers(pool, names)
-    return headers, cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
+    return headers, _turned_off(cluster, probed)
+
+
+def _turned_off(cluster: ceph.CephCluster, probed: bool | None) -> str | None:
+    """What differed, if the fast path was unknown before a call (`probed`: cluster.fast_path then) and the
+    probe in that call turned it off; None otherwise."""
+    return cluster.fast_path_problem if probed is None and cluster.fast_path is False else None
 
 
 @ceph.with_session

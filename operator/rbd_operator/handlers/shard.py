@@ -33,15 +33,15 @@ def left(memo: kopf.Memo, uid: str) -> bool:
 
 async def _track(type: str | None, uid: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     gone: set[str] = memo.shard_left  # uids of objects with timers that left this shard (see the docstring)
-    if type != "DELETED" or meta.get("deletionTimestamp"):
+    if type == "DELETED" and not meta.get("deletionTimestamp"):
+        gone.add(uid)  # relabelled away: it still exists, and kopf keeps its timers
+    else:
         # back in this shard (kopf made new timers for it), or really deleted: the timers check
         # deletionTimestamp themselves, and kopf stops them, so the uid is not kept (the set stays as large as
         # the objects that were relabelled away and still exist)
         gone.discard(uid)
-        if type != "DELETED":
-            return
-    else:
-        gone.add(uid)
+    if type != "DELETED":
+        return
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:  # a host's libvirt connection and domain watch are its shard's
         runtime.domains.forget(uid)

@@ -16,6 +16,7 @@ from ..api.storage import parse_storage
 from ..converge import image as image_converge
 from ..converge import storage as converge
 from . import shard
+from ..converge.outcome import Note
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, report, reported, settle
 
 PLURAL = "rbdstorages"
@@ -75,7 +76,8 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
                                             memo.runtime.watchers, logger))
 
 
-def _warn(body: kopf.Body, note: Any) -> None:
+def _warn(body: kopf.Body, note: Note | None) -> None:
+    """The sweep's Warning (converge/image.py sweep), posted on the storage."""
     if note is not None:
         kopf.event(body, type=note.type, reason=note.reason, message=note.message)
 
