@@ -210,7 +210,7 @@ def download(ioctx: rados.Ioctx, url: str, prefixes: tuple[str, ...], scratch: s
         total = resp.length or 0
         limit.check(total, "the template")
         with progress.lock:
-            progress.total = total
+            progress.phase, progress.total = "downloading", total
         _fresh(ioctx, scratch, max(total, CHUNK), features)
         source = Downloaded(resp, progress)
         reader, kind = _reader(source)

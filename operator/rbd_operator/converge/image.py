@@ -104,8 +104,10 @@ class Converged:
 def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, owner: ImageOwner,
             live: Callable[[str], bool], tenancy: Tenancy, logger: logging.Logger,
             unresolved: OperatorError | None = None, progress: importer.Progress | None = None,
-            revert: RevertRequest | None = None) -> Converged:
-    """In a worker thread: observe, plan (everything refused before the first step), apply, report."""
+            revert: RevertRequest | None = None, imports: bool = True) -> Converged | None:
+    """In a worker thread: observe, plan (everything refused before the first step), apply, report.
+    With `imports` False, a plan that imports returns None before its first step (the caller then runs the
+    pass again in the import pool): a pass over an image that exists never waits for an import slot."""
     pool = storage.pool.name
     probed = cluster.fast_path
     observed = cluster.observe_image(pool, spec.name)
@@ -124,6 +126,8 @@ def in_ceph(cluster: ceph.CephCluster, storage: StorageSpec, spec: ImageSpec, ow
         data_pool_exists = spec.data_pool in cluster.pools()
     steps = plan_image(spec, observed, owner, storage.pool.quota_max_bytes or 0, source, data_pool_exists, live,
                        storage.import_prefixes, tenancy, storage.import_stall_timeout, revert, trashed)
+    if not imports and any(isinstance(s, ImportImage) for s in steps):
+        return None
     if steps:
         logger.info("librbd, pool %s: %s", pool, "; ".join(s.describe() for s in steps))
     made = None
@@ -163,19 +167,18 @@ async def reconcile(name: str, namespace: str, uid: str, body: Mapping[str, Any]
     live = tracking.by_uid(idx.images).__contains__
     revert = _revert_request(parsed, name, namespace, body, idx)
     try:
-        if parsed.source and parsed.source.url:
+        result = await run_blocking(in_ceph, target.creds, storage, parsed, owner, live, tenancy, logger,
+                                    unresolved, None, revert, imports=False, timeout=CEPH_TIMEOUT,
+                                    reason=Reason.CEPH_UNREACHABLE)
+        if result is None:  # an import to make: in the import pool, its progress in status.import
             result = await _importing(target, parsed, owner, live, tenancy, namespace, name, logger, revert)
-        else:
-            result = await run_blocking(in_ceph, target.creds, storage, parsed, owner, live, tenancy, logger,
-                                        unresolved, None, revert, timeout=CEPH_TIMEOUT,
-                                        reason=Reason.CEPH_UNREACHABLE)
     except OperatorError as exc:
         if exc.reason in (Reason.CEPH_UNREACHABLE, Reason.AUTH_FAILED):
             ceph.forget(target.creds)
         raise
     nodes = tracking.node_addresses(idx.hypervisors)
     out = report(storage.pool.name, parsed, result, nodes, (body.get("metadata") or {}).get("generation"),
-                 _has_condition(body, ConditionType.WITHIN_LIMITS))
+                 _has_condition(body, ConditionType.WITHIN_LIMITS), (body.get("status") or {}).get("import"))
     if watch is not None:
         await guests(out, f"{storage.pool.name}/{parsed.name}", result, nodes, watch, logger)
     return out
@@ -268,16 +271,22 @@ def fast_path_note(problem: str) -> Note:
 
 
 def report(pool: str, spec: ImageSpec, result: Converged, nodes: dict[str, str], generation: int | None,
-           had_within: bool) -> Outcome:
+           had_within: bool, recorded_import: Any = None) -> Outcome:
     """What status and events say after a pass: one event per reconcile that changed an existing image; none
     on the happy path of a creation (the status says it all, and an Event per image costs the API server as
-    much as the image)."""
+    much as the image). `recorded_import`: status.import as the pass found it."""
     out = Outcome()
     image = result.image
     imported = [s for s in result.done if isinstance(s, ImportImage)]
+    done = {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}
     if imported:
-        out.set(**{"import": {"bytes": image.size, "totalBytes": image.size, "percent": 100, "phase": "done"}})
+        out.set(**{"import": done})
         out.note(EventReason.IMPORTED, f"{pool}/{spec.name} imported from {redact(imported[0].url)} ({image.size} bytes)")
+    elif isinstance(recorded_import, Mapping) and recorded_import.get("phase") != "done" and spec.source \
+            and spec.source.url:
+        # An import of ours was under way and the image is in place now (an import renames into place
+        # last): the pass that finished it ended before its report (a crash, an error after the import).
+        out.set(**{"import": done})
     if result.fast_path_off:
         out.events.append(fast_path_note(result.fast_path_off))
     if result.done and not all(s.creation for s in result.done):
