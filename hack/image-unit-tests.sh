@@ -11,6 +11,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 image=${1:?usage: $0 IMAGE [PYTEST ARGS...]}
 shift
+# The image's user (not root) reads the checkout through the bind mount: a checkout only root may enter
+# (mktemp -d makes 0700 directories) would fail deep inside pytest with EACCES; say so here.
+if (( (8#$(stat -c %a "$root") & 5) != 5 )); then
+  echo "image-unit-tests: $root is not readable by other users (mode $(stat -c %a "$root")); the image's user" \
+    "reads it through the mount: chmod o+rx $root" >&2
+  exit 1
+fi
 docker() { "$root/hack/docker.sh" cli "$@"; }
 
 read -r py glibc < <(docker run --rm --entrypoint python "$image" -c \

@@ -86,6 +86,7 @@ class Connection:
         self.fast_path_problem: str | None = None
         self.fast_path_lock = threading.Lock()
         self.probes_cleared: set[str] = set()  # pools whose stray probe images this connection has removed
+        self.probes_retry: dict[str, float] = {}  # pools with a stray probe still open: when to look again
         self.mirroring: dict[str, tuple[bool, float]] = {}  # pool -> (mirrors images, when asked)
 
     def _connect(self) -> rados.Rados:

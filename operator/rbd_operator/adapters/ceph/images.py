@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # to the trash (only such trash entries are purged).
 OWNER_KEY = "rbd-operator.io/owner"
 TRASHED_KEY = "rbd-operator.io/trashed-by"
+PROBE_RETRY_SECONDS = 60.0  # a probe image a killed process left open: the OSDs drop its watch within ~30 s
 QOS_KEYS = tuple(QOS_SETTINGS.values())
 SNAPSHOT_RECORD_PREFIX = "rbd-operator.io/snapshot."
 MIRROR_MODE_SECONDS = 60.0  # records a clone copied from its parent: dropped
@@ -58,7 +59,8 @@ class ImageOps(Connection):
         """Whether librbd's object steps may be taken directly on this cluster: probed once (rbd_raw.probe) on
         the first use; a layout that differs turns them off for good (metric rbd_operator_fastpath_disabled,
         `fast_path_problem` says what differed); a probe that cannot run decides nothing (librbd this time)."""
-        if self.fast_path is not None and ioctx.name in self.probes_cleared:
+        if self.fast_path is not None and (ioctx.name in self.probes_cleared
+                                           or time.monotonic() < self.probes_retry.get(ioctx.name, 0.0)):
             return self.fast_path
         with self.fast_path_lock:
             self._clear_probes(ioctx)
@@ -76,15 +78,24 @@ class ImageOps(Connection):
 
     def _clear_probes(self, ioctx: rados.Ioctx) -> None:
         """Once per pool and connection (under fast_path_lock, so never this process's probe in progress): the
-        probe images of a process killed mid-probe are removed (a tenant's pool keeps nothing of ours)."""
-        if ioctx.name in self.probes_cleared:
+        probe images of a process killed mid-probe are removed (a tenant's pool keeps nothing of ours). One
+        still open (the killed process's watch lasts until the OSDs time it out) is looked at again after
+        PROBE_RETRY_SECONDS."""
+        if ioctx.name in self.probes_cleared or time.monotonic() < self.probes_retry.get(ioctx.name, 0.0):
             return
+        still_open: list[str] = []
         try:
-            removed = rbd_raw.remove_stray_probes(ioctx, OWNER_KEY)
+            removed, still_open = rbd_raw.remove_stray_probes(ioctx, OWNER_KEY)
         except (rbd.Error, rados.Error) as exc:
             removed = []
             log.warning("stray probe images of pool %s not cleared (%s)", ioctx.name, type(exc).__name__)
-        self.probes_cleared.add(ioctx.name)  # once either way: never a listing per call
+        if still_open:
+            self.probes_retry[ioctx.name] = time.monotonic() + PROBE_RETRY_SECONDS
+            log.info("probe images a killed operator left in pool %s are still open (%s): looked at again in %.0f s",
+                     ioctx.name, ", ".join(still_open), PROBE_RETRY_SECONDS)
+        else:
+            self.probes_cleared.add(ioctx.name)  # once: never a listing per call
+            self.probes_retry.pop(ioctx.name, None)
         if removed:
             log.info("removed probe images a killed operator left in pool %s: %s", ioctx.name, ", ".join(removed))
 

@@ -16,7 +16,9 @@ tests/unit/test_rbd_raw.py checks each encoder and decoder against bytes capture
 from __future__ import annotations
 
 import logging
+import re
 import time
+from enum import StrEnum
 from typing import Callable, Iterable, Mapping
 
 import rados
@@ -260,35 +262,84 @@ PROBE_PREFIX = "rbdop-probe-"
 PROBE_SIZE = 4 * 2**20 + 4096  # with the prefix, what tells a probe image (even one cut short before its tag)
 
 
-def stray_probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> bool:
-    """Whether `name` is a probe image left by a process killed mid-probe: our prefix, the probe's size and
-    features, no owner record but the probe's, nobody has it open. Anything else is left alone."""
-    if not name.startswith(PROBE_PREFIX):
-        return False
+PROBE_NAME = re.compile(r"rbdop-probe-[0-9a-f]{12}(-moved)?\Z")  # PROBE_PREFIX + token_hex(6) [+ "-moved"]
+
+
+class Stray(StrEnum):
+    """What a listed name is to the stray-probe cleanup."""
+    NOT_OURS = "not ours"   # anything but a probe of ours: left alone
+    IMAGE = "image"         # a whole probe image a killed process left: removed with librbd
+    LISTING = "listing"     # a listing whose image is gone (a probe's creation or removal cut short): unlisted
+    OPEN = "open"           # a probe image someone still has open (a killed process's watch expires): later
+
+
+def stray_probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> Stray:
+    """What `name` is: a probe image left by a process killed mid-probe (our name pattern, the probe's size and
+    features, no owner record but the probe's, nobody has it open), a listing of such a probe whose header
+    is gone (killed inside librbd's create or remove), or anything else (left alone)."""
+    if not PROBE_NAME.match(name):
+        return Stray.NOT_OURS
     try:
         with rbd.Image(ioctx, name, read_only=True) as image:
             if image.size() != PROBE_SIZE or image.features() & ~rbd.RBD_FEATURE_LAYERING:
-                return False
+                return Stray.NOT_OURS
             try:
                 tag = image.metadata_get(owner_key)
             except KeyError:
                 tag = None
-            return tag in (None, "probe") and not list(image.watchers_list())
+            if tag not in (None, "probe"):
+                return Stray.NOT_OURS
+            return Stray.OPEN if list(image.watchers_list()) else Stray.IMAGE
     except rbd.ImageNotFound:
+        image_id = directory_id(ioctx, name)
+        return Stray.LISTING if image_id is not None and not _exists(ioctx, HEADER_PREFIX + image_id) \
+            else Stray.NOT_OURS
+
+
+def _exists(ioctx: rados.Ioctx, oid: str) -> bool:
+    try:
+        ioctx.stat(oid)
+    except rados.ObjectNotFound:
         return False
+    return True
 
 
-def remove_stray_probes(ioctx: rados.Ioctx, owner_key: str) -> list[str]:
-    """Remove the probe images a killed process left in this pool (see stray_probe); returns their names."""
-    removed = []
+def _unlist(ioctx: rados.Ioctx, name: str) -> bool:
+    """Remove a listing whose header is gone (checked again here): its id object, then its directory entry."""
+    image_id = directory_id(ioctx, name)
+    if image_id is None or _exists(ioctx, HEADER_PREFIX + image_id):
+        return False
+    try:
+        if read_id_object(ioctx, name) == image_id:
+            ioctx.remove_object(ID_PREFIX + name)
+    except rados.ObjectNotFound:
+        pass
+    try:
+        ioctx.execute(DIRECTORY, "rbd", "dir_remove_image", encode_str(name) + encode_str(image_id))
+    except rados.ObjectNotFound:
+        return False
+    return True
+
+
+def remove_stray_probes(ioctx: rados.Ioctx, owner_key: str) -> tuple[list[str], list[str]]:
+    """Remove what killed processes left of their probes in this pool (see stray_probe); returns the names
+    removed and those still open (to look at again later)."""
+    removed, still_open = [], []
     for name in rbd.RBD().list(ioctx):
-        if stray_probe(ioctx, name, owner_key):
+        kind = stray_probe(ioctx, name, owner_key)
+        if kind == Stray.OPEN:
+            still_open.append(name)
+        elif kind == Stray.IMAGE:
             try:
                 rbd.RBD().remove(ioctx, name)
                 removed.append(name)
             except rbd.ImageNotFound:
                 pass
-    return removed
+            except rbd.ImageBusy:
+                still_open.append(name)
+        elif kind == Stray.LISTING and _unlist(ioctx, name):
+            removed.append(name)
+    return removed, still_open
 
 
 def probe(ioctx: rados.Ioctx, name: str, owner_key: str) -> str | None:
