@@ -7,6 +7,12 @@
    and the operator's status patches each own fields) is read by neither kopf nor the operator, so every
    raw event's object is stripped of it as it leaves kopf's watch stream, before anything holds it. kopf
    patches with merge patches on named fields, never with a whole body, so nothing is written back without it.
+3. A listed object waits for the indexes without its views: kopf's processing makes an object's Body, Patch
+   and three loggers, indexes the object and then waits, holding them, until every kind is indexed; at a
+   start every listed object waits so. Here each one is indexed first with views that end with that call,
+   waits holding only its raw event, and goes through kopf's processing (which indexes it again: the index
+   functions are cheap and idempotent) once the wait is over. Measured at 5,500 objects, three restarts
+   each: peak RSS 284.6/284.1/283.4 MiB without, 271.2/274.5/272.5 MiB with (-4 %).
 
 The start's wake-ups, in detail:
 
@@ -26,6 +32,10 @@ from typing import Any, AsyncIterator
 
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.clients import watching
+from kopf._cogs.structs import bodies
+from kopf._core.actions import loggers
+from kopf._core.engines import indexing
+from kopf._core.reactor import processing
 
 
 async def _make_toggle(self: Any, __val: bool = False, *, name: str | None = None) -> Any:
@@ -63,11 +73,57 @@ def _projected(infinite_watch: Any) -> Any:
     return infinite_watch_without_managed_fields
 
 
+async def _index_only(*, indexers: Any, registry: Any, settings: Any, memories: Any, memobase: Any,
+                      resource: Any, raw_event: Any) -> None:
+    """Index one listed object as kopf's processing does first, with views that end with this call."""
+    raw_body = raw_event["object"]
+    memory = await memories.recall(raw_body, noticed_by_listing=raw_event["type"] is None, memobase=memobase)
+    body = bodies.Body(raw_body)
+    await indexing.index_resource(registry=registry, indexers=indexers, settings=settings, resource=resource,
+                                  raw_event=raw_event, body=body, memo=memory.memo,
+                                  memory=memory.indexing_memory,
+                                  logger=loggers.TerseObjectLogger(body=body, settings=settings))
+
+
+def _light(process: Any) -> Any:
+    async def process_resource_event(*, indexers: Any, registry: Any, settings: Any, memories: Any, memobase: Any,
+                                     resource: Any, raw_event: Any, resource_indexed: Any = None,
+                                     operator_indexed: Any = None, **kwargs: Any) -> Any:
+        if operator_indexed is not None and not operator_indexed.is_on():
+            try:
+                await _index_only(indexers=indexers, registry=registry, settings=settings, memories=memories,
+                                  memobase=memobase, resource=resource, raw_event=raw_event)
+            except Exception:  # noqa: BLE001 - kopf's own path (below) indexes, waits and reports it
+                return await process(indexers=indexers, registry=registry, settings=settings, memories=memories,
+                                     memobase=memobase, resource=resource, raw_event=raw_event,
+                                     resource_indexed=resource_indexed, operator_indexed=operator_indexed, **kwargs)
+            if resource_indexed is not None:
+                await operator_indexed.drop_toggle(resource_indexed)
+            await operator_indexed.wait_for(True)
+            resource_indexed = operator_indexed = None  # indexed and waited: kopf's processing indexes again
+        return await process(indexers=indexers, registry=registry, settings=settings, memories=memories,
+                             memobase=memobase, resource=resource, raw_event=raw_event,
+                             resource_indexed=resource_indexed, operator_indexed=operator_indexed, **kwargs)
+    process_resource_event.__wrapped__ = process  # type: ignore[attr-defined]
+    return process_resource_event
+
+
+def _apply_light_wait() -> bool:
+    current = getattr(processing, "process_resource_event", None)
+    if current is not None and hasattr(current, "__wrapped__"):
+        return True
+    if current is None or getattr(current, "__module__", "") != processing.__name__:
+        return False
+    processing.process_resource_event = _light(current)
+    return True
+
+
 def apply() -> bool:
-    """Both fixes (again: nothing more); False if kopf changed so that one of them no longer fits (that one is
+    """All fixes (again: nothing more); False if kopf changed so that one of them no longer fits (that one is
     then not applied)."""
     toggles = _apply_toggles()
-    return _apply_projection() and toggles
+    light = _apply_light_wait()
+    return _apply_projection() and toggles and light
 
 
 def _apply_projection() -> bool:
