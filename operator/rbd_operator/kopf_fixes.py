@@ -94,14 +94,13 @@ def _light(process: Any) -> Any:
             try:
                 await _index_only(indexers=indexers, registry=registry, settings=settings, memories=memories,
                                   memobase=memobase, resource=resource, raw_event=raw_event)
-            except Exception:  # noqa: BLE001 - kopf's own path (below) indexes, waits and reports it
-                return await process(indexers=indexers, registry=registry, settings=settings, memories=memories,
-                                     memobase=memobase, resource=resource, raw_event=raw_event,
-                                     resource_indexed=resource_indexed, operator_indexed=operator_indexed, **kwargs)
-            if resource_indexed is not None:
-                await operator_indexed.drop_toggle(resource_indexed)
-            await operator_indexed.wait_for(True)
-            resource_indexed = operator_indexed = None  # indexed and waited: kopf's processing indexes again
+            except Exception:  # noqa: BLE001 - kopf's own path (below, toggles as they came) indexes, waits, reports
+                pass
+            else:
+                if resource_indexed is not None:
+                    await operator_indexed.drop_toggle(resource_indexed)
+                await operator_indexed.wait_for(True)
+                resource_indexed = operator_indexed = None  # indexed and waited: kopf's processing indexes again
         return await process(indexers=indexers, registry=registry, settings=settings, memories=memories,
                              memobase=memobase, resource=resource, raw_event=raw_event,
                              resource_indexed=resource_indexed, operator_indexed=operator_indexed, **kwargs)
