@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -252,3 +254,53 @@ def test_probe_images_of_a_killed_operator_are_removed(platform, operator, ceph,
             for decoy in decoys:
                 rbd.RBD().remove(ioctx, decoy)
         platform.delete("rbdimg", f"after-probe-{uniq}", "default", wait=True)
+
+
+def test_a_probe_image_a_killed_process_left_open_is_removed_once_its_watch_expires(platform, operator, ceph, pool,
+                                                                                    uniq):
+    """The e2e takeover test's case (CI: `rbdop-probe-…` still listed after every image was Ready): a process
+    killed while it held its probe image open leaves a watch the OSDs keep until osd_client_watch_timeout (30 s).
+    The next process finds the image still open, leaves it (it may not remove an image someone has open), and
+    looks again after PROBE_RETRY_SECONDS: it goes at the first fast-path call after that (here a resync)."""
+    stray = f"rbdop-probe-{(uniq[::-1] + 'a' * 12)[:12]}"
+    with ceph.open_ioctx(pool) as ioctx:
+        rbd.RBD().create(ioctx, stray, 4 * MI + 4096, old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+    # Another client opens it read-write (a watch on its header) and is killed with it open.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import rados, rbd, sys, time\n"
+         f"c = rados.Rados(conffile={str(platform.ceph_conf)!r}); c.connect(timeout=15)\n"
+         f"i = c.open_ioctx({pool!r}); img = rbd.Image(i, {stray!r})\n"
+         "print('open', flush=True); time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+    finally:
+        holder.kill()
+        holder.wait()
+    killed_at = time.monotonic()
+    with ceph.open_ioctx(pool) as ioctx, rbd.Image(ioctx, stray, read_only=True) as img:
+        assert list(img.watchers_list()), "the killed client's watch is still there"
+    operator.stop()
+    operator.start()
+    try:
+        platform.apply(image(f"open-probe-{uniq}", pool, size="16Mi"))
+        platform.wait_condition("rbdimg", f"open-probe-{uniq}", "True", namespace="default")
+
+        def gone() -> bool:
+            with ceph.open_ioctx(pool) as ioctx:
+                return stray not in rbd.RBD().list(ioctx)
+        # watch timeout (30 s) + PROBE_RETRY_SECONDS (35 s) + a resync (5 s), with room
+        wait_for(gone, 150, interval=1, what="the stray probe image removed once its watch expired")
+        took = time.monotonic() - killed_at
+        assert took > 25, f"removed {took:.0f} s after the kill: while the dead client's watch was still there?"
+        log = operator.log_text()
+        assert f"still open ({stray})" in log, "the first look found it open (the path under test)"
+        with ceph.open_ioctx(pool) as ioctx:
+            assert not [n for n in rbd.RBD().list(ioctx) if n.startswith("rbdop-probe-")]
+    finally:
+        platform.delete("rbdimg", f"open-probe-{uniq}", "default", wait=True)
+        with ceph.open_ioctx(pool) as ioctx:
+            try:
+                rbd.RBD().remove(ioctx, stray)
+            except rbd.ImageNotFound:
+                pass

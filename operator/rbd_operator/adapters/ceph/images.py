@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 # to the trash (only such trash entries are purged).
 OWNER_KEY = "rbd-operator.io/owner"
 TRASHED_KEY = "rbd-operator.io/trashed-by"
-PROBE_RETRY_SECONDS = 60.0  # a probe image a killed process left open: the OSDs drop its watch within ~30 s
+# A probe image a killed process left open is looked at again after this long: the OSDs drop a dead client's
+# watch after osd_client_watch_timeout (30 s by default).
+PROBE_RETRY_SECONDS = 35.0
 QOS_KEYS = tuple(QOS_SETTINGS.values())
 SNAPSHOT_RECORD_PREFIX = "rbd-operator.io/snapshot."
 MIRROR_MODE_SECONDS = 60.0  # records a clone copied from its parent: dropped
@@ -83,12 +85,14 @@ class ImageOps(Connection):
         PROBE_RETRY_SECONDS."""
         if ioctx.name in self.probes_cleared or time.monotonic() < self.probes_retry.get(ioctx.name, 0.0):
             return
-        still_open: list[str] = []
         try:
             removed, still_open = rbd_raw.remove_stray_probes(ioctx, OWNER_KEY)
         except (rbd.Error, rados.Error) as exc:
-            removed = []
-            log.warning("stray probe images of pool %s not cleared (%s)", ioctx.name, type(exc).__name__)
+            # Fail closed, and not for good: the pool is looked at again later (never marked cleared unread).
+            self.probes_retry[ioctx.name] = time.monotonic() + PROBE_RETRY_SECONDS
+            log.warning("stray probe images of pool %s not cleared (%s): looked at again in %.0f s", ioctx.name,
+                        type(exc).__name__, PROBE_RETRY_SECONDS)
+            return
         if still_open:
             self.probes_retry[ioctx.name] = time.monotonic() + PROBE_RETRY_SECONDS
             log.info("probe images a killed operator left in pool %s are still open (%s): looked at again in %.0f s",
