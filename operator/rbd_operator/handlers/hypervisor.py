@@ -17,17 +17,18 @@ from ..api.reasons import EventReason
 from ..converge import host as converge
 from . import shard
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, report, reported, settle
+from .indexes import IMAGES
 
 PLURAL = "hypervisornodes"
 
 
 async def _converge(name: str, uid: str, body: kopf.Body, labels: kopf.Labels, patch: kopf.Patch, storages: kopf.Index,
-                    images: kopf.Index, memo: kopf.Memo, retry: int = 0, timer: bool = False) -> None:
+                    memo: kopf.Memo, retry: int = 0, timer: bool = False) -> None:
     update = StatusUpdate(body, patch, timer=timer)
     try:
         await settle(uid)
         spec = parse_host(name, body.get("spec") or {})
-        memo.runtime.domains.track(uid, name, images, storages)
+        memo.runtime.domains.track(uid, name, (await IMAGES.ready()).images, storages)
         outcome = await converge.reconcile(name, uid, spec, body, dict(labels), storages, memo.runtime.fence)
         if not memo.runtime.domains.scanned(uid):
             memo.runtime.domains.domains_changed(uid)  # domains that ran before: their images' usedBy
@@ -48,21 +49,21 @@ async def _converge(name: str, uid: str, body: kopf.Body, labels: kopf.Labels, p
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, body: kopf.Body, labels: kopf.Labels, patch: kopf.Patch, uid: str, retry: int,
-                    storages: kopf.Index, images: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
+                    storages: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
     async with memo.runtime.locks.hold(uid):
-        await _converge(name, uid, body, labels, patch, storages, images, memo, retry)
+        await _converge(name, uid, body, labels, patch, storages, memo, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 @reported(timer=True)
 async def resync(name: str, body: kopf.Body, labels: kopf.Labels, patch: kopf.Patch, uid: str, meta: kopf.Meta,
-                 storages: kopf.Index, images: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
+                 storages: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
     """Drift, key rotation and storages that start or stop selecting this host."""
     locks = memo.runtime.locks
     if meta.get("deletionTimestamp") or locks.busy(uid) or shard.left(memo, uid):
         return
     async with locks.hold(uid):
-        await _converge(name, uid, body, labels, patch, storages, images, memo, timer=True)
+        await _converge(name, uid, body, labels, patch, storages, memo, timer=True)
 
 
 @kopf.on.event(GROUP, VERSION, "rbdstorages")

@@ -14,13 +14,14 @@ from ..api.image import parse_image
 from ..api.reasons import EventReason, Reason
 from ..converge import image as converge
 from .common import StatusUpdate, backoff, report, reported, settle
+from .indexes import IMAGES
 
 PLURAL = "rbdimages"
 
 
-def _indexes(kw: dict[str, Any]) -> converge.Indexes:
-    return converge.Indexes(kw["storages"], kw["images"], kw["hypervisors"], kw["snapshots_by_key"],
-                            kw["namespaces"])
+async def _indexes(kw: dict[str, Any]) -> converge.Indexes:
+    images = (await IMAGES.ready()).images
+    return converge.Indexes(kw["storages"], images, kw["hypervisors"], kw["snapshots_by_key"], kw["namespaces"])
 
 
 # No resume handler and no timer per image: each storage's sweep re-verifies its images (after a
@@ -34,7 +35,7 @@ async def reconcile(name: str, namespace: str, body: kopf.Body, patch: kopf.Patc
     async with memo.runtime.locks.hold(uid):
         try:
             await settle(uid)
-            outcome = await converge.reconcile(name, namespace, uid, body, _indexes(kw), logger, memo.runtime.domains)
+            outcome = await converge.reconcile(name, namespace, uid, body, await _indexes(kw), logger, memo.runtime.domains)
         except OperatorError as exc:
             return status.error(exc, retry)
     report(status, body, outcome)
@@ -58,7 +59,7 @@ async def delete(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, 
     async with locks.hold(uid):
         try:
             await settle(uid)
-            done = await converge.delete(parsed, name, namespace, uid, _indexes(kw))
+            done = await converge.delete(parsed, name, namespace, uid, await _indexes(kw))
         except Waiting:  # the storage is gone (or never made its pool): nothing of the image to delete
             logger.warning("RbdStorage %s is gone: leaving image %s in Ceph", parsed.storage, parsed.name)
             return locks.release(uid)

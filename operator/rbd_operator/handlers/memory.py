@@ -20,6 +20,7 @@ from ..adapters.blocking import Pool, run_blocking
 from ..api.reasons import EventReason, Kind
 from ..reconcile import memory
 from .common import RESYNC_SECONDS
+from .indexes import IMAGES
 
 log = logging.getLogger(__name__)
 TRIM_SECONDS = 300.0
@@ -67,14 +68,14 @@ async def _watch(watch: MemoryWatch, indexes: tuple[Mapping[Any, Any], ...], int
 
 
 @kopf.on.startup()
-async def start_memory_watch(memo: kopf.Memo, images_by_namespace: kopf.Index, snapshots_by_key: kopf.Index,
-                             storages: kopf.Index, hypervisors: kopf.Index, **_: Any) -> None:
+async def start_memory_watch(memo: kopf.Memo, snapshots_by_key: kopf.Index, storages: kopf.Index,
+                             hypervisors: kopf.Index, **_: Any) -> None:
     interval = min(RESYNC_SECONDS, float(os.environ.get("RBD_OPERATOR_MEMORY_CHECK_SECONDS", "60")))
     watch = MemoryWatch(memory.budget_from(os.environ))
     trim = os.environ.get("RBD_OPERATOR_MEMORY_TRIM", "1") != "0"
     trim_seconds = float(os.environ.get("RBD_OPERATOR_MEMORY_TRIM_SECONDS", str(TRIM_SECONDS))) if trim else None
     memo.memory_watch = asyncio.get_running_loop().create_task(
-        _watch(watch, (images_by_namespace, snapshots_by_key, storages, hypervisors), interval, trim_seconds))
+        _watch(watch, (IMAGES.by_namespace, snapshots_by_key, storages, hypervisors), interval, trim_seconds))
 
 
 @kopf.on.cleanup()

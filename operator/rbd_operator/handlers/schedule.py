@@ -14,6 +14,7 @@ from ..api.schedule import min_interval, parse_schedule
 from ..converge import schedule as converge
 from . import shard
 from .common import StatusUpdate, report, reported
+from .indexes import IMAGES
 
 PLURAL = "rbdsnapshotschedules"
 # How often a schedule looks for a due tick: a tick is taken at most this late (10 s; shorter only when a test
@@ -22,12 +23,12 @@ TIMER_SECONDS = max(1.0, min(10.0, min_interval() / 6))
 
 
 async def _pass(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                images_by_namespace: kopf.Index, scheduled: kopf.Index, memo: kopf.Memo, retry: int,
-                timer: bool) -> None:
+                scheduled: kopf.Index, memo: kopf.Memo, retry: int, timer: bool) -> None:
     status = StatusUpdate(body, patch, timer=timer)
     async with memo.runtime.locks.hold(uid):
         try:
-            outcome = await converge.reconcile(name, namespace, uid, parse_schedule(name, spec), images_by_namespace,
+            by_namespace = (await IMAGES.ready()).by_namespace
+            outcome = await converge.reconcile(name, namespace, uid, parse_schedule(name, spec), by_namespace,
                                                scheduled)
         except OperatorError as exc:
             return status.error(exc, retry)
@@ -40,20 +41,18 @@ async def _pass(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                    retry: int, images_by_namespace: kopf.Index, scheduled: kopf.Index, memo: kopf.Memo,
-                    **_: Any) -> None:
-    await _pass(name, namespace, uid, body, spec, patch, images_by_namespace, scheduled, memo, retry, False)
+                    retry: int, scheduled: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
+    await _pass(name, namespace, uid, body, spec, patch, scheduled, memo, retry, False)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
 @reported(timer=True)
 async def tick(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-               meta: kopf.Meta, images_by_namespace: kopf.Index, scheduled: kopf.Index, memo: kopf.Memo,
-               **_: Any) -> None:
+               meta: kopf.Meta, scheduled: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
     """Takes the due tick (idempotent: the names come from the tick) and prunes beyond keep."""
     if meta.get("deletionTimestamp") or memo.runtime.locks.busy(uid) or shard.left(memo, uid):
         return
-    await _pass(name, namespace, uid, body, spec, patch, images_by_namespace, scheduled, memo, 0, True)
+    await _pass(name, namespace, uid, body, spec, patch, scheduled, memo, 0, True)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -14,6 +14,7 @@ from ..api.reasons import EventReason, Reason
 from ..api.snapshot import parse_snapshot
 from ..converge import snapshot as converge
 from .common import StatusUpdate, backoff, report, reported, settle
+from .indexes import IMAGES
 
 PLURAL = "rbdsnapshots"
 
@@ -23,12 +24,13 @@ PLURAL = "rbdsnapshots"
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @reported()
 async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                    retry: int, storages: kopf.Index, images: kopf.Index, snapshots_by_key: kopf.Index,
+                    retry: int, storages: kopf.Index, snapshots_by_key: kopf.Index,
                     namespaces: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
     status = StatusUpdate(body, patch)
     async with memo.runtime.locks.hold(uid):
         try:
             await settle(uid)
+            images = (await IMAGES.ready()).images
             outcome = await converge.reconcile(name, namespace, uid, parse_snapshot(name, spec), images, storages,
                                                snapshots_by_key, namespaces)
         except OperatorError as exc:
@@ -40,7 +42,7 @@ async def reconcile(name: str, namespace: str, uid: str, body: kopf.Body, spec: 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 @reported()
 async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
-                 retry: int, storages: kopf.Index, images: kopf.Index, namespaces: kopf.Index, memo: kopf.Memo,
+                 retry: int, storages: kopf.Index, namespaces: kopf.Index, memo: kopf.Memo,
                  logger: logging.Logger, **_: Any) -> None:
     locks = memo.runtime.locks
     try:
@@ -53,6 +55,7 @@ async def delete(name: str, namespace: str, uid: str, body: kopf.Body, spec: kop
     async with locks.hold(uid):
         try:
             await settle(uid)
+            images = (await IMAGES.ready()).images
             where, children = await converge.delete(name, namespace, uid, parsed, images, storages, namespaces)
         except Waiting:
             logger.warning("RbdImage %s/%s is gone: leaving snapshot %s as it is", namespace, parsed.image,

@@ -18,12 +18,14 @@ from ..converge import storage as converge
 from . import shard
 from ..converge.outcome import Note
 from .common import RESYNC_SECONDS, StatusUpdate, backoff, report, reported, settle
+from .indexes import IMAGES
 
 PLURAL = "rbdstorages"
 
 
-def _indexes(kw: dict[str, Any]) -> image_converge.Indexes:
-    return image_converge.Indexes(kw["storages"], kw["images"], kw["hypervisors"], kw["snapshots_by_key"],
+async def _indexes(kw: dict[str, Any]) -> image_converge.Indexes:
+    images = (await IMAGES.ready()).images
+    return image_converge.Indexes(kw["storages"], images, kw["hypervisors"], kw["snapshots_by_key"],
                                   kw["namespaces"])
 
 
@@ -57,7 +59,7 @@ async def resume(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     """After a restart: converge, then re-verify every image of the storage at once."""
     async with memo.runtime.locks.hold(uid):
         await _converge(name, uid, body, patch, memo, retry, logger, kw)
-    _warn(body, await converge.sweep_images(name, spec, _indexes(kw), memo.runtime.locks.busy, memo.runtime.used,
+    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), memo.runtime.locks.busy, memo.runtime.used,
                                             memo.runtime.watchers, logger))
 
 
@@ -72,7 +74,7 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         return
     async with locks.hold(uid):
         await _converge(name, uid, body, patch, memo, 0, logger, kw, timer=True)
-    _warn(body, await converge.sweep_images(name, spec, _indexes(kw), locks.busy, memo.runtime.used,
+    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), locks.busy, memo.runtime.used,
                                             memo.runtime.watchers, logger))
 
 
