@@ -202,3 +202,19 @@ def test_the_operator_taps_rbdimages():
     from rbd_operator.handlers import indexes
     assert indexes.IMAGES in kopf_fixes._TAPS[(GROUP, "rbdimages")]
     assert hasattr(watching.continuous_watch, "__wrapped__")
+
+
+def test_a_reader_that_waits_too_long_gets_a_reason_instead_of_hanging():
+    from rbd_operator.api.errors import Waiting
+    from rbd_operator.api.reasons import Reason
+    informer = ImageInformer()
+
+    async def scenario() -> None:
+        informer.reset()
+        informer.listing_started()
+        with pytest.raises(Waiting) as caught:
+            await informer.ready(timeout=0.05)
+        assert caught.value.reason == Reason.API_ERROR and "not been listed" in caught.value.message
+
+    _run(scenario())
+

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import kopf
 
 from .. import GROUP, VERSION, kopf_fixes
-from ..api.errors import SpecError
+from ..api.errors import SpecError, Waiting
 from ..api.reasons import Reason
 from ..api.snapshot import parse_snapshot
 from ..adapters.namespaces import NamespaceInfo
@@ -63,6 +63,9 @@ def image_namespace_entries(raw: Mapping[str, Any]) -> dict:
         return {}
 
 
+LISTING_WAIT_SECONDS = 120.0  # a handler waits this long for the RbdImage listing, then reports and retries
+
+
 class ImageInformer:
     """The two RbdImage indexes, fed by kopf_fixes.tap from kopf's own watch stream of RbdImages, and the
     wait for their first complete listing."""
@@ -95,10 +98,16 @@ class ImageInformer:
         self.by_namespace.listing_ended()
         self.images.listing_ended()
 
-    async def ready(self) -> "ImageInformer":
-        """Once every RbdImage has been listed (fail closed: never read while a listing runs)."""
-        while not self.images.complete:
-            await self.listed.wait()
+    async def ready(self, timeout: float = LISTING_WAIT_SECONDS) -> "ImageInformer":
+        """Once every RbdImage has been listed (fail closed: never read while a listing runs). Raises Waiting
+        (ApiError, retried) if no listing ends within `timeout`: the handler says so instead of hanging."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.images.complete:
+                    await self.listed.wait()
+        except TimeoutError:
+            raise Waiting(Reason.API_ERROR, f"the RbdImages have not been listed yet (waited {timeout:.0f} s for the "
+                          "listing of rbdimages.rbd-operator.io): nothing that depends on them is done") from None
         return self
 
 
