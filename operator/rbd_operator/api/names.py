@@ -47,12 +47,25 @@ def check_name(field: str, value: object, max_length: int) -> str:
     return value
 
 
+# The operator's own names in Ceph: staging pools and images (`rbdop-new-<hash>`, reconcile/ownership.py) and
+# the fast-path probe image (`rbdop-probe-<hex>`, adapters/ceph/rbd_raw.py). A spec may not name one: a tenant
+# must not reach another object's staged image, nor make an image the stray-probe cleanup would look at.
+RESERVED_PREFIX = "rbdop-"
+
+
 def check_pool_name(field: str, value: object) -> str:
-    return check_name(field, value, POOL_NAME_MAX)
+    return _not_reserved(field, check_name(field, value, POOL_NAME_MAX))
 
 
 def check_image_name(field: str, value: object) -> str:
-    return check_name(field, value, IMAGE_NAME_MAX)
+    return _not_reserved(field, check_name(field, value, IMAGE_NAME_MAX))
+
+
+def _not_reserved(field: str, value: str) -> str:
+    if value.startswith(RESERVED_PREFIX):
+        raise SpecError(field, f"{value[:40]!r}: names starting with {RESERVED_PREFIX!r} are the operator's own "
+                        "(staging and probe names in Ceph)", reason=Reason.INVALID_NAME)
+    return value
 
 
 # Ceph's own privileged identities: client.admin and the bootstrap keys (create daemons' keys).

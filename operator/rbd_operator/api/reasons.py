@@ -319,7 +319,8 @@ REASONS: tuple[Documented, ...] = (
     Documented(Reason.INVALID_SPEC, ALL, _D,
                'The spec cannot work as written; the message names the field.'),
     Documented(Reason.INVALID_NAME, (STORAGE, IMAGE, SNAPSHOT), _D,
-               'A pool, image or client name breaks the naming rules.'),
+               'A pool, image or client name breaks the naming rules, or starts with `rbdop-` (the '
+               "operator's own staging and probe names in Ceph)."),
     Documented(Reason.INVALID_SIZE, (IMAGE,), _D,
                'spec.size is not a positive quantity.'),
     Documented(Reason.INVALID_FEATURES, (IMAGE,), _D,
