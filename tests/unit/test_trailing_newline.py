@@ -41,3 +41,18 @@ def test_package_names_with_a_trailing_newline_are_refused():
     assert check_package("qemu-block-extra", "p") == "qemu-block-extra"
     with pytest.raises(OperatorError):
         check_package("qemu-block-extra\n", "p")
+
+
+def test_recorded_keyring_paths_and_stale_files_with_a_trailing_newline_are_not_ours():
+    """status.storages keyringPath (status: anyone with status write can set it) and host directory entries:
+    a trailing newline makes them not a path of ours (they were `re.match` with `$`)."""
+    from rbd_operator.reconcile.host_plan import _entry_problem, keyring_settings_for, stale_files
+    path = "/etc/ceph/ceph.client.vmmgr.keyring"
+    assert keyring_settings_for(path) is not None
+    assert keyring_settings_for(path + "\n") is None
+    uuid = "0f3c2a4e-1b2c-4d5e-8f90-123456789abc"
+    assert _entry_problem({"name": "s", "keyringPath": path, "secretUUID": uuid}) is None
+    assert _entry_problem({"name": "s", "keyringPath": path + "\n", "secretUUID": uuid})
+    assert _entry_problem({"name": "s", "keyringPath": path, "secretUUID": uuid + "\n"})
+    listed = {"/etc/apt/sources.list.d": ["rbd-operator-ceph.list", "rbd-operator-ceph.list\n"]}
+    assert stale_files(listed, []) == ["/etc/apt/sources.list.d/rbd-operator-ceph.list"]

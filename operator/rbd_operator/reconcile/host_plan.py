@@ -127,7 +127,7 @@ def stale_files(existing: dict[str, list[str]], desired: list[RemoteFile]) -> li
         for entry in names:
             path = f"{directory}/{entry}"
             if MANAGED_PREFIX in entry and not entry.endswith(".tmp") and path not in wanted \
-                    and MANAGED_PATHS.match(path) and ".." not in path:
+                    and MANAGED_PATHS.fullmatch(path) and ".." not in path:
                 stale.append(path)
     return sorted(stale)
 
@@ -148,7 +148,7 @@ MANAGED_PATHS = re.compile(
     rf"|/etc/yum\.repos\.d/{MANAGED_PREFIX}{_SAFE}\.repo"
     rf"|/etc/pki/rpm-gpg/RPM-GPG-KEY-{MANAGED_PREFIX}{_SAFE}"
     r"|/etc/yum/pluginconf\.d/priorities\.conf"
-    r"|/run/rbd-operator/[0-9a-f-]{36}\.(xml|value))$")
+    r"|/run/rbd-operator/[0-9a-f-]{36}\.(xml|value))\Z")
 
 
 def unsafe(what: str, value: object) -> Refused:
@@ -349,7 +349,7 @@ def removable(content: bytes | None, settings: Settings | None, recorded: bool) 
 
 def keyring_settings_for(path: object) -> Settings | None:
     """The keyring Settings for a status.storages keyringPath (validated), to judge its removal."""
-    if not isinstance(path, str) or ".." in path or not _KEYRING_PATH.match(path):
+    if not isinstance(path, str) or ".." in path or not _KEYRING_PATH.fullmatch(path):
         return None
     client = path[len(f"{CEPH_DIR}/ceph.client."):-len(".keyring")]
     return Settings(f"client.{client}", (), legacy=keyring_legacy(client))
@@ -481,7 +481,7 @@ def plan_previous_storages(previous: list[dict], converging: set[str], selecting
     return PreviousStorages(remove, carry, entries, rejected)
 
 
-_KEYRING_PATH = re.compile(rf"^{re.escape(CEPH_DIR)}/ceph\.client\.{_SAFE}\.keyring$")
+_KEYRING_PATH = re.compile(rf"^{re.escape(CEPH_DIR)}/ceph\.client\.{_SAFE}\.keyring\Z")
 
 
 def _entry_problem(entry: object) -> str | None:
@@ -489,8 +489,8 @@ def _entry_problem(entry: object) -> str | None:
     if not isinstance(entry, dict):
         return f"status.storages entry {entry!r:.60} is not an object"
     path, uuid = entry.get("keyringPath"), entry.get("secretUUID")
-    if path is not None and (not isinstance(path, str) or ".." in path or not _KEYRING_PATH.match(path)):
+    if path is not None and (not isinstance(path, str) or ".." in path or not _KEYRING_PATH.fullmatch(path)):
         return f"status.storages[{entry.get('name')!r:.40}].keyringPath {path!r:.80} is not a keyring path"
-    if uuid is not None and (not isinstance(uuid, str) or not _UUID.match(uuid)):
+    if uuid is not None and (not isinstance(uuid, str) or not _UUID.fullmatch(uuid)):
         return f"status.storages[{entry.get('name')!r:.40}].secretUUID {uuid!r:.80} is not a UUID"
     return None
