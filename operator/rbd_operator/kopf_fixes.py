@@ -35,7 +35,7 @@ proceed; a toggle's own state change notifies by itself, as before.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.clients import watching
@@ -130,14 +130,20 @@ def _tapped(continuous_watch: Any) -> Any:
     return continuous_watch_tapped
 
 
-def _apply_taps() -> bool:
-    current = getattr(watching, "continuous_watch", None)
+def _wrap(module: Any, name: str, wrapper: Callable[[Any], Any]) -> bool:
+    """Replace kopf's `module.name` with `wrapper(it)` once (a function already wrapped is left as it is);
+    False if it is not kopf's own function any more (kopf changed: the fix no longer fits, nothing replaced)."""
+    current = getattr(module, name, None)
     if current is not None and hasattr(current, "__wrapped__"):
         return True
-    if current is None or getattr(current, "__module__", "") != watching.__name__:
+    if current is None or getattr(current, "__module__", "") != module.__name__:
         return False
-    watching.continuous_watch = _tapped(current)
+    setattr(module, name, wrapper(current))
     return True
+
+
+def _apply_taps() -> bool:
+    return _wrap(watching, "continuous_watch", _tapped)
 
 
 async def _index_only(*, indexers: Any, registry: Any, settings: Any, memories: Any, memobase: Any,
@@ -175,13 +181,7 @@ def _light(process: Any) -> Any:
 
 
 def _apply_light_wait() -> bool:
-    current = getattr(processing, "process_resource_event", None)
-    if current is not None and hasattr(current, "__wrapped__"):
-        return True
-    if current is None or getattr(current, "__module__", "") != processing.__name__:
-        return False
-    processing.process_resource_event = _light(current)
-    return True
+    return _wrap(processing, "process_resource_event", _light)
 
 
 def apply() -> bool:
@@ -194,13 +194,7 @@ def apply() -> bool:
 
 
 def _apply_projection() -> bool:
-    stream = getattr(watching, "infinite_watch", None)
-    if stream is not None and hasattr(stream, "__wrapped__"):
-        return True
-    if stream is None or getattr(stream, "__module__", "") != watching.__name__:
-        return False
-    watching.infinite_watch = _projected(stream)
-    return True
+    return _wrap(watching, "infinite_watch", _projected)
 
 
 def _apply_toggles() -> bool:
