@@ -19,6 +19,17 @@
    every listing and its end (kopf's LISTED bookmark). One stream, no second list or watch of the kind. Only
    for cluster-wide streams: a namespaced stream of a tapped kind is refused loudly and the index never
    becomes complete (its readers wait: fail closed).
+5. A quiet first listing (`quiet_first_listing`, RbdImages): in the process's first listing of such a kind, an
+   object kopf would do nothing for is not handed to kopf at all (its taps still get it). kopf would make it a
+   worker, a per-object memory that lives as long as the object, a Body, a Patch and three loggers, only to
+   find no cause. "Nothing to do" is kopf's own decision computed the way kopf computes it: not being
+   deleted, the finalizer present, no handler's progress record, and the stored diffbase *equal* to the
+   essence built from the body (kopf's diffbase and progress storages, its extra fields) -- i.e. a NOOP or a
+   RESUME without handlers, after which kopf writes nothing. Only while every handler of the kind is an
+   unfiltered create/update/delete handler with a finalizer-requiring delete (then a NOOP is the same for
+   every object), and the kind has no index, event, daemon or timer handler; otherwise every object goes to
+   kopf (logged once). Only in the first listing (no kopf worker exists for a listed object yet), and an
+   object handed to kopf once in it (a listing cut short and repeated) is handed again.
 
 The start's wake-ups, in detail:
 
@@ -42,6 +53,7 @@ from kopf._cogs.clients import watching
 from kopf._cogs.structs import bodies
 from kopf._core.actions import loggers
 from kopf._core.engines import indexing
+from kopf._core.intents import causes, registries
 from kopf._core.reactor import processing
 
 
@@ -106,28 +118,141 @@ def tap(group: str, plural: str, sink: Sink) -> None:
         sinks.append(sink)
 
 
+class Quiet:
+    """The quiet first listing of one kind (5. above): armed at each start with kopf's settings and registry."""
+
+    def __init__(self) -> None:
+        self.settings: Any = None
+        self.registry: Any = None
+        self.done = True  # unarmed: nothing skipped
+        self.passed: set[str] = set()  # uids handed to kopf during the first listing
+        self.skipped = self.listed = 0
+
+    def arm(self, settings: Any, registry: Any) -> None:
+        self.settings, self.registry, self.done = settings, registry, False
+        self.passed = set()
+        self.skipped = self.listed = 0
+
+    def unfit(self, resource: Any) -> str | None:
+        """Why kopf's handlers of `resource` could act on an object without a cause (None: they cannot)."""
+        registry = self.registry
+        for name in ("_indexing", "_watching", "_spawning", "_webhooks"):
+            sub = getattr(registry, name, None)
+            if sub is None or sub.has_handlers(resource=resource):
+                return f"{name.strip('_')} handlers"
+        if getattr(self.settings.persistence, "finalizer", None) is None:
+            return "no finalizer"
+        handlers = registry._changing.get_resource_handlers(resource=resource)
+        deletes = 0
+        for handler in handlers:
+            if handler.reason not in (causes.Reason.CREATE, causes.Reason.UPDATE, causes.Reason.DELETE):
+                return f"handler {handler.id} for {handler.reason}"
+            if any(getattr(handler, f) is not None for f in ("labels", "annotations", "when", "field", "value",
+                                                               "old", "new")):
+                return f"handler {handler.id} has filters"
+            deletes += handler.reason == causes.Reason.DELETE and bool(handler.requires_finalizer)
+        return None if deletes else "no delete handler requiring the finalizer"
+
+    def idle(self, resource: Any, raw: dict) -> bool:
+        """Whether kopf would do nothing at all for this listed object (any doubt: False, kopf decides)."""
+        try:
+            meta = raw.get("metadata")
+            persistence = self.settings.persistence
+            finalizers = meta.get("finalizers") if isinstance(meta, dict) else None
+            if not isinstance(meta, dict) or meta.get("deletionTimestamp") is not None \
+                    or not isinstance(finalizers, list) or persistence.finalizer not in finalizers:
+                return False
+            body = bodies.Body(raw)
+            progress = persistence.progress_storage
+            for handler in self.registry._changing.get_resource_handlers(resource=resource):
+                if progress.fetch(key=handler.id, body=body) is not None:
+                    return False
+            old = persistence.diffbase_storage.fetch(body=body)
+            if old is None:
+                return False
+            extra = self.registry._watching.get_extra_fields(resource=resource) \
+                | self.registry._changing.get_extra_fields(resource=resource) \
+                | self.registry._spawning.get_extra_fields(resource=resource)
+            new = persistence.diffbase_storage.build(body=body, extra_fields=extra)
+            return bool(progress.clear(essence=old) == progress.clear(essence=new))
+        except Exception:  # noqa: BLE001 - a body this cannot judge goes to kopf, which reports what is wrong
+            return False
+
+
+_QUIET: dict[tuple[str, str], Quiet] = {}
+
+
+def quiet_first_listing(group: str, plural: str) -> None:
+    """Hand kopf only the objects of group/plural with something to do in the first listing of each start
+    (5. above; `arm_quiet` at the start). Raises RuntimeError if kopf changed so that it no longer fits."""
+    if not _apply_taps():
+        raise RuntimeError("kopf's watching.continuous_watch is not what kopf_fixes taps: cannot quiet the "
+                           f"listing of {plural}.{group}")
+    _QUIET.setdefault((group, plural), Quiet())
+
+
+def arm_quiet(settings: Any) -> None:
+    """At each start (a startup handler): the next listing of each quiet kind is its first."""
+    for quiet in _QUIET.values():
+        quiet.arm(settings, registries.get_default_registry())
+
+
+def _quieted(quiet: Quiet | None, resource: Any, namespace: Any) -> Quiet | None:
+    if quiet is None or quiet.done or namespace is not None:
+        return None
+    why = quiet.unfit(resource)
+    if why is not None:
+        log.warning("every listed %s goes to kopf (%s: kopf could act without a cause)", resource, why)
+        quiet.done = True
+        return None
+    return quiet
+
+
 def _tapped(continuous_watch: Any) -> Any:
     async def continuous_watch_tapped(*, resource: Any, namespace: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        sinks = _TAPS.get((getattr(resource, "group", None), getattr(resource, "plural", None)))
+        key = (getattr(resource, "group", None), getattr(resource, "plural", None))
+        sinks = _TAPS.get(key)  # type: ignore[arg-type]
         if sinks and namespace is not None:
             log.error("%s is watched in namespace %s, not cluster-wide: its index is never complete", resource,
                       namespace)
             sinks = []
+        quiet = _quieted(_QUIET.get(key), resource, namespace)  # type: ignore[arg-type]
         for sink in sinks or ():
             sink.listing_started()
         async for event in continuous_watch(resource=resource, namespace=namespace, **kwargs):
-            if sinks:
-                if event is watching.Bookmark.LISTED:
-                    for sink in sinks:
-                        sink.listing_ended()
-                elif isinstance(event, dict) and event.get("type") in (None, "ADDED", "MODIFIED", "DELETED") \
-                        and isinstance(event.get("object"), dict):
+            handed = True  # to kopf
+            if event is watching.Bookmark.LISTED:
+                for sink in sinks or ():
+                    sink.listing_ended()
+                if quiet is not None:
+                    log.info("first listing of %s: %d of %d objects had nothing for kopf to do (not handed to "
+                             "it)", resource, quiet.skipped, quiet.listed)
+                    quiet.done, quiet.passed, quiet = True, set(), None
+            elif isinstance(event, dict) and event.get("type") in (None, "ADDED", "MODIFIED", "DELETED") \
+                    and isinstance(event.get("object"), dict):
+                if sinks or quiet is not None:
                     strip_managed_fields(event)
-                    for sink in sinks:
-                        sink.apply(event["type"], event["object"])
-            yield event
+                for sink in sinks or ():
+                    sink.apply(event["type"], event["object"])
+                if quiet is not None and event["type"] is None:
+                    handed = _hand_to_kopf(quiet, resource, event["object"])
+            if handed:
+                yield event
     continuous_watch_tapped.__wrapped__ = continuous_watch  # type: ignore[attr-defined]
     return continuous_watch_tapped
+
+
+def _hand_to_kopf(quiet: Quiet, resource: Any, raw: dict) -> bool:
+    """Whether a listed object goes to kopf in a quiet first listing; once handed, always handed."""
+    quiet.listed += 1
+    meta = raw.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, dict) else None
+    if isinstance(uid, str) and uid not in quiet.passed and quiet.idle(resource, raw):
+        quiet.skipped += 1
+        return False
+    if isinstance(uid, str):
+        quiet.passed.add(uid)
+    return True
 
 
 def _wrap(module: Any, name: str, wrapper: Callable[[Any], Any]) -> bool:

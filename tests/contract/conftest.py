@@ -16,6 +16,7 @@ Wiring:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import itertools
@@ -26,7 +27,7 @@ import pathlib
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -406,6 +407,14 @@ async def operator(k8s, kubeconfig, warm_kube_client):
 
     Yields when kopf is watching both resources; objects created then arrive through the watch.
     """
+    async with run_operator(k8s) as op:
+        yield op
+
+
+@contextlib.asynccontextmanager
+async def run_operator(k8s: ApiServer, *, debug: bool = False) -> AsyncIterator[Operator]:
+    """The operator running against `k8s` (the `operator` fixture; a test may run it more than once); `debug`:
+    kopf's per-object debug lines are recorded too (what it processed, even when it found nothing to do)."""
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
     settings = kopf.OperatorSettings()
@@ -413,8 +422,12 @@ async def operator(k8s, kubeconfig, warm_kube_client):
     runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "rbd_operator.handlers"],
                         timeout=15, settings=settings)
     records = _Records()
-    objects_logger = logging.getLogger("kopf.objects")
-    objects_logger.addHandler(records)
+    loggers = [logging.getLogger("kopf.objects"), logging.getLogger("rbd_operator")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+        if debug:
+            logger.setLevel(logging.DEBUG)
     await asyncio.to_thread(runner.__enter__)
     op = Operator(k8s, runner, records.records)
     try:
@@ -426,7 +439,9 @@ async def operator(k8s, kubeconfig, warm_kube_client):
     finally:
         await asyncio.to_thread(runner.__exit__, None, None, None)
         # `kopf run` reconfigures the root logger for the process: undo it for the next tests.
-        objects_logger.removeHandler(records)
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(records)
+            logger.setLevel(level)
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
     assert runner.exit_code == 0, runner.output

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from ..api.enums import DeletionPolicy
-from .. import GROUP, VERSION
+from .. import GROUP, VERSION, kopf_fixes
 from ..api.errors import OperatorError, SpecError, Waiting
 from ..api.image import parse_image
 from ..api.reasons import EventReason, Reason
@@ -26,6 +26,17 @@ async def _indexes(kw: dict[str, Any]) -> converge.Indexes:
 
 # No resume handler and no timer per image: each storage's sweep re-verifies its images (after a
 # restart too), so that thousands of idle images cost one pool listing per interval, not a reconcile each.
+# So at a start kopf has nothing to do for an image handled before and unchanged since: such images are not
+# handed to kopf at all in the first listing (kopf_fixes 5; the RbdImage indexes still get every one). Any
+# other handler for RbdImages (resume, event, timer, a filter) makes kopf see every image again (logged).
+kopf_fixes.quiet_first_listing(GROUP, PLURAL)
+
+
+@kopf.on.startup()
+def quiet_image_listing(settings: kopf.OperatorSettings, **_: Any) -> None:
+    kopf_fixes.arm_quiet(settings)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @reported()
