@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import kubernetes  # noqa: E402
 import kubernetes.watch  # noqa: E402
 
-from bench.results import record  # noqa: E402
+from bench.results import PATH as RESULTS, record  # noqa: E402
 from bench.images import is_ready, submit  # noqa: E402
 from rbd_operator.reconcile import used  # noqa: E402
 from tests.integration.harness import WORK, Operator, start_platform, stop_platform  # noqa: E402
@@ -349,8 +349,12 @@ def run(platform) -> dict:
     return result
 
 
-def save(result: dict) -> None:
-    record("scale", result)
+def save(result: dict, path: Path = RESULTS) -> None:
+    """The run under "scale"; what earlier ad-hoc runs recorded beside it there (keys this run does not write,
+    e.g. `restart_levers_20000`, `restart_points`) is kept."""
+    previous = json.loads(path.read_text()).get("scale") if path.exists() else None
+    kept = {k: v for k, v in previous.items() if k not in result} if isinstance(previous, dict) else {}
+    record("scale", {**result, **kept}, path)
     if result["sizes"]:
         (ROOT / ".bench" / "scale.svg").write_text(svg(result))
 
