@@ -127,11 +127,26 @@ class Quiet:
         self.done = True  # unarmed: nothing skipped
         self.passed: set[str] = set()  # uids handed to kopf during the first listing
         self.skipped = self.listed = 0
+        self._views: dict[Any, tuple[tuple[str, ...], Any]] = {}  # resource -> what `idle` reads of the registry
 
     def arm(self, settings: Any, registry: Any) -> None:
         self.settings, self.registry, self.done = settings, registry, False
         self.passed = set()
         self.skipped = self.listed = 0
+        self._views = {}
+
+    def _view(self, resource: Any) -> tuple[tuple[str, ...], Any]:
+        """The kind's changing-handler ids and kopf's extra essence fields: the same for every object of a
+        listing (looked up once per start, not per listed object)."""
+        view = self._views.get(resource)
+        if view is None:
+            registry = self.registry
+            ids = tuple(handler.id for handler in registry._changing.get_resource_handlers(resource=resource))
+            extra = registry._watching.get_extra_fields(resource=resource) \
+                | registry._changing.get_extra_fields(resource=resource) \
+                | registry._spawning.get_extra_fields(resource=resource)
+            view = self._views[resource] = (ids, extra)
+        return view
 
     def unfit(self, resource: Any) -> str | None:
         """Why kopf's handlers of `resource` could act on an object without a cause (None: they cannot)."""
@@ -164,15 +179,12 @@ class Quiet:
                 return False
             body = bodies.Body(raw)
             progress = persistence.progress_storage
-            for handler in self.registry._changing.get_resource_handlers(resource=resource):
-                if progress.fetch(key=handler.id, body=body) is not None:
-                    return False
+            ids, extra = self._view(resource)
+            if any(progress.fetch(key=handler_id, body=body) is not None for handler_id in ids):
+                return False
             old = persistence.diffbase_storage.fetch(body=body)
             if old is None:
                 return False
-            extra = self.registry._watching.get_extra_fields(resource=resource) \
-                | self.registry._changing.get_extra_fields(resource=resource) \
-                | self.registry._spawning.get_extra_fields(resource=resource)
             new = persistence.diffbase_storage.build(body=body, extra_fields=extra)
             return bool(progress.clear(essence=old) == progress.clear(essence=new))
         except Exception:  # noqa: BLE001 - a body this cannot judge goes to kopf, which reports what is wrong
