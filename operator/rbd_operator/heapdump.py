@@ -4,8 +4,11 @@ RBD_OPERATOR_TRACEMALLOC=<frames> starts tracemalloc at startup (it costs CPU an
 diagnostic, never for production figures); SIGUSR2 then writes the top allocations, by line and by
 traceback, with the counts of the most common object types the garbage collector tracks and the process'
 RSS, to RBD_OPERATOR_TRACEMALLOC_FILE (default /tmp/rbd-operator-heap.txt). Without the variable SIGUSR2
-writes the type counts and RSS only. Nothing of any object's content is written: file names, line
-numbers, type names and sizes.
+writes the type counts and RSS only. Both add pymalloc's totals (arenas held, bytes in used and free blocks)
+and the largest resident mappings ([heap]: glibc's main heap, where blocks over 512 bytes go; anonymous:
+pymalloc's arenas and threads' malloc arenas) — what told the O(snapshots^2) start apart from the rest
+(docs/performance.md). Nothing of any object's content is written: file names, line numbers, type names,
+mapping paths and sizes.
 """
 
 from __future__ import annotations
@@ -81,12 +84,57 @@ def _referrers(type_name: str, depth: int = 5) -> list[str]:
     return lines
 
 
+def _pymalloc() -> list[str]:
+    """pymalloc's own totals (sys._debugmallocstats, which writes to fd 2: captured through a temporary file):
+    arenas held, their high-water mark, and bytes in used blocks against free ones (fragmentation)."""
+    import sys
+    import tempfile
+
+    keep = ("# arenas allocated total", "# arenas reclaimed", "# arenas highwater mark", "# arenas allocated current",
+            "# bytes in allocated blocks", "# bytes in available blocks", "# bytes lost to pool headers",
+            "# bytes lost to quantization")
+    try:
+        with tempfile.TemporaryFile("w+") as out:
+            saved = os.dup(2)
+            try:
+                sys.stderr.flush()
+                os.dup2(out.fileno(), 2)
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            out.seek(0)
+            text = out.read()
+    except (OSError, AttributeError):
+        return []
+    return ["## pymalloc"] + [f"  {' '.join(line.split())}" for line in text.splitlines() if line.startswith(keep)]
+
+
+def _mappings(top: int = 8) -> list[str]:
+    """The largest resident mappings (/proc/self/smaps: Rss per mapping, by path or [heap]/anonymous)."""
+    sizes: list[tuple[int, str]] = []
+    name, total = "", 0
+    try:
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else f"[anon {head[0].split('-')[0]}]"
+            elif head and head[0] == "Rss:":
+                sizes.append((int(head[1]), name))
+                total += int(head[1])
+    except (OSError, ValueError, IndexError):
+        return []
+    sizes.sort(reverse=True)
+    return [f"## mappings rss_kib {total}"] + [f"  {kib:9d} KiB {where}" for kib, where in sizes[:top]]
+
+
 def report() -> str:
     lines = [f"# rbd-operator heap report {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
              f"rss_kib {rss_kib()}"]
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     lines.append(f"gc_tracked_objects {sum(counts.values())}")
     lines += [f"  {n:9d} {name}" for name, n in counts.most_common(TOP)]
+    lines += _pymalloc() + _mappings()
     for name in filter(None, os.environ.get("RBD_OPERATOR_HEAP_REFERRERS", "").split(",")):
         lines += _referrers(name)
     if tracemalloc.is_tracing():

@@ -17,7 +17,7 @@ from ..api.snapshot import SnapshotSpec
 from ..api.storage import parse_storage
 from ..reconcile.ownership import ImageOwner, check_image_owner
 from ..reconcile.shard import missing_image, missing_storage
-from ..reconcile.tracking import by_key
+from ..reconcile.tracking import by_key, uid_lookup
 from .credentials import admin_credentials
 from .outcome import Outcome
 
@@ -63,7 +63,7 @@ def in_ceph(cluster: ceph.CephCluster, where: Target, parsed: SnapshotSpec, owne
 async def reconcile(name: str, namespace: str, uid: str, parsed: SnapshotSpec, images: Mapping[Any, Any],
                     storages: Mapping[Any, Any], snapshots: Mapping[Any, Any],
                     namespaces: Mapping[Any, Any]) -> Outcome:
-    live = {e["uid"] for entries in list(snapshots.values()) for e in entries}.__contains__
+    live = uid_lookup(snapshots)
     identity = await cluster_identity(namespaces)
     ns = await namespace_info(namespaces, namespace)
     owner = ImageOwner(namespace, name, uid, identity, ns.uid if ns else None)
