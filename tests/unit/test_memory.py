@@ -87,7 +87,7 @@ def test_object_locks_are_forgotten_once_nobody_uses_them():
 
 
 def test_the_shipped_limits_hold_the_fleet_they_name():
-    """deploy/ and the chart say their limit holds 10,000 RbdImages with 1,000 RbdSnapshots: the formula agrees."""
+    """deploy/ and the chart say their limit holds 20,000 RbdImages with 2,000 RbdSnapshots: the formula agrees."""
     from pathlib import Path
 
     import yaml
@@ -99,5 +99,5 @@ def test_the_shipped_limits_hold_the_fleet_they_name():
     values = yaml.safe_load((root / "charts" / "rbd-operator" / "values.yaml").read_text())
     assert values["resources"]["limits"]["memory"] == shipped
     limit = parse_limit(shipped)
-    assert limit_for(11_000) * MIB <= limit
-    assert not assess({"RbdImage": 10_000, "RbdSnapshot": 1_000}, Budget(limit)).near
+    assert limit_for(22_000) * MIB <= limit
+    assert not assess({"RbdImage": 20_000, "RbdSnapshot": 2_000}, Budget(limit)).near

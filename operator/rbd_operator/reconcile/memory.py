@@ -15,13 +15,13 @@ from typing import Mapping
 
 from ..api.quantity import parse_quantity
 
-# Measured (docs/performance.md): 138 MiB with 4 storages and no image; after a restart 426 MiB with 10,000
-# RbdImages and 1,000 RbdSnapshots and 903 MiB with 20,000 and 2,000 (kopf holds every listed object until all
-# are indexed, and the allocator keeps that peak), i.e. ~35.5 KiB per object at 22,000; idle the 22,000 take
-# 380 MiB, so the restart sets the limit.
+# Measured (docs/performance.md, bench/scale.py 2026-12-07): 138 MiB with 4 storages and no image; idle and
+# after a restart 169-170 MiB with 2,000 RbdImages and 200 RbdSnapshots, 221-222 MiB with 10,000 and 1,000,
+# ~295 MiB with 20,000 and 2,000 (the restart peak, since each RbdSnapshot no longer holds a set of every
+# snapshot). 150 MiB + 12 KiB per object lies above every measured point (176 / 279 / 408 MiB): conservative.
 # RBD_OPERATOR_MEMORY_BASE_MIB and RBD_OPERATOR_MEMORY_PER_OBJECT_KIB override them.
-BASE_MIB = 140.0
-PER_OBJECT_KIB = {"RbdImage": 36.0, "RbdSnapshot": 36.0}
+BASE_MIB = 150.0
+PER_OBJECT_KIB = {"RbdImage": 12.0, "RbdSnapshot": 12.0}
 WARN_RATIO = 0.8
 
 
