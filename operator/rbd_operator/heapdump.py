@@ -86,7 +86,9 @@ def _referrers(type_name: str, depth: int = 5) -> list[str]:
 
 def _pymalloc() -> list[str]:
     """pymalloc's own totals (sys._debugmallocstats, which writes to fd 2: captured through a temporary file):
-    arenas held, their high-water mark, and bytes in used blocks against free ones (fragmentation)."""
+    arenas held, their high-water mark, and bytes in used blocks against free ones (fragmentation). Only the
+    lines named here are kept; what another thread writes to stderr during the call (milliseconds) is lost
+    with the temporary file — a diagnostic's price, paid only on SIGUSR2."""
     import sys
     import tempfile
 
