@@ -36,6 +36,7 @@ from ..reconcile.selector import matches_namespaces
 from ..reconcile.shard import missing_storage
 from ..reconcile import domains, tracking
 from ..reconcile.used import UsedCache, after_steps as used_after
+from ..reconcile.verdicts import VerdictMemo
 from ..reconcile.watchers import DEFAULT_PER_SWEEP, WatcherRota
 from .credentials import admin_credentials
 from .outcome import Note, Outcome
@@ -434,55 +435,83 @@ class _Namespaces:
         return self.infos[name]
 
 
+@dataclass
+class SweepMemory:
+    """What this process remembers between the drift sweeps of its storages (one, the Runtime's): the used space
+    it measured (reconcile/used.py), whose watchers it listed when (reconcile/watchers.py), and the verdicts that
+    found nothing to do with the inputs they were made from (reconcile/verdicts.py)."""
+    used: UsedCache = field(default_factory=UsedCache)
+    watchers: WatcherRota = field(default_factory=WatcherRota)
+    verdicts: VerdictMemo = field(default_factory=VerdictMemo)
+
+
 async def sweep(storage_name: str, storage: StorageSpec, creds: Credentials, idx: Indexes,
-                busy: Callable[[str], bool], used_cache: UsedCache, rota: WatcherRota,
-                logger: logging.Logger) -> Note | None:
+                busy: Callable[[str], bool], memory: SweepMemory, logger: logging.Logger) -> Note | None:
     """Drift detection for all images of one storage. Images whose status no longer tells the truth are poked
     (an annotation: kopf then reconciles them); nothing else is written. Returns the Warning to post on the
     storage when this sweep turned the fast path off (the first use of a cluster is often a sweep's).
-    `used_cache`, `rota`: what this process measured, and whose watchers it listed when (the Runtime's)."""
+    `memory`: what this process keeps between sweeps (the Runtime's)."""
     everyone = list(tracking.by_storage(idx.images).get(storage_name, []))
-    tracked = []
+    identity = await cluster_identity(idx.namespaces)
+    verdicts = memory.verdicts.sweep(storage_name, (storage, identity))
+    tracked: list[tuple[tracking.Tracked, str, ImageSpec | None]] = []  # (entry, name in Ceph, spec if parsed)
     for t in everyone:
-        try:
-            if not t.deleting:
-                tracked.append((t, parse_image(t.name, t.spec)))
-        except SpecError:
-            continue  # never reached Ceph; its condition says so
+        if t.deleting:
+            continue
+        name, spec = verdicts.name_of(t), None
+        if name is None:
+            try:
+                spec = parse_image(t.name, t.spec)
+            except SpecError:
+                continue  # never reached Ceph; its condition says so
+            name = spec.name
+        tracked.append((t, name, spec))
     if not tracked:
+        memory.verdicts.forget(storage_name)
         return None
-    headers, fast_path_off = await run_blocking(_headers, creds, storage.pool.name, {spec.name for _, spec in tracked},
+    headers, fast_path_off = await run_blocking(_headers, creds, storage.pool.name, {name for _, name, _ in tracked},
                                                 timeout=CEPH_TIMEOUT, reason=Reason.CEPH_UNREACHABLE)
-    listed = await _listed_watchers(storage_name, storage.pool.name, creds, headers, rota)
-    identity, spaces = await cluster_identity(idx.namespaces), _Namespaces(idx.namespaces)
+    listed = await _listed_watchers(storage_name, storage.pool.name, creds, headers, memory.watchers)
+    spaces = _Namespaces(idx.namespaces)
     live, poked = tracking.by_uid(idx.images).__contains__, 0
     entries: dict[str, list[UsageEntry]] = {}  # per namespace, made once (perNamespace limits only)
     if tracking.limited_per_namespace(storage):
         for t in everyone:
             if not t.deleting:
                 entries.setdefault(t.namespace, []).append(t.usage_entry())
-    for t, spec in tracked:
+    for t, name, spec in tracked:
         info = await spaces.get(t.namespace)
         usage = namespace_usage(entries.get(t.namespace, []), t.uid, t.created) if entries else None
-        header = headers.get(spec.name)
-        watchers = listed.get(spec.name)
-        if busy(t.uid) or not (_verdict(storage, t, spec, header, info, identity, usage, live) or (
-                watchers is not None and tracking.watchers_changed(t, replace(header, watchers=watchers)))):
+        header = headers.get(name)
+        watchers = listed.get(name)
+        if busy(t.uid):
+            continue
+        context = (info, usage)
+        if verdicts.quiet(t, header, context):
+            drifted = False
+        else:
+            spec = spec or parse_image(t.name, t.spec)
+            owner = ImageOwner(t.namespace, t.name, t.uid, identity, info.uid if info else None)
+            drifted = _verdict(storage, t, spec, header, info, owner, usage, live)
+            if not drifted and header is not None and header.owner == owner.record:
+                verdicts.remember(t, name, header, context)  # decided without a liveness lookup
+        if not (drifted or (watchers is not None and tracking.watchers_changed(t, replace(header, watchers=watchers)))):
             continue
         logger.info("drift: RbdImage %s/%s (%s) no longer matches; reconciling it", t.namespace, t.name,
                     t.ready[1] if t.ready else "no status")
         await run_blocking(kube.poke, GROUP, VERSION, PLURAL, t.namespace, t.name, timeout=30, pool=Pool.KUBE)
         poked += 1
+    verdicts.done()
     logger.info("swept %d image(s) of %s: %d found changed", len(tracked), storage_name, poked)
-    await used_space.refresh(storage_name, storage.pool.name, creds, tracked, headers, busy, used_cache, logger)
+    await used_space.refresh(storage_name, storage.pool.name, creds, [(t, name) for t, name, _ in tracked], headers,
+                             busy, memory.used, logger)
     return fast_path_note(fast_path_off) if fast_path_off else None
 
 
 def _verdict(storage: StorageSpec, t: tracking.Tracked, spec: ImageSpec, header: ObservedImage | None,
-             info: NamespaceInfo | None, identity: str, usage: Usage | None, live: Callable[[str], bool]) -> bool:
+             info: NamespaceInfo | None, owner: ImageOwner, usage: Usage | None, live: Callable[[str], bool]) -> bool:
     allowed = storage.image_namespaces is None or (
         info is not None and matches_namespaces(storage.image_namespaces, info.labels))
-    owner = ImageOwner(t.namespace, t.name, t.uid, identity, info.uid if info else None)
     tenancy = tracking.tenancy(storage, info.labels if info else None, t.settled, usage)
     return sweep_verdict(spec, header, owner, t.ready, storage.pool.quota_max_bytes or 0, live, allowed, tenancy,
                          t.within)

@@ -278,16 +278,17 @@ async def delete(name: str, uid: str, spec: StorageSpec, storages: Mapping[Any, 
 
 
 async def sweep_images(name: str, spec_raw: Mapping[str, Any], idx: image.Indexes, busy: Callable[[str], bool],
-                       used_cache: image.UsedCache, rota: image.WatcherRota, logger: logging.Logger) -> Note | None:
+                       memory: image.SweepMemory, logger: logging.Logger) -> Note | None:
     """The storage's drift sweep over its images (converge/image.py sweep), skipped with a warning when the
     storage itself cannot be used (its own condition already says why). Returns the sweep's Warning for the
     storage, if any."""
     if not image.tracking.by_storage(idx.images).get(name):
+        memory.verdicts.forget(name)
         return None
     try:
         spec = parse_storage(name, spec_raw)
         creds = await admin_credentials(spec.monitors, spec.admin_secret)
-        return await image.sweep(name, spec, creds, idx, busy, used_cache, rota, logger)
+        return await image.sweep(name, spec, creds, idx, busy, memory, logger)
     except (OperatorError, ApiException) as exc:
         logger.warning("image sweep of %s skipped: %s", name, getattr(exc, "message", type(exc).__name__))
         return None

@@ -23,7 +23,6 @@ from ..adapters import ceph, kube
 from ..adapters.blocking import Pool, run_blocking
 from ..adapters.ceph import Credentials
 from ..api.errors import OperatorError
-from ..api.image import ImageSpec
 from ..api.reasons import Reason
 from ..reconcile import used
 from ..reconcile.image_plan import ObservedImage
@@ -45,19 +44,20 @@ def _measure(cluster: ceph.CephCluster, pool: str, names: list[str]) -> dict[str
     return cluster.used_bytes(pool, names)
 
 
-def subjects(tracked: Iterable[tuple[Tracked, ImageSpec]],
+def subjects(tracked: Iterable[tuple[Tracked, str]],
              headers: dict[str, ObservedImage]) -> dict[str, tuple[Tracked, str]]:
-    """Converged images with a valid fast-diff object map, by image id: (index entry, name in Ceph)."""
+    """Converged images with a valid fast-diff object map, by image id: (index entry, name in Ceph).
+    `tracked`: (index entry, name in Ceph)."""
     out = {}
-    for t, spec in tracked:
-        header = headers.get(spec.name)
+    for t, name in tracked:
+        header = headers.get(name)
         if header and header.id and t.ready == ("True", Reason.CONVERGED) and used.measurable(header.features,
                                                                                                header.flags):
-            out[header.id] = (t, spec.name)
+            out[header.id] = (t, name)
     return out
 
 
-async def refresh(storage: str, pool: str, creds: Credentials, tracked: Iterable[tuple[Tracked, ImageSpec]],
+async def refresh(storage: str, pool: str, creds: Credentials, tracked: Iterable[tuple[Tracked, str]],
                   headers: dict[str, ObservedImage], busy: Callable[[str], bool], cache: used.UsedCache,
                   logger: logging.Logger) -> int:
     """Measure what changed, write what differs; returns the status writes. `cache`: what this process measured

@@ -7,8 +7,9 @@ to every handler through kopf's memo (`memo.runtime`): no handler module keeps s
 - propagation: storages' changes poked to the hosts they concern (converge/propagation.py);
 - domains: libvirt lifecycle events -> running-domain counts and the RbdImages the hosts' running domains
   use (status.usedBy, online grow; converge/propagation.py DomainWatch), wired to the libvirt connections here;
-- used: what the drift sweeps measured of images' used space (reconcile/used.py UsedCache);
-- watchers: whose watchers the drift sweeps listed when (reconcile/watchers.py WatcherRota).
+- sweeps: what the drift sweeps keep between intervals (converge/image.py SweepMemory): images' used space
+  (reconcile/used.py), whose watchers were listed when (reconcile/watchers.py), quiet verdicts
+  (reconcile/verdicts.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import kopf
 
 from ..adapters import libvirt_conn, purge
 from ..adapters.lease import DisruptionFence
+from ..converge.image import SweepMemory
 from ..converge.propagation import DomainWatch, Propagation
-from ..reconcile.used import UsedCache
-from ..reconcile.watchers import WatcherRota
 from .common import ObjectLocks
 
 
@@ -33,8 +33,7 @@ class Runtime:
     fence: DisruptionFence = field(default_factory=DisruptionFence)
     propagation: Propagation = field(default_factory=Propagation)
     domains: DomainWatch = field(default_factory=DomainWatch)
-    used: UsedCache = field(default_factory=UsedCache)
-    watchers: WatcherRota = field(default_factory=WatcherRota)
+    sweeps: SweepMemory = field(default_factory=SweepMemory)
 
 
 @kopf.on.startup()

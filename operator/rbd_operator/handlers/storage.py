@@ -59,8 +59,8 @@ async def resume(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
     """After a restart: converge, then re-verify every image of the storage at once."""
     async with memo.runtime.locks.hold(uid):
         await _converge(name, uid, body, patch, memo, retry, logger, kw)
-    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), memo.runtime.locks.busy, memo.runtime.used,
-                                            memo.runtime.watchers, logger))
+    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), memo.runtime.locks.busy,
+                                            memo.runtime.sweeps, logger))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -74,8 +74,7 @@ async def resync(name: str, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch,
         return
     async with locks.hold(uid):
         await _converge(name, uid, body, patch, memo, 0, logger, kw, timer=True)
-    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), locks.busy, memo.runtime.used,
-                                            memo.runtime.watchers, logger))
+    _warn(body, await converge.sweep_images(name, spec, await _indexes(kw), locks.busy, memo.runtime.sweeps, logger))
 
 
 def _warn(body: kopf.Body, note: Note | None) -> None:
