@@ -82,3 +82,37 @@ def test_an_idle_storage_is_looked_at_once_per_idle_interval():
     assert cache.look_due("t", 120.0, 300), "storages apart"
     cache.looked("s", 360.0, measured=False)
     assert cache.look_due("s", 361.0, 0), "0: every sweep (the tests' setting)"
+
+
+async def test_a_large_per_sweep_budget_is_measured_in_calls_that_each_stay_small(monkeypatch):
+    """RBD_OPERATOR_USED_PER_SWEEP far above the default once made one Ceph call of thousands of measurements
+    that outlived its timeout every sweep (the catch-up never ended): the due images are measured in calls of
+    at most MEASURE_CHUNK, and every one of them is recorded."""
+    from rbd_operator.converge import used as converge_used
+    from rbd_operator.reconcile.image_plan import ObservedImage
+    from rbd_operator.reconcile.tracking import Tracked
+
+    n = 2 * converge_used.MEASURE_CHUNK + 7
+    tracked = [(Tracked.of(f"i{k}", "ns", f"u{k}", {"status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "Converged"}]}}), f"i{k}") for k in range(n)]
+    headers = {f"i{k}": ObservedImage(size=1, features=FAST_DIFF, id=f"id{k}", flags=0) for k in range(n)}
+    calls, writes = [], []
+
+    async def run_blocking(fn, creds, pool, arg, **kwargs):
+        if fn is converge_used._stamps:
+            return {i: NOW - 3600 for i in arg}
+        calls.append(len(arg))
+        return {name: 4 << 20 for name in arg}
+
+    async def write(t, figure, logger):
+        writes.append(t.name)
+        return True
+
+    monkeypatch.setattr(converge_used, "run_blocking", run_blocking)
+    monkeypatch.setattr(converge_used, "_write", write)
+    monkeypatch.setattr(converge_used, "PER_SWEEP", 100_000)
+    cache = UsedCache()
+    assert await converge_used.refresh("s", "p", None, tracked, headers, lambda uid: False, cache,
+                                       converge_used.logging.getLogger("t")) == n
+    assert calls == [converge_used.MEASURE_CHUNK, converge_used.MEASURE_CHUNK, 7]
+    assert len(writes) == n and all(cache.known(("s", f"id{k}"), NOW - 3600) == 4 << 20 for k in range(n))
