@@ -98,7 +98,9 @@ class Platform:
         return sh(str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args, input=input, check=check)
 
     def apply(self, manifest: dict | str, check: bool = True) -> subprocess.CompletedProcess:
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        # JSON, not yaml.safe_dump: PyYAML writes a string such as "12e345" (a `uniq` suffix) unquoted, and
+        # kubectl's YAML reads it back as a number ("cannot unmarshal number into ... labels of type string").
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         return self.kubectl("apply", "-f", "-", input=text, check=check)
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
