@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 
 from rbd_operator.adapters.namespaces import NamespaceInfo
-from rbd_operator.api.image import parse_image
 from rbd_operator.api.storage import parse_storage
 from rbd_operator.converge import image as converge
 from rbd_operator.reconcile import image_plan
@@ -141,7 +140,7 @@ def storage():
     return parse_storage("p", STORAGE_RAW)
 
 
-async def test_an_unchanged_image_is_planned_once_and_a_change_in_ceph_is_still_found(monkeypatch, storage, caplog):
+async def test_an_unchanged_image_is_planned_once_and_a_change_in_ceph_is_still_found(monkeypatch, storage):
     headers = {f"img-{i}": header(i) for i in range(5)}
     idx, poked, planned = platform(5, monkeypatch, headers, [])
     memory = converge.SweepMemory()

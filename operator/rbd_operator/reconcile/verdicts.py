@@ -15,7 +15,8 @@ plan_image is pure, so a verdict is reused only when all of its inputs are equal
 Only a quiet verdict (no reconcile needed) is kept, and only one made without asking whether another object
 is live: the header's owner record is this object's own (check_image_owner decides before any lookup).
 Anything else is decided afresh every interval, as before. Entries live for one sweep: the next one keeps
-those it looked up again, so the memo is as large as the storages' quiet images (~0.4 KiB each).
+those it looked up again, so the memo is as large as the storages' quiet images (~160 B each, measured
+with tracemalloc over 5,000).
 """
 
 from __future__ import annotations
